@@ -1,0 +1,31 @@
+# Every target creates .venv and installs what it needs; only Python 3.11+ and make are assumed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install lint test demo bench chaos worker clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check saga workers tests
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest tests
+
+demo: $(STAMP)
+	$(BIN)/python -m workers.demo
+
+worker: $(STAMP)
+	$(BIN)/celery -A workers worker --loglevel=INFO
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

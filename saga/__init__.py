@@ -1,0 +1,59 @@
+"""saga: a distributed saga coordinator on Celery and Redis.
+
+Define a saga as ordered steps (Celery tasks) with compensations, start a run with one call,
+and every transition is checkpointed atomically in Redis; a step that gives up is
+dead-lettered and the committed steps are compensated in reverse order.
+"""
+
+from .app import celery_config, create_app
+from .definition import Saga, Step, StepContext, dead_letters, default_store
+from .errors import (
+    CheckpointCorrupted,
+    DefinitionMismatch,
+    EntryNotFound,
+    InvalidPayload,
+    PermanentError,
+    RunNotFound,
+    SagaDefinitionError,
+    SagaError,
+    SagaTimeout,
+    SettingsError,
+    StoreUnavailable,
+)
+from .settings import Settings, get_settings
+from .state import Checkpoint, Direction, SagaState, Status, StepError, payload_hash
+from .store import RedisStore
+
+__all__ = [
+    # Defining and running sagas
+    "Saga",
+    "Step",
+    "StepContext",
+    "dead_letters",
+    # State
+    "Checkpoint",
+    "Direction",
+    "SagaState",
+    "Status",
+    "StepError",
+    "payload_hash",
+    # Infrastructure
+    "RedisStore",
+    "Settings",
+    "celery_config",
+    "create_app",
+    "default_store",
+    "get_settings",
+    # Errors
+    "CheckpointCorrupted",
+    "DefinitionMismatch",
+    "EntryNotFound",
+    "InvalidPayload",
+    "PermanentError",
+    "RunNotFound",
+    "SagaDefinitionError",
+    "SagaError",
+    "SagaTimeout",
+    "SettingsError",
+    "StoreUnavailable",
+]

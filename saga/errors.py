@@ -1,0 +1,79 @@
+"""Every error this library raises, under one root.
+
+    SagaError
+    ├── SagaDefinitionError     a saga or step declared wrongly (bad name, no steps, ...)
+    ├── SettingsError           a SAGA_* environment variable that cannot be used
+    ├── InvalidPayload          a payload or step output that is not a JSON object
+    ├── RunNotFound             no run with that id (never started, or past retention)
+    ├── EntryNotFound           no dead-letter entry with that id
+    ├── StoreUnavailable        Redis cannot be reached
+    ├── CheckpointCorrupted     a stored checkpoint's hash does not match its payload
+    ├── DefinitionMismatch      a run was started with another definition of its saga
+    ├── SagaTimeout             wait() ran out of time (also a builtin TimeoutError)
+    └── PermanentError          raised by step code: give up now, do not retry
+
+Every message is one line that says what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class SagaError(Exception):
+    """Root of every error raised by this library."""
+
+
+class SagaDefinitionError(SagaError):
+    """A saga or one of its steps is declared in a way that cannot run."""
+
+
+class SettingsError(SagaError):
+    """A ``SAGA_*`` setting is missing or malformed."""
+
+
+class InvalidPayload(SagaError):
+    """A payload or a step's return value is not a JSON object."""
+
+
+class RunNotFound(SagaError):
+    """No run with this id exists in the store."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(run_id)
+        self.run_id = run_id
+
+    def __str__(self) -> str:
+        return f"no saga run with id {self.run_id!r} (check the id; finished runs expire after retention)"
+
+
+class EntryNotFound(SagaError):
+    """No dead-letter entry with this id exists."""
+
+    def __init__(self, entry_id: str) -> None:
+        super().__init__(entry_id)
+        self.entry_id = entry_id
+
+    def __str__(self) -> str:
+        return f"no dead-letter entry with id {self.entry_id!r} (list them with `saga dlq list`)"
+
+
+class StoreUnavailable(SagaError):
+    """The coordinator's Redis cannot be reached."""
+
+
+class CheckpointCorrupted(SagaError):
+    """A checkpoint's stored hash does not verify against the stored payload."""
+
+
+class DefinitionMismatch(SagaError):
+    """The run was started under a different definition of its saga than this process has."""
+
+
+class SagaTimeout(SagaError, TimeoutError):
+    """``Saga.wait`` gave up before the run reached a terminal status."""
+
+
+class PermanentError(SagaError):
+    """Raise from a step or compensation to give up at once, without retries.
+
+    A step that raises it goes straight to the dead-letter queue and its saga compensates.
+    """

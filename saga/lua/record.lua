@@ -1,0 +1,10 @@
+-- record.lua: append events that do not change the snapshot (a retry), on behalf of a fenced
+-- attempt, and hand the lease over to the retry that will follow.
+-- KEYS[1] meta   KEYS[2] events   KEYS[3] lease
+-- ARGV[1] fencing token   ARGV[2] new lease value ('backoff:<next attempt>')   ARGV[3] its ttl ms
+-- ARGV[4..] events
+-- Returns 1, or 0 when the token no longer holds the run.
+if not holds(KEYS[1], KEYS[3], ARGV[1]) then return 0 end
+for i = 4, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])
+return 1

@@ -1,0 +1,75 @@
+"""One typed settings object, read from ``SAGA_*`` environment variables once per process."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from functools import lru_cache
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import SettingsError
+
+#: Where the coordinator keeps runs when nothing else is said.
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+#: How long every version of a finished run is kept (7 days).
+DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
+
+ENV_PREFIX = "SAGA_"
+
+
+class Settings(BaseModel):
+    """Every setting of the coordinator; field ``x`` is read from ``SAGA_X``.
+
+    Guarantees: values are validated on construction, so a bad variable fails at start-up with
+    a one-line :class:`SettingsError` rather than in the middle of a run.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: The coordinator's store.
+    redis_url: str = DEFAULT_REDIS_URL
+    #: The default Celery app's broker; the Redis URL when unset.
+    broker_url: str = ""
+    #: Lease on a running step or compensation, renewed by a heartbeat while its body runs.
+    lease_seconds: float = Field(default=5.0, gt=0)
+    #: Default retry policy of a step (a step may override each).
+    max_retries: int = Field(default=3, ge=0)
+    retry_backoff: float = Field(default=1.0, ge=0)
+    retry_backoff_max: float = Field(default=60.0, ge=0)
+    #: How long every version of a completed or compensated run is kept.
+    retention_seconds: int = Field(default=DEFAULT_RETENTION_SECONDS, gt=0)
+    #: Opt-in dedicated queues; empty means Celery's default queue, so a plain worker runs all.
+    step_queue: str = ""
+    compensation_queue: str = ""
+    #: Prefix of every Redis key the coordinator writes.
+    key_prefix: str = "saga"
+
+    @model_validator(mode="after")
+    def _broker_defaults_to_redis(self) -> Settings:
+        if not self.broker_url:
+            object.__setattr__(self, "broker_url", self.redis_url)
+        return self
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``SAGA_*`` variables; unknown ``SAGA_`` names are an error."""
+        env = os.environ if environ is None else environ
+        values: dict[str, str] = {}
+        for name, value in env.items():
+            if name.startswith(ENV_PREFIX):
+                values[name[len(ENV_PREFIX) :].lower()] = value
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ENV_PREFIX + str(first["loc"][0]).upper() if first["loc"] else "SAGA_*"
+            if first["type"] == "extra_forbidden":
+                raise SettingsError(f"{field} is not a known setting; see README 'Settings'") from None
+            raise SettingsError(f"{field}: {first['msg']} (got {first.get('input')!r})") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings.from_env()
