@@ -16,7 +16,7 @@ from celery import current_app as celery_current_app
 from . import state as sm
 from .errors import SagaDefinitionError, SagaTimeout
 from .settings import Settings, get_settings
-from .state import Direction, Event, JSONObject, SagaState, Shape, Status
+from .state import Direction, Event, JSONObject, SagaState, Shape
 from .store import RedisStore
 
 StepFunction = Callable[[dict[str, Any], "StepContext"], "dict[str, Any] | None"]
@@ -120,6 +120,10 @@ class Saga:
         self._settings = settings
         self._store = store
         self.steps: list[Step] = []
+        _registry[name] = self
+        from .recovery import install_watchdog
+
+        install_watchdog(self.app)
 
     @property
     def settings(self) -> Settings:
@@ -143,7 +147,7 @@ class Saga:
     @overload
     def step(self, fn: StepFunction, /) -> Step: ...
     @overload
-    def step(self, *, name: str | None = None, max_retries: int | None = None,
+    def step(self, fn: None = None, /, *, name: str | None = None, max_retries: int | None = None,
              retry_backoff: float | None = None, retry_backoff_max: float | None = None
              ) -> Callable[[StepFunction], Step]: ...
 
@@ -242,6 +246,24 @@ class Saga:
 
 
 _stores: dict[Settings, RedisStore] = {}
+_registry: dict[str, Saga] = {}
+
+
+def find_saga(name: str) -> Saga:
+    """The saga called ``name`` defined in this process; import its module first."""
+    try:
+        return _registry[name]
+    except KeyError:
+        known = ", ".join(sorted(_registry)) or "none"
+        raise SagaDefinitionError(
+            f"saga {name!r} is not defined in this process (known: {known}); "
+            "import the module that defines it (e.g. --app workers)"
+        ) from None
+
+
+def sagas() -> list[Saga]:
+    """Every saga defined in this process."""
+    return list(_registry.values())
 
 
 def _shared_store(settings: Settings) -> RedisStore:
@@ -249,7 +271,8 @@ def _shared_store(settings: Settings) -> RedisStore:
     store = _stores.get(settings)
     if store is None:
         store = RedisStore(settings.redis_url, prefix=settings.key_prefix,
-                           retention_seconds=settings.retention_seconds)
+                           retention_seconds=settings.retention_seconds,
+                           dispatch_timeout=settings.dispatch_timeout)
         _stores[settings] = store
     return store
 

@@ -44,6 +44,12 @@ class Settings(BaseModel):
     compensation_queue: str = ""
     #: Prefix of every Redis key the coordinator writes.
     key_prefix: str = "saga"
+    #: How long a dispatched step may wait unstarted before the watchdog dispatches it again.
+    dispatch_timeout: float = Field(default=30.0, gt=0)
+    #: How often each worker's watchdog looks for runs to resume; 0 turns it off.
+    watchdog_interval: float = Field(default=1.0, ge=0)
+    #: Port of the workers' Prometheus metrics endpoint; 0 turns it off.
+    metrics_port: int = Field(default=9808, ge=0, le=65535)
 
     @model_validator(mode="after")
     def _broker_defaults_to_redis(self) -> Settings:

@@ -18,7 +18,7 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from enum import Enum
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
@@ -28,7 +28,7 @@ Event = dict[str, Any]
 JSONObject = dict[str, Any]
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     """Where a run is. The last three are terminal: nothing runs for them any more."""
 
     PENDING = "pending"  # started, no step has begun yet
@@ -47,7 +47,7 @@ class Status(str, Enum):
 TERMINAL = frozenset({Status.COMPLETED, Status.COMPENSATED, Status.FAILED})
 
 
-class Direction(str, Enum):
+class Direction(StrEnum):
     """Which way a task moves a run: a forward step, or a compensation."""
 
     FORWARD = "forward"
@@ -436,3 +436,26 @@ def decide_fail(
                "message": entry["error_message"], "attempts": 0},
     )
     return _transition(state, b), entry
+
+
+def decide_cancel(state: SagaState, shape: Shape, reason: str, at: str | None = None) -> Transition:
+    """An operator cancels a pending or running run: unwind the committed steps."""
+    b = _Builder(state, state.id, bump=True, at=at or now_iso())
+    target = next_compensation(state, shape, below=state.current_step)
+    if target is None:
+        b.add("saga.cancelled", reason=reason)
+        b.add("saga.compensated", status=Status.COMPENSATED.value)
+    else:
+        b.add("saga.cancelled", reason=reason, status=Status.COMPENSATING.value, current_step=target)
+    return _transition(state, b)
+
+
+def decide_retry_compensation(
+    state: SagaState, shape: Shape, index: int, entry_id: str, at: str | None = None
+) -> Transition:
+    """An operator retries a stuck compensation: the failed run unwinds again from ``index``."""
+    b = _Builder(state, state.id, bump=True, at=at or now_iso())
+    b.add("saga.resumed", **_step(shape, index), direction=Direction.COMPENSATION.value,
+          reason="dead letter retried", entry_id=entry_id, from_version=state.version,
+          status=Status.COMPENSATING.value, current_step=index)
+    return _transition(state, b)

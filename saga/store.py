@@ -7,13 +7,15 @@ run's keys share one slot and every script below touches one slot only):
 key                         type    holds
 ==========================  ======  ==========================================================
 ``P:{R}:meta``              hash    saga, fingerprint, version, status, cursor, fence, attempt,
-                                    dups (suppressed duplicate deliveries), key
+                                    dups (suppressed duplicate deliveries), key, cancel
 ``P:{R}:history``           list    every snapshot, version ``n`` at index ``n-1``
 ``P:{R}:events``            list    every event, oldest first
 ``P:{R}:done``              hash    ``forward:i`` / ``compensation:i`` -> ``version:token``
 ``P:{R}:lease``             string  fencing token of the running attempt (or ``backoff:n``)
 ``P:{R}:dead``              list    this run's dead-letter entries
 ``P:runs``                  zset    run id -> start time (the listing index)
+``P:active``                zset    unfinished run id -> time by which it must show progress
+``P:watchdog``              string  id of the worker whose watchdog scans ``P:active`` now
 ``P:dlq``                   hash    dead-letter entry id -> entry
 ``P:dlq:index``             zset    dead-letter entry id -> time
 ==========================  ======  ==========================================================
@@ -27,14 +29,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from .errors import RunNotFound, StoreUnavailable
+from .errors import EntryNotFound, RunNotFound, StoreUnavailable
 from .state import Event, JSONObject, SagaState, Transition
 
 
@@ -68,10 +70,14 @@ class Begin:
 
 @dataclass(frozen=True)
 class CommitResult:
-    """Whether a commit was applied; ``reason`` says why not (version, fenced, done, missing)."""
+    """Whether a commit was applied; ``reason`` says why not (version, fenced, done, missing).
+
+    ``cancel`` is set when an operator asked to cancel the run while the committing attempt ran.
+    """
 
     applied: bool
     reason: str
+    cancel: str = ""
 
 
 def redact(url: str) -> str:
@@ -105,10 +111,12 @@ class RedisStore:
     """
 
     def __init__(self, url: str, *, prefix: str = "saga", retention_seconds: int = 7 * 24 * 3600,
-                 retries: int = 8) -> None:
+                 dispatch_timeout: float = 30.0, retries: int = 8) -> None:
         self.url = url
         self.prefix = prefix
         self.retention_ms = retention_seconds * 1000
+        self.dispatch_timeout = dispatch_timeout
+        self.active_key = f"{prefix}:active"
         try:
             self.client: redis.Redis = redis.Redis.from_url(
                 url, decode_responses=True, socket_connect_timeout=2, socket_timeout=10,
@@ -122,6 +130,7 @@ class RedisStore:
         self._commit = self.client.register_script(_script("commit"))
         self._record = self.client.register_script(_script("record"))
         self._renew = self.client.register_script(_script("renew"))
+        self._note = self.client.register_script(_script("note"))
 
     def keys(self, run_id: str) -> RunKeys:
         """The keys of one run."""
@@ -154,7 +163,11 @@ class RedisStore:
                       state.status.value, state.current_step],
             )
             if created:
-                self.client.zadd(f"{self.prefix}:runs", {state.id: time.time()})
+                now = time.time()
+                pipe = self.client.pipeline(transaction=False)
+                pipe.zadd(f"{self.prefix}:runs", {state.id: now})
+                pipe.zadd(self.active_key, {state.id: now + self.dispatch_timeout})
+                pipe.execute()
         return bool(created)
 
     def begin(self, run_id: str, direction: str, index: int, attempt: int, lease_ms: int,
@@ -163,34 +176,47 @@ class RedisStore:
         prefix = _dumps({k: v for k, v in started.items() if k not in ("attempt", "version")})[:-1]
         k = self.keys(run_id)
         with self._guard():
-            out = self._begin(
-                keys=[k.meta, k.history, k.events, k.done, k.lease],
-                args=[direction, index, lease_ms, attempt, fingerprint, prefix],
-            )
+            pipe = self.client.pipeline(transaction=False)
+            self._begin(keys=[k.meta, k.history, k.events, k.done, k.lease],
+                        args=[direction, index, lease_ms, attempt, fingerprint, prefix], client=pipe)
+            # the watchdog looks again once the lease could have expired
+            pipe.zadd(self.active_key, {run_id: time.time() + lease_ms / 1000}, xx=True)
+            out = pipe.execute()[0]
         outcome, snap, token, n, extra = out
         state = SagaState.from_dict(json.loads(snap)) if snap else None
         return Begin(outcome, state, token, int(n), extra)
 
     def commit(self, before: SagaState, transition: Transition, *, token: str = "",
-               done_field: str = "", release: bool = False, dead_entry: JSONObject | None = None
-               ) -> CommitResult:
-        """Commit one transition (see commit.lua); dead letters also reach the global queue."""
+               done_field: str = "", release: bool = False, dead_entry: JSONObject | None = None,
+               idle: bool = False) -> CommitResult:
+        """Commit one transition (see commit.lua); dead letters also reach the global queue.
+
+        With ``idle``, the commit is refused (reason ``leased``) while an attempt holds a live lease.
+        """
         after = transition.state
         moved = (after.current_step, after.status) != (before.current_step, before.status)
         reset = moved and not (before.status.value == "pending" and after.current_step == 0)
-        flags = ("r" if release else "") + ("a" if reset else "")
+        flags = ("r" if release else "") + ("a" if reset else "") + ("i" if idle else "")
         ttl = self.retention_ms if after.status.value in ("completed", "compensated") else 0
         k = self.keys(after.id)
         with self._guard():
-            applied, reason = self._commit(
+            pipe = self.client.pipeline(transaction=False)
+            self._commit(
                 keys=list(k),
                 args=[before.version, token, after.version, _dumps(after.to_dict()), after.status.value,
                       after.current_step, done_field, flags, ttl, _dumps(dead_entry) if dead_entry else "",
                       *(_dumps(e) for e in transition.events)],
+                client=pipe,
             )
+            if after.status.terminal:
+                pipe.zrem(self.active_key, after.id)
+            else:
+                pipe.zadd(self.active_key, {after.id: time.time() + self.dispatch_timeout}, xx=True)
+            reply = pipe.execute()[0]
+            applied = bool(reply[0])
             if applied and dead_entry is not None:
                 self._index_dead_letter(dead_entry)
-        return CommitResult(bool(applied), str(reason))
+        return CommitResult(applied, str(reply[1]), str(reply[2]) if applied else "")
 
     def _index_dead_letter(self, entry: Mapping[str, Any]) -> None:
         pipe = self.client.pipeline(transaction=False)
@@ -206,6 +232,75 @@ class RedisStore:
             ok = self._record(keys=[k.meta, k.events, k.lease],
                               args=[token, lease_value, lease_ms, *(_dumps(e) for e in events)])
         return bool(ok)
+
+    def note(self, run_id: str, events: Sequence[Event], *, expected_version: int | None = None,
+             require_idle: bool = False, fence: bool = False) -> tuple[bool, str]:
+        """Append snapshot-neutral events for the coordinator (see note.lua).
+
+        Returns ``(True, new token or '')`` or ``(False, reason)``.
+        """
+        k = self.keys(run_id)
+        with self._guard():
+            ok, detail = self._note(
+                keys=[k.meta, k.events, k.lease],
+                args=["" if expected_version is None else expected_version, "1" if require_idle else "0",
+                      "1" if fence else "0", *(_dumps(e) for e in events)],
+            )
+        return bool(ok), str(detail)
+
+    def request_cancel(self, run_id: str, reason: str) -> None:
+        """Ask the attempt running now to cancel the run when it commits."""
+        with self._guard():
+            self.client.hset(self.keys(run_id).meta, "cancel", reason or "cancelled")
+
+    def schedule(self, run_id: str, delay: float) -> None:
+        """Have the watchdog look at an unfinished run again after ``delay`` seconds."""
+        with self._guard():
+            self.client.zadd(self.active_key, {run_id: time.time() + delay})
+
+    def forget_active(self, run_id: str) -> None:
+        """Stop watching a run (it is terminal)."""
+        with self._guard():
+            self.client.zrem(self.active_key, run_id)
+
+    def due(self, limit: int = 100) -> list[str]:
+        """Unfinished runs whose progress deadline has passed, oldest deadline first."""
+        with self._guard():
+            ids = cast(list[str], self.client.zrangebyscore(self.active_key, "-inf", time.time(), 0, limit))
+        return ids
+
+    def hold_lock(self, name: str, owner: str, ttl_ms: int) -> bool:
+        """Take or extend a named lock held by ``owner``; False if another owner holds it."""
+        key = f"{self.prefix}:{name}"
+        with self._guard():
+            if self.client.set(key, owner, nx=True, px=ttl_ms):
+                return True
+            if self.client.get(key) == owner:
+                self.client.pexpire(key, ttl_ms)
+                return True
+        return False
+
+    def dead_letter(self, entry_id: str) -> JSONObject:
+        """One dead-letter entry; :class:`EntryNotFound` if it is not in the queue."""
+        with self._guard():
+            raw = self.client.hget(f"{self.prefix}:dlq", entry_id)
+        if raw is None:
+            raise EntryNotFound(entry_id)
+        entry: JSONObject = json.loads(raw)
+        return entry
+
+    def remove_dead_letter(self, entry_id: str) -> None:
+        """Take an entry off the queue (the run's own record of it stays)."""
+        with self._guard():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hdel(f"{self.prefix}:dlq", entry_id)
+            pipe.zrem(f"{self.prefix}:dlq:index", entry_id)
+            pipe.execute()
+
+    def dead_letter_depth(self) -> int:
+        """How many entries wait in the dead-letter queue."""
+        with self._guard():
+            return int(self.client.zcard(f"{self.prefix}:dlq:index"))
 
     def renew(self, run_id: str, token: str, lease_ms: int) -> bool:
         """Extend a lease that still carries ``token``."""
@@ -252,7 +347,7 @@ class RedisStore:
     def meta(self, run_id: str) -> dict[str, str]:
         """The run's bookkeeping fields (fingerprint, fence, attempt, dups, ...)."""
         with self._guard():
-            data: dict[str, str] = self.client.hgetall(self.keys(run_id).meta)
+            data = cast(dict[str, str], self.client.hgetall(self.keys(run_id).meta))
         if not data:
             raise RunNotFound(run_id)
         return data
@@ -260,18 +355,27 @@ class RedisStore:
     def lease(self, run_id: str) -> str | None:
         """The run's current lease value, if one is live."""
         with self._guard():
-            value: str | None = self.client.get(self.keys(run_id).lease)
+            value = cast(str | None, self.client.get(self.keys(run_id).lease))
         return value
 
     def dead_letters(self) -> list[JSONObject]:
         """Every dead-letter entry, oldest first."""
         with self._guard():
-            ids = self.client.zrange(f"{self.prefix}:dlq:index", 0, -1)
+            ids = cast(list[str], self.client.zrange(f"{self.prefix}:dlq:index", 0, -1))
             raw = self.client.hmget(f"{self.prefix}:dlq", ids) if ids else []
         return [json.loads(r) for r in raw if r is not None]
+
+    def snapshots(self, run_ids: Sequence[str]) -> list[SagaState | None]:
+        """The latest snapshot of each run (None where it has expired), in one round trip."""
+        with self._guard():
+            pipe = self.client.pipeline(transaction=False)
+            for run_id in run_ids:
+                pipe.lindex(self.keys(run_id).history, -1)
+            raw = pipe.execute()
+        return [None if r is None else SagaState.from_dict(json.loads(r)) for r in raw]
 
     def run_ids(self, limit: int | None = None) -> list[str]:
         """Run ids, newest first."""
         with self._guard():
-            ids: list[str] = self.client.zrevrange(f"{self.prefix}:runs", 0, -1 if limit is None else limit - 1)
+            ids = cast(list[str], self.client.zrevrange(f"{self.prefix}:runs", 0, -1 if limit is None else limit - 1))
         return ids

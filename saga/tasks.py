@@ -40,7 +40,8 @@ def register_task(saga: Saga, step: Step, direction: Direction) -> Any:
         execute(saga, step, direction, task, run_id, attempt)
 
     run.__name__ = name.replace(".", "_").replace("-", "_")
-    run.__doc__ = f"{'Compensation of s' if direction is Direction.COMPENSATION else 'S'}tep {step.name!r} of saga {saga.name!r}."
+    what = "Compensation of step" if direction is Direction.COMPENSATION else "Step"
+    run.__doc__ = f"{what} {step.name!r} of saga {saga.name!r}."
     return saga.app.task(name=name, **TASK_OPTIONS)(run)
 
 
@@ -174,7 +175,7 @@ def execute(saga: Saga, step: Step, direction: Direction, task: Any, run_id: str
     heartbeat.hold(store, run_id, token, lease_ms)
     try:
         output = _run_body(step, direction, dict(state.payload), ctx)
-    except Exception as exc:  # noqa: BLE001 - every failure of user code is recorded, none escapes
+    except Exception as exc:
         heartbeat.release(run_id, token)
         _failed(saga, step, direction, task, state, token, attempt, exc, log)
         return
@@ -209,6 +210,9 @@ def _succeeded(saga: Saga, step: Step, direction: Direction, state: SagaState, t
         log.warning("commit refused (%s): this attempt lost its lease or was superseded; result discarded",
                     result.reason)
         return
+    if result.cancel and moved.state.status is Status.RUNNING:
+        apply_cancel(saga, moved.state, result.cancel)
+        return
     dispatch(saga, moved.state)
 
 
@@ -236,6 +240,17 @@ def _failed(saga: Saga, step: Step, direction: Direction, task: Any, state: Saga
         log.warning("commit of the failure refused (%s); result discarded", result.reason)
         return
     dispatch(saga, moved.state)
+
+
+def apply_cancel(saga: Saga, state: SagaState, reason: str) -> bool:
+    """Commit the cancellation of a run no attempt is running, and dispatch its first
+    compensation. False when an attempt holds a live lease (or the run moved meanwhile)."""
+    moved = sm.decide_cancel(state, saga.shape, reason)
+    result = saga.store.commit(state, moved, idle=True)
+    if result.applied:
+        run_logger(state.id, saga.name, "").warning("cancelled: %s", reason)
+        dispatch(saga, moved.state)
+    return result.applied
 
 
 def fail_run(saga: Saga, state: SagaState, step_name: str, error: Exception) -> bool:

