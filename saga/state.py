@@ -173,7 +173,7 @@ def now_iso() -> str:
 
 def canonical_json(payload: Mapping[str, Any]) -> str:
     """The canonical JSON text of a payload, the one checkpoint hashes are taken over."""
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(dict(payload), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def payload_hash(payload: Mapping[str, Any]) -> str:

@@ -1,0 +1,269 @@
+"""The saga engine end to end: a real Redis, a real in-process Celery worker."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from typing import Any
+
+import pytest
+import redis
+
+from saga import InvalidPayload, RunNotFound, Saga, SagaState, SagaTimeout, Status, dead_letters, payload_hash
+from saga.state import canonical_json
+from tests.conftest import wait_for
+from tests.sagas import app, effects, gaps, ledger, single, trip
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+def finished(saga: Saga, run_id: str) -> SagaState:
+    state = saga.wait(run_id, timeout=30)
+    # every run, whatever its fate, must be rebuildable from its events alone
+    assert saga.rebuild(run_id) == state
+    history = saga.history(run_id)
+    assert [s.version for s in history] == list(range(1, state.version + 1))
+    assert history[-1] == state
+    return state
+
+
+def types(saga: Saga, run_id: str) -> list[str]:
+    return [e["type"] for e in saga.events(run_id)]
+
+
+def test_happy_path_runs_every_step_once_and_checkpoints_each(r: redis.Redis) -> None:
+    run_id = trip.start({"trip": 1})
+    state = finished(trip, run_id)
+
+    assert state.status is Status.COMPLETED
+    assert ledger(run_id) == ["forward:flight", "forward:hotel", "forward:car", "forward:pay"]
+    assert dict(state.payload) == {"trip": 1, "flight": 1, "hotel": 1, "car": 1, "pay": 1}
+    assert [(c.step, c.name) for c in state.checkpoints] == [(0, "flight"), (1, "hotel"), (2, "car"), (3, "pay")]
+    assert state.current_step == 4 and state.error is None
+    assert types(trip, run_id) == [
+        "saga.started", "step.started", "step.succeeded", "step.started", "step.succeeded",
+        "step.started", "step.succeeded", "step.started", "step.succeeded", "saga.completed",
+    ]
+
+
+def test_every_checkpoint_hash_is_the_sha256_of_the_canonical_payload_after_its_step() -> None:
+    run_id = trip.start({"trip": 2, "unicode": "ünïcödé", "nested": {"z": 1, "a": [1, 2]}})
+    final = finished(trip, run_id)
+    checked = 0
+    for snap in trip.history(run_id):
+        # the snapshot that committed a step is the first one holding its checkpoint
+        if snap.checkpoints and len(snap.checkpoints) > checked:
+            cp = snap.checkpoints[-1]
+            text = json.dumps(dict(snap.payload), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            assert cp.hash == hashlib.sha256(text.encode("utf-8")).hexdigest() == payload_hash(snap.payload)
+            assert canonical_json(snap.payload) == text
+            checked = len(snap.checkpoints)
+    assert checked == len(final.checkpoints) == 4
+
+
+def test_a_failure_at_step_k_compensates_k_minus_1_down_to_1_in_order() -> None:
+    run_id = trip.start({"fail_at": "car"})
+    state = finished(trip, run_id)
+
+    assert state.status is Status.COMPENSATED
+    assert ledger(run_id) == [
+        "forward:flight", "forward:hotel", "forward:car",
+        "compensation:hotel", "compensation:flight",
+    ]
+    assert state.error is not None
+    error = state.error
+    assert (error.step, error.name, error.type, error.attempts) == (2, "car", "PermanentError", 1)
+    [entry] = [d for d in dead_letters() if d["run_id"] == run_id]
+    assert {k: entry[k] for k in ("saga", "step", "kind", "error_type", "attempts")} == {
+        "saga": "trip", "step": "car", "kind": "forward", "error_type": "PermanentError", "attempts": 1}
+    assert entry["error_message"] == "car refused" and entry["id"] and entry["at"]
+    assert types(trip, run_id)[-7:] == [
+        "step.failed", "saga.dead_lettered", "compensation.started", "compensation.succeeded",
+        "compensation.started", "compensation.succeeded", "saga.compensated",
+    ]
+
+
+def test_steps_without_a_compensation_are_passed_over_in_the_unwind() -> None:
+    run_id = gaps.start({"fail_at": "d"})
+    state = finished(gaps, run_id)
+    assert state.status is Status.COMPENSATED
+    assert ledger(run_id)[4:] == ["compensation:c", "compensation:a"]
+
+
+def test_retries_then_success_records_each_retry() -> None:
+    run_id = trip.start({"flaky": {"hotel": 2}})
+    state = finished(trip, run_id)
+
+    assert state.status is Status.COMPLETED
+    assert ledger(run_id).count("forward:hotel") == 3
+    retries = [e for e in trip.events(run_id) if e["type"] == "step.retrying"]
+    assert [(e["name"], e["attempt"], e["error_type"]) for e in retries] == [
+        ("hotel", 1, "ConnectionError"), ("hotel", 2, "ConnectionError")]
+    assert all(0 <= e["delay"] <= 0.05 for e in retries)
+    assert state.payload["hotel"] == 3  # the step saw its attempt number
+    assert len(effects(run_id)) == 4  # the effect of each step applied once, despite the retries
+
+
+def test_retries_exhausted_dead_letter_then_compensate() -> None:
+    run_id = trip.start({"flaky": {"car": 99}})
+    state = finished(trip, run_id)
+
+    assert state.status is Status.COMPENSATED
+    assert ledger(run_id).count("forward:car") == 3  # 1 + max_retries (2)
+    assert state.error is not None and state.error.attempts == 3 and state.error.type == "ConnectionError"
+    [entry] = [d for d in dead_letters() if d["run_id"] == run_id]
+    assert entry["attempts"] == 3 and entry["kind"] == "forward"
+    assert ledger(run_id)[-2:] == ["compensation:hotel", "compensation:flight"]
+
+
+def test_a_compensation_that_fails_ends_the_run_failed_and_stops_the_unwind() -> None:
+    run_id = trip.start({"fail_at": "car", "fail_compensation": "hotel"})
+    state = finished(trip, run_id)
+
+    assert state.status is Status.FAILED
+    assert state.error is not None and state.error.name == "hotel" and state.error.attempts == 3
+    kinds = sorted(d["kind"] for d in dead_letters() if d["run_id"] == run_id)
+    assert kinds == ["compensation", "forward"]
+    # flight's compensation never ran: nothing further runs until an operator acts
+    assert "compensation:flight" not in ledger(run_id)
+    assert ledger(run_id).count("compensation:hotel") == 3
+    assert types(trip, run_id)[-1] == "saga.failed"
+
+
+def test_a_redelivered_message_does_not_rerun_a_committed_step(r: redis.Redis) -> None:
+    run_id = trip.start({"trip": "redeliver"})
+    before = finished(trip, run_id)
+    events_before = trip.events(run_id)
+
+    # When the first step's message is delivered again
+    app.send_task("saga.trip.flight", args=(run_id,))
+    wait_for(lambda: trip.store.meta(run_id)["dups"] == "1", what="the duplicate to be seen")
+
+    # Then its body did not run again and nothing was committed
+    assert ledger(run_id).count("forward:flight") == 1
+    assert trip.get(run_id) == before
+    assert trip.events(run_id) == events_before
+
+
+def test_a_duplicate_delivery_of_a_running_step_does_not_run_its_body_twice(r: redis.Redis) -> None:
+    gate = f"gate:{id(r)}:{threading.get_ident()}"
+    run_id = trip.start({"block": {"hotel": gate}})
+    wait_for(lambda: "forward:hotel" in ledger(run_id), what="hotel to start")
+
+    app.send_task("saga.trip.hotel", args=(run_id,))
+    wait_for(lambda: trip.store.meta(run_id)["dups"] == "1", what="the duplicate to be refused")
+    r.rpush(gate, "go")
+
+    assert finished(trip, run_id).status is Status.COMPLETED
+    assert ledger(run_id).count("forward:hotel") == 1
+
+
+def test_the_same_start_key_returns_the_same_run_and_starts_nothing() -> None:
+    first = single.start({"n": 1}, key="order-7")
+    again = single.start({"n": 2}, key="order-7")
+    assert first == again
+    finished(single, first)
+    assert ledger(first) == ["forward:only"]
+    assert single.get(first).payload["n"] == 1
+    assert single.start({"n": 1}, key="order-8") != first
+
+
+def test_concurrent_starts_with_one_key_make_one_run() -> None:
+    barrier = threading.Barrier(12)
+    ids: list[str] = []
+
+    def start() -> None:
+        barrier.wait()
+        ids.append(single.start({"n": 1}, key="race-1"))
+
+    threads = [threading.Thread(target=start) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert len(set(ids)) == 1 and len(ids) == 12
+    finished(single, ids[0])
+    assert types(single, ids[0]).count("saga.started") == 1
+    assert ledger(ids[0]) == ["forward:only"]
+
+
+def test_bad_payloads_are_refused_before_anything_is_written(r: redis.Redis) -> None:
+    keys_before = r.dbsize()
+    for bad in ([1, 2], "order", None, {"at": object()}):
+        with pytest.raises(InvalidPayload):
+            trip.start(bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidPayload):
+        trip.start([1], key="k-bad")  # type: ignore[arg-type]
+    assert r.dbsize() == keys_before
+
+
+def test_a_step_returning_something_but_an_object_fails_permanently_with_that_message() -> None:
+    run_id = trip.start({"bad_output_at": "hotel"})
+    state = finished(trip, run_id)
+    assert state.status is Status.COMPENSATED
+    assert state.error is not None and state.error.type == "PermanentError" and state.error.attempts == 1
+    assert "return value of step 'hotel' must be a JSON object" in state.error.message
+    assert ledger(run_id).count("forward:hotel") == 1
+
+
+def test_unknown_run_ids_raise_run_not_found() -> None:
+    for call in (trip.get, trip.history, trip.events, trip.rebuild):
+        with pytest.raises(RunNotFound, match="no saga run with id 'nope'"):
+            call("nope")
+
+
+def test_wait_times_out_with_a_timeout_error(r: redis.Redis) -> None:
+    gate = "gate:wait-timeout"
+    run_id = trip.start({"block": {"flight": gate}})
+    with pytest.raises(TimeoutError) as info:
+        trip.wait(run_id, timeout=0.3)
+    assert isinstance(info.value, SagaTimeout) and run_id in str(info.value)
+    r.rpush(gate, "go")
+    finished(trip, run_id)
+
+
+def test_malformed_and_unknown_messages_are_logged_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
+    app.send_task("saga.single.only", args=("no-such-run",))
+    app.send_task("saga.single.only", args=(12345,))
+    # the worker goes on serving runs
+    run_id = single.start({"after": "junk"})
+    assert finished(single, run_id).status is Status.COMPLETED
+
+
+def test_run_keys_share_one_cluster_hash_tag_and_finished_runs_expire(r: redis.Redis) -> None:
+    run_id = single.start({"n": 1})
+    finished(single, run_id)
+    keys = sorted(r.scan_iter(match=f"saga:*{run_id}*"))
+    assert keys and all(f"{{{run_id}}}" in k for k in keys)
+    ttl = r.ttl(single.store.keys(run_id).history)
+    assert 6 * 24 * 3600 < ttl <= 7 * 24 * 3600
+
+
+def test_a_failed_run_is_kept_without_expiry(r: redis.Redis) -> None:
+    run_id = trip.start({"fail_at": "car", "fail_compensation": "flight"})
+    assert finished(trip, run_id).status is Status.FAILED
+    assert r.ttl(trip.store.keys(run_id).history) == -1
+
+
+def test_events_carry_run_id_version_time_and_step() -> None:
+    run_id = trip.start({"fail_at": "pay"})
+    finished(trip, run_id)
+    for e in trip.events(run_id):
+        assert e["run_id"] == run_id and isinstance(e["version"], int) and e["at"].endswith("Z")
+        if e["type"].startswith(("step.", "compensation.")):
+            assert isinstance(e["step"], int) and isinstance(e["name"], str)
+
+
+def test_tasks_are_named_and_carry_the_run_id_first() -> None:
+    names = set(app.tasks)
+    assert {"saga.trip.flight", "saga.trip.flight.compensate", "saga.trip.pay"} <= names
+    assert "saga.trip.pay.compensate" not in names
+    task: Any = app.tasks["saga.trip.flight"]
+    assert task.acks_late and task.reject_on_worker_lost and task.ignore_result
+
+
+def test_no_pickle_anywhere() -> None:
+    assert app.conf.accept_content == ["json"] and app.conf.task_serializer == "json"
+    assert json.loads(json.dumps(app.conf.result_accept_content)) == ["json"]

@@ -1,0 +1,51 @@
+"""`celery -A workers worker` as a subprocess runs the example order saga."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from saga import Status
+from saga.testing import free_port
+
+
+@pytest.fixture(scope="module")
+def celery_worker_process(redis_url: str) -> Iterator[subprocess.Popen[bytes]]:
+    env = {**os.environ, "SAGA_REDIS_URL": redis_url, "SAGA_BROKER_URL": os.environ["SAGA_BROKER_URL"],
+           "SAGA_METRICS_PORT": "0", "SAGA_WATCHDOG_INTERVAL": "0.5"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool=prefork", "-c", "2",
+         "--loglevel=WARNING", "-n", f"subproc{free_port()}@%h"],
+        env=env, start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_a_prefork_worker_process_completes_and_compensates_orders(celery_worker_process: object) -> None:
+    from workers.orders import order
+
+    ok = order.start({"order_id": 1, "amount": 30})
+    bad = order.start({"order_id": 2, "fail_at": "create_shipment"})
+    flaky = order.start({"order_id": 3, "flaky": {"charge_payment": 1}})
+
+    assert order.wait(ok, timeout=60).status is Status.COMPLETED
+    compensated = order.wait(bad, timeout=60)
+    assert compensated.status is Status.COMPENSATED
+    assert [e["name"] for e in order.events(bad) if e["type"] == "compensation.succeeded"] == [
+        "charge_payment", "reserve_inventory"]
+    assert order.wait(flaky, timeout=60).status is Status.COMPLETED
+    for run_id in (ok, bad, flaky):
+        assert order.rebuild(run_id) == order.get(run_id)
