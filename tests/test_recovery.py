@@ -1,0 +1,125 @@
+"""Recovery: leases, fencing, resume from the last checkpoint, checkpoint verification, drift.
+
+The in-process worker runs no watchdog of its own; these tests drive one pass at a time with
+``Watchdog.scan()``, so each resume is the test's doing and can be asserted exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+import redis
+
+from saga import Status, dead_letters
+from saga import state as sm
+from saga.recovery import Watchdog
+from tests.conftest import wait_for
+from tests.sagas import ledger, trip
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+# one watchdog, as in one worker: a second one would wait for the first one's election lock
+watchdog = Watchdog(interval=1, lease_seconds=2)
+
+
+def scan_until_resumed(run_id: str) -> None:
+    """Make the run due now and let one watchdog pass resume it."""
+    trip.store.schedule(run_id, 0)
+    assert watchdog.scan() >= 1
+
+
+def test_a_run_whose_next_step_was_never_published_is_resumed() -> None:
+    # Given a run written to the store but never dispatched (a crash between commit and publish)
+    t = sm.decide_start(str(uuid.uuid4()), "trip", {"lost": True})
+    assert trip.store.create("trip", trip.shape.fingerprint, t, None)
+    # When the watchdog finds it past its deadline
+    scan_until_resumed(t.state.id)
+    # Then it resumes from version 1 and completes
+    state = trip.wait(t.state.id, timeout=30)
+    assert state.status is Status.COMPLETED
+    [resumed] = [e for e in trip.events(t.state.id) if e["type"] == "saga.resumed"]
+    assert resumed["reason"] == "next step never started" and resumed["from_version"] == 1
+    assert trip.rebuild(t.state.id) == state
+
+
+def test_a_step_whose_lease_expired_is_resumed_and_the_late_attempt_is_discarded(r: redis.Redis) -> None:
+    # Given a step that hangs (a paused or partitioned worker) ...
+    gate = f"gate:{uuid.uuid4()}"
+    run_id = trip.start({"block": {"hotel": gate}})
+    wait_for(lambda: "forward:hotel" in ledger(run_id), what="hotel to start")
+    # ... and loses its lease
+    r.delete(trip.store.keys(run_id).lease)
+    # When the watchdog resumes the run, a second attempt of hotel starts
+    scan_until_resumed(run_id)
+    wait_for(lambda: ledger(run_id).count("forward:hotel") == 2, what="the second attempt")
+    # and both attempts are let go (BLPOP wakes the first waiter first)
+    r.rpush(gate, "go", "go")
+    state = trip.wait(run_id, timeout=30)
+    wait_for(lambda: r.llen(gate) == 0, what="both attempts to finish")
+    # Then exactly one result of hotel was committed, the run completed once, and the late
+    # attempt's commit was refused
+    assert state.status is Status.COMPLETED
+    assert trip.get(run_id) == state
+    assert [e["name"] for e in trip.events(run_id) if e["type"] == "step.succeeded"] == [
+        "flight", "hotel", "car", "pay"]
+    reasons = [e["reason"] for e in trip.events(run_id) if e["type"] == "saga.resumed"]
+    assert reasons == ["lease expired"]
+
+
+def test_a_slow_step_keeps_its_lease_through_the_heartbeat(r: redis.Redis) -> None:
+    # the suite's lease is 2 s; this step outlives several leases
+    gate = f"gate:{uuid.uuid4()}"
+    run_id = trip.start({"block": {"car": gate}})
+    wait_for(lambda: "forward:car" in ledger(run_id), what="car to start")
+    token = trip.store.lease(run_id)
+    wait_for(lambda: r.pttl(trip.store.keys(run_id).lease) > 1900, timeout=5, what="a renewal")
+    ttl_seen = r.pttl(trip.store.keys(run_id).lease)
+    # a watchdog pass past the deadline leaves it alone: the lease is live
+    trip.store.schedule(run_id, 0)
+    assert watchdog.scan() == 0
+    assert trip.store.lease(run_id) == token and ttl_seen > 0
+    r.rpush(gate, "go")
+    assert trip.wait(run_id, timeout=30).status is Status.COMPLETED
+    assert not any(e["type"] == "saga.resumed" for e in trip.events(run_id))
+
+
+def test_a_checkpoint_that_does_not_verify_is_never_resumed(r: redis.Redis) -> None:
+    # Given a run stalled after two committed steps ...
+    gate = f"gate:{uuid.uuid4()}"
+    run_id = trip.start({"block": {"car": gate}})
+    wait_for(lambda: "forward:car" in ledger(run_id), what="car to start")
+    keys = trip.store.keys(run_id)
+    r.delete(keys.lease)
+    # ... whose stored payload was altered after its checkpoint
+    snap = json.loads(r.lindex(keys.history, -1))
+    snap["payload"]["hotel"] = "tampered"
+    r.lset(keys.history, -1, json.dumps(snap))
+    # When the watchdog looks at it
+    trip.store.schedule(run_id, 0)
+    watchdog.scan()
+    # Then it fails with a clear error and a dead letter, and nothing is dispatched
+    state = trip.get(run_id)
+    assert state.status is Status.FAILED
+    assert state.error is not None and state.error.type == "CheckpointCorrupted"
+    assert "hash" in state.error.message
+    assert [d["error_type"] for d in dead_letters() if d["run_id"] == run_id] == ["CheckpointCorrupted"]
+    r.rpush(gate, "go")  # the hung attempt's result is refused (the run moved on)
+    wait_for(lambda: r.llen(gate) == 0, what="the hung attempt to finish")
+    assert "forward:pay" not in ledger(run_id)
+
+
+def test_a_worker_with_a_different_definition_refuses_the_run() -> None:
+    # Given a run recorded under another definition of "trip"
+    t = sm.decide_start(str(uuid.uuid4()), "trip", {"n": 1})
+    assert trip.store.create("trip", "0123456789abcdef", t, None)
+    # When this worker gets its first step
+    trip.steps[0].task.apply_async(args=(t.state.id,))
+    # Then it fails the run instead of running another sequence
+    state = trip.wait(t.state.id, timeout=30)
+    assert state.status is Status.FAILED
+    assert state.error is not None and state.error.type == "DefinitionMismatch"
+    assert ledger(t.state.id) == []
+    assert [d["error_type"] for d in dead_letters() if d["run_id"] == t.state.id] == ["DefinitionMismatch"]
+    assert [e["type"] for e in trip.events(t.state.id)][-2:] == ["saga.dead_lettered", "saga.failed"]
