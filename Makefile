@@ -21,6 +21,11 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest tests
 
+# the long soak: CHAOS_SECONDS of runs under kills and a Redis restart (default 10 minutes)
+CHAOS_SECONDS ?= 600
+chaos: $(STAMP)
+	CHAOS_SECONDS=$(CHAOS_SECONDS) $(BIN)/python -m pytest tests/chaos -s -p no:cacheprovider
+
 demo: $(STAMP)
 	$(BIN)/python -m workers.demo
 

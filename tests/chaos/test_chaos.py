@@ -1,0 +1,19 @@
+"""The bounded chaos run inside `make test`; `make chaos` runs it for longer (CHAOS_SECONDS)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.chaos.harness import run_chaos
+
+
+@pytest.mark.timeout(900)
+def test_runs_survive_killed_workers_and_a_redis_restart(capsys: pytest.CaptureFixture[str]) -> None:
+    seconds = float(os.environ.get("CHAOS_SECONDS", "40"))
+    figures = run_chaos(seconds)
+    with capsys.disabled():
+        print("\n" + figures.report())
+    assert figures.kills_worker == 3 and figures.kills_child >= 1 and figures.redis_restarts == 1
+    assert figures.completed > 0 and figures.compensated > 0
