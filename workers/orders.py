@@ -5,7 +5,8 @@ Failure injection through payload flags, so the demo and the tests can show ever
 - ``"fail_at": "<step>"``: that step fails permanently (no retries) -> compensation.
 - ``"flaky": {"<step>": N}``: that step fails its first N attempts, then succeeds.
 - ``"fail_compensation": "<step>"``: that step's compensation always fails -> run ``failed``.
-- ``"sleep": {"<step>": seconds}``: that step takes this long (to watch, or to kill a worker).
+- ``"sleep": {"<step>": seconds}``: that step's first attempt takes this long (to watch it, or to
+  kill its worker mid-step; the resumed attempt runs at full speed).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class ServiceUnavailable(Exception):
 
 def _inject(payload: dict[str, Any], ctx: StepContext) -> None:
     seconds = payload.get("sleep", {}).get(ctx.step)
-    if seconds:
+    if seconds and ctx.attempt == 1:
         time.sleep(float(seconds))
     if payload.get("fail_at") == ctx.step:
         raise PermanentError(f"{ctx.step} refused order {payload.get('order_id')}")

@@ -1,0 +1,162 @@
+"""`make demo`: the example order saga, end to end, on an embedded default.
+
+Uses the Redis at SAGA_REDIS_URL if one answers, else starts a private one. Starts a real
+prefork worker, runs four orders with a live view — one completes, one compensates, one
+exhausts its retries into the dead-letter queue, one loses its worker mid-step and resumes —
+prints each run's timeline, and stops everything it started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from saga.settings import DEFAULT_REDIS_URL
+from saga.testing import RedisServer, answers
+
+ROOT = Path(__file__).resolve().parents[1]
+console = Console(width=None if sys.stdout.isatty() else 160)
+
+ORDERS: list[tuple[str, dict[str, Any]]] = [
+    ("completes", {"order_id": 101, "amount": 30}),
+    ("compensates", {"order_id": 102, "amount": 45, "fail_at": "create_shipment"}),
+    ("retries, gives up", {"order_id": 103, "amount": 12, "flaky": {"charge_payment": 99}}),
+    ("worker killed mid-step", {"order_id": 104, "amount": 80, "sleep": {"charge_payment": 30}}),
+]
+
+
+def start_worker(env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
+    """A `celery -A workers worker` process in its own process group."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool=prefork", "-c", "2",
+         "--loglevel=ERROR", "-n", f"{name}@%h", "--without-gossip", "--without-mingle"],
+        env=env, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+    )
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Signal a worker's whole process group and wait for it."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def view(rows: list[tuple[str, str]], order: Any) -> Table:
+    """The live progress table."""
+    table = Table(title="saga demo: the order saga (reserve_inventory -> charge_payment -> create_shipment)")
+    for col in ("order", "scenario", "status", "step", "version", "last event"):
+        table.add_column(col)
+    for scenario, run_id in rows:
+        state = order.get(run_id)
+        last = order.events(run_id)[-1]
+        step = order.steps[state.current_step].name if state.current_step < len(order.steps) else "-"
+        colour = {"completed": "green", "compensated": "yellow", "failed": "red"}.get(state.status.value, "cyan")
+        table.add_row(str(state.payload["order_id"]), scenario, f"[{colour}]{state.status.value}[/]", step,
+                      str(state.version), f"{last['type']} {last.get('name', '')}")
+    return table
+
+
+def timeline(order: Any, run_id: str) -> None:
+    """Print a run's events, one a line."""
+    events = order.events(run_id)
+    t0 = events[0]["at"]
+    console.print(f"\n[bold]run {run_id}[/] (order {events[0]['payload']['order_id']})")
+    for e in events:
+        extra = ""
+        if e["type"] == "step.retrying":
+            extra = f"attempt {e['attempt']} failed: {e['error_message']}"
+        elif e["type"] == "saga.resumed":
+            extra = f"{e['reason']}, from version {e['from_version']}"
+        elif e["type"] == "step.failed":
+            extra = f"{e['error']['type']}: {e['error']['message']}"
+        offset = _ms(t0, e["at"])
+        console.print(f"  v{e['version']:<2} +{offset:>7.0f} ms  {e['type']:<24} {e.get('name', ''):<18} {extra}")
+
+
+def _ms(t0: str, t1: str) -> float:
+    from datetime import datetime
+
+    def parse(s: str) -> float:
+        return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+
+    return (parse(t1) - parse(t0)) * 1000
+
+
+def main() -> int:
+    """Run the demo; returns the exit status."""
+    url = os.environ.get("SAGA_REDIS_URL", DEFAULT_REDIS_URL)
+    embedded: RedisServer | None = None
+    if not answers(url):
+        embedded = RedisServer(appendonly=True).start()
+        url = embedded.url
+        console.print(f"No Redis answers at SAGA_REDIS_URL; started an embedded one at {url}")
+    else:
+        console.print(f"Using the Redis at {url}")
+    lease = os.environ.get("SAGA_LEASE_SECONDS", "3")
+    env = {**os.environ, "SAGA_REDIS_URL": url, "SAGA_BROKER_URL": os.environ.get("SAGA_BROKER_URL", url),
+           "SAGA_LEASE_SECONDS": lease, "SAGA_METRICS_PORT": os.environ.get("SAGA_METRICS_PORT", "0")}
+    os.environ.update({k: env[k] for k in ("SAGA_REDIS_URL", "SAGA_BROKER_URL", "SAGA_LEASE_SECONDS",
+                                          "SAGA_METRICS_PORT")})
+    from workers.orders import order
+
+    workers = [start_worker(env, "demo1")]
+    rows: list[tuple[str, str]] = []
+    try:
+        with Live(console=console, refresh_per_second=8) as live:
+            for scenario, payload in ORDERS:
+                rows.append((scenario, order.start(payload)))
+            killed_at = None
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                live.update(view(rows, order))
+                victim = order.get(rows[3][1])
+                if killed_at is None and victim.current_step == 1 and victim.status.value == "running":
+                    time.sleep(0.5)  # let charge_payment get well under way
+                    stop(workers.pop(), signal.SIGKILL)
+                    killed_at = time.monotonic()
+                    live.console.print(f"[red]SIGKILLed the worker while order 104 was in charge_payment; "
+                                       f"a new worker resumes it once the {lease}s lease expires[/]")
+                    workers.append(start_worker(env, "demo2"))
+                if all(order.get(rid).status.terminal for _, rid in rows):
+                    live.update(view(rows, order))
+                    break
+                time.sleep(0.1)
+            else:
+                console.print("[red]the demo timed out waiting for the runs to finish[/]")
+                return 1
+        for _, run_id in rows:
+            timeline(order, run_id)
+        console.print("\n[bold]Dead-letter queue[/]")
+        for entry in order.store.dead_letters():
+            if entry["run_id"] in {rid for _, rid in rows}:
+                console.print(f"  {entry['id']}  {entry['kind']:<12} {entry['step']:<16} "
+                              f"{entry['error_type']}: {entry['error_message']} ({entry['attempts']} attempts)")
+        console.print("\n[bold]Look further[/] (with Redis running at SAGA_REDIS_URL):")
+        note = "   # the embedded one stops with the demo" if embedded else ""
+        console.print(f"  export SAGA_REDIS_URL={url}{note}")
+        console.print(f"  .venv/bin/saga list\n  .venv/bin/saga show {rows[3][1]}\n"
+                      f"  .venv/bin/saga events {rows[1][1]}\n  .venv/bin/saga dlq list")
+        console.print("  .venv/bin/celery -A workers flower --basic-auth=$FLOWER_USER:$FLOWER_PASSWORD")
+        return 0
+    finally:
+        for proc in workers:
+            stop(proc)
+        if embedded is not None:
+            embedded.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
