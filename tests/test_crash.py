@@ -1,0 +1,123 @@
+"""Crashes, one at a time, on real prefork workers with a private Redis (AOF, fsync always):
+a whole worker SIGKILLed mid-step, a pool child SIGKILLed, Redis restarted mid-run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from saga import RedisStore, Saga, Status
+from saga.testing import RedisServer
+from tests.chaos.harness import _children
+from tests.conftest import wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+LEASE = 1.5
+
+
+@pytest.fixture(scope="module")
+def redis_aof() -> Iterator[RedisServer]:
+    with RedisServer(appendonly=True) as server:
+        yield server
+
+
+@pytest.fixture
+def order(redis_aof: RedisServer) -> Iterator[Saga]:
+    """The example order saga, pointed at the private Redis from this process."""
+    from workers.app import app
+    from workers.orders import order as saga
+
+    saved = (saga._store, app.conf.broker_url)
+    saga._store = RedisStore(redis_aof.url)
+    app.conf.broker_url = redis_aof.url
+    try:
+        yield saga
+    finally:
+        saga._store, app.conf.broker_url = saved
+
+
+class Workers:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str) -> subprocess.Popen[bytes]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SAGA_")}
+        env.update(SAGA_REDIS_URL=self.url, SAGA_LEASE_SECONDS=str(LEASE), SAGA_WATCHDOG_INTERVAL="0.3",
+                   SAGA_METRICS_PORT="0", PYTHONPATH=str(ROOT))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool=prefork", "-c", "2",
+             "--loglevel=WARNING", "-n", f"{name}@%h", "--without-gossip", "--without-mingle"],
+            env=env, cwd=ROOT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture
+def workers(redis_aof: RedisServer) -> Iterator[Workers]:
+    w = Workers(redis_aof.url)
+    try:
+        yield w
+    finally:
+        w.stop_all()
+
+
+def in_step(saga: Saga, run_id: str, index: int) -> bool:
+    state = saga.get(run_id)
+    last = saga.events(run_id)[-1]
+    return bool(state.current_step == index and last["type"] == "step.started")
+
+
+def test_a_sigkilled_worker_is_resumed_by_another_and_the_run_completes(order: Saga, workers: Workers) -> None:
+    first = workers.start("crash1")
+    run_id = order.start({"order_id": 1, "sleep": {"charge_payment": 60}})
+    wait_for(lambda: in_step(order, run_id, 1), timeout=30, what="charge_payment to start")
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    workers.start("crash2")
+    state = order.wait(run_id, timeout=60)
+    assert state.status is Status.COMPLETED
+    [resumed] = [e for e in order.events(run_id) if e["type"] == "saga.resumed"]
+    assert resumed["reason"] == "lease expired" and resumed["name"] == "charge_payment"
+    assert resumed["from_version"] == 3  # after reserve_inventory committed
+    assert [c.name for c in state.checkpoints] == ["reserve_inventory", "charge_payment", "create_shipment"]
+
+
+def test_a_sigkilled_pool_child_does_not_lose_the_run(order: Saga, workers: Workers) -> None:
+    proc = workers.start("child1")
+    run_id = order.start({"order_id": 2, "sleep": {"reserve_inventory": 60}})
+    wait_for(lambda: in_step(order, run_id, 0), timeout=30, what="reserve_inventory to start")
+    for child in _children(proc.pid):
+        os.kill(child, signal.SIGKILL)
+    state = order.wait(run_id, timeout=60)
+    assert state.status is Status.COMPLETED
+    assert order.rebuild(run_id) == state
+
+
+def test_a_redis_restart_loses_no_committed_transition(order: Saga, workers: Workers,
+                                                       redis_aof: RedisServer) -> None:
+    workers.start("restart1")
+    ids = [order.start({"order_id": n, "sleep": {"charge_payment": 2}}) for n in range(5)]
+    wait_for(lambda: all(order.get(i).version >= 3 for i in ids), timeout=30,
+             what="every run to commit its first step")
+    before = {i: order.history(i) for i in ids}
+    redis_aof.restart()
+    for run_id in ids:
+        state = order.wait(run_id, timeout=90)
+        assert state.status is Status.COMPLETED
+        history = order.history(run_id)
+        assert history[: len(before[run_id])] == before[run_id]  # nothing committed was lost or rewritten
+        assert [s.version for s in history] == list(range(1, state.version + 1))
+        assert order.rebuild(run_id) == state
