@@ -12,6 +12,8 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
+from kombu.exceptions import OperationalError
+
 from . import state as sm
 from .errors import DefinitionMismatch, InvalidPayload, PermanentError, StoreUnavailable
 from .state import Direction, SagaState, Status
@@ -63,12 +65,24 @@ def send(saga: Saga, step: Step, direction: Direction, run_id: str, attempt: int
     step.task_for(direction).apply_async(args=(run_id,), kwargs=kwargs, **options)
 
 
-def dispatch(saga: Saga, state: SagaState) -> None:
-    """Send the task at the run's cursor: a forward step, a compensation, or nothing if terminal."""
-    if state.status in (Status.PENDING, Status.RUNNING):
-        send(saga, saga.steps[state.current_step], Direction.FORWARD, state.id)
-    elif state.status is Status.COMPENSATING:
-        send(saga, saga.steps[state.current_step], Direction.COMPENSATION, state.id)
+def dispatch(saga: Saga, state: SagaState) -> bool:
+    """Send the task at the run's cursor: a forward step, a compensation, or nothing if terminal.
+
+    A broker that cannot be reached is logged, not raised: the run is already committed, and the
+    watchdog sends its step once ``SAGA_DISPATCH_TIMEOUT`` passes. Returns whether a task was sent.
+    """
+    if state.status.terminal:
+        return False
+    direction = Direction.COMPENSATION if state.status is Status.COMPENSATING else Direction.FORWARD
+    step = saga.steps[state.current_step]
+    try:
+        send(saga, step, direction, state.id)
+    except (OperationalError, OSError) as exc:
+        run_logger(state.id, saga.name, step.name).error(
+            "could not send the next task (%s); the run is saved and a worker's watchdog will send it "
+            "once the broker answers", exc)
+        return False
+    return True
 
 
 class RunLog(logging.LoggerAdapter):  # type: ignore[type-arg]

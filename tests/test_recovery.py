@@ -123,3 +123,16 @@ def test_a_worker_with_a_different_definition_refuses_the_run() -> None:
     assert ledger(t.state.id) == []
     assert [d["error_type"] for d in dead_letters() if d["run_id"] == t.state.id] == ["DefinitionMismatch"]
     assert [e["type"] for e in trip.events(t.state.id)][-2:] == ["saga.dead_lettered", "saga.failed"]
+
+
+def test_an_unreachable_broker_at_start_keeps_the_run_for_the_watchdog(caplog: pytest.LogCaptureFixture) -> None:
+    from saga import Saga, create_app
+
+    nobroker = Saga("nobroker", app=create_app("nobroker", broker_url="redis://127.0.0.1:1/0",
+                                                broker_connection_max_retries=0))
+    nobroker.step(name="only")(lambda payload, ctx: None)
+    run_id = nobroker.start({"n": 1})
+    state = nobroker.get(run_id)
+    assert (state.status, state.version) == (Status.PENDING, 1)
+    assert nobroker.store.client.zscore(nobroker.store.active_key, run_id) is not None
+    assert any("watchdog will send it" in rec.getMessage() for rec in caplog.records)
