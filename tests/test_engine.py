@@ -267,3 +267,16 @@ def test_tasks_are_named_and_carry_the_run_id_first() -> None:
 def test_no_pickle_anywhere() -> None:
     assert app.conf.accept_content == ["json"] and app.conf.task_serializer == "json"
     assert json.loads(json.dumps(app.conf.result_accept_content)) == ["json"]
+
+
+def test_dedicated_queues_are_opt_in(r: redis.Redis, redis_url: str) -> None:
+    from saga import Settings
+
+    queued = Saga("queued", app=app, settings=Settings(redis_url=redis_url, step_queue="saga-steps-only"))
+    queued.step(name="only")(lambda payload, ctx: None)
+    run_id = queued.start({"n": 1})
+    # the plain worker consumes Celery's default queue only; the step waits on its own queue
+    [message] = r.lrange("saga-steps-only", 0, -1)
+    body = json.loads(message)
+    assert body["headers"]["task"] == "saga.queued.only" and body["headers"]["argsrepr"].startswith(f"('{run_id}'")
+    r.delete("saga-steps-only")
