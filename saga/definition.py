@@ -272,7 +272,7 @@ def _shared_store(settings: Settings) -> RedisStore:
     if store is None:
         store = RedisStore(settings.redis_url, prefix=settings.key_prefix,
                            retention_seconds=settings.retention_seconds,
-                           dispatch_timeout=settings.dispatch_timeout)
+                           lease_seconds=settings.lease_seconds, dispatch_timeout=settings.dispatch_timeout)
         _stores[settings] = store
     return store
 

@@ -13,7 +13,9 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .errors import CheckpointCorrupted, DefinitionMismatch, SagaError, StoreUnavailable
@@ -76,6 +78,10 @@ def resume(saga: Saga, run_id: str, reason: str) -> SagaState | None:
     dispatch(saga, state)
     log.warning("resumed from version %d (%s)", state.version, reason)
     return state
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 def _cursor_name(saga: Saga, state: SagaState) -> str:
@@ -147,6 +153,11 @@ class Watchdog:
             store.schedule(run_id, self.lease_seconds)
             return 0
         began = int(store.meta(run_id).get("attempt", "0")) > 0
+        if not began:  # sent but not started yet: a queue may simply be long
+            waited = time.time() - _epoch(state.updated_at)
+            if waited < store.dispatch_timeout:
+                store.schedule(run_id, store.dispatch_timeout - waited)
+                return 0
         reason = "lease expired" if began else "next step never started"
         try:
             return 1 if resume(saga, run_id, reason) else 0

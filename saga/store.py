@@ -7,10 +7,11 @@ run's keys share one slot and every script below touches one slot only):
 key                         type    holds
 ==========================  ======  ==========================================================
 ``P:{R}:meta``              hash    saga, fingerprint, version, status, cursor, fence, attempt,
-                                    dups (suppressed duplicate deliveries), key, cancel
+                                    dups (suppressed duplicate deliveries), key, cancel, and the
+                                    dedup marks ``d:forward:i`` / ``d:compensation:i`` ->
+                                    ``version:token``
 ``P:{R}:history``           list    every snapshot, version ``n`` at index ``n-1``
 ``P:{R}:events``            list    every event, oldest first
-``P:{R}:done``              hash    ``forward:i`` / ``compensation:i`` -> ``version:token``
 ``P:{R}:lease``             string  fencing token of the running attempt (or ``backoff:n``)
 ``P:{R}:dead``              list    this run's dead-letter entries
 ``P:runs``                  zset    run id -> start time (the listing index)
@@ -46,7 +47,6 @@ class RunKeys(NamedTuple):
     meta: str
     history: str
     events: str
-    done: str
     lease: str
     dead: str
 
@@ -91,10 +91,7 @@ def redact(url: str) -> str:
 
 
 def _script(name: str) -> str:
-    text = resources.files("saga").joinpath("lua", f"{name}.lua").read_text()
-    if name in ("commit", "record"):
-        text = resources.files("saga").joinpath("lua", "fence.lua").read_text() + "\n" + text
-    return text
+    return resources.files("saga").joinpath("lua", f"{name}.lua").read_text()
 
 
 def _dumps(obj: Any) -> str:
@@ -111,10 +108,11 @@ class RedisStore:
     """
 
     def __init__(self, url: str, *, prefix: str = "saga", retention_seconds: int = 7 * 24 * 3600,
-                 dispatch_timeout: float = 30.0, retries: int = 8) -> None:
+                 lease_seconds: float = 5.0, dispatch_timeout: float = 30.0, retries: int = 8) -> None:
         self.url = url
         self.prefix = prefix
         self.retention_ms = retention_seconds * 1000
+        self.lease_seconds = lease_seconds
         self.dispatch_timeout = dispatch_timeout
         self.active_key = f"{prefix}:active"
         try:
@@ -176,12 +174,8 @@ class RedisStore:
         prefix = _dumps({k: v for k, v in started.items() if k not in ("attempt", "version")})[:-1]
         k = self.keys(run_id)
         with self._guard():
-            pipe = self.client.pipeline(transaction=False)
-            self._begin(keys=[k.meta, k.history, k.events, k.done, k.lease],
-                        args=[direction, index, lease_ms, attempt, fingerprint, prefix], client=pipe)
-            # the watchdog looks again once the lease could have expired
-            pipe.zadd(self.active_key, {run_id: time.time() + lease_ms / 1000}, xx=True)
-            out = pipe.execute()[0]
+            out = self._begin(keys=[k.meta, k.history, k.events, k.lease],
+                              args=[direction, index, lease_ms, attempt, fingerprint, prefix])
         outcome, snap, token, n, extra = out
         state = SagaState.from_dict(json.loads(snap)) if snap else None
         return Begin(outcome, state, token, int(n), extra)
@@ -199,20 +193,22 @@ class RedisStore:
         flags = ("r" if release else "") + ("a" if reset else "") + ("i" if idle else "")
         ttl = self.retention_ms if after.status.value in ("completed", "compensated") else 0
         k = self.keys(after.id)
+        args = [before.version, token, after.version, _dumps(after.to_dict()), after.status.value,
+                after.current_step, f"d:{done_field}" if done_field else "", flags, ttl,
+                _dumps(dead_entry) if dead_entry else "", *(_dumps(e) for e in transition.events)]
         with self._guard():
             pipe = self.client.pipeline(transaction=False)
-            self._commit(
-                keys=list(k),
-                args=[before.version, token, after.version, _dumps(after.to_dict()), after.status.value,
-                      after.current_step, done_field, flags, ttl, _dumps(dead_entry) if dead_entry else "",
-                      *(_dumps(e) for e in transition.events)],
-                client=pipe,
-            )
+            pipe.evalsha(self._commit.sha, len(k), *k, *args)
             if after.status.terminal:
                 pipe.zrem(self.active_key, after.id)
-            else:
-                pipe.zadd(self.active_key, {after.id: time.time() + self.dispatch_timeout}, xx=True)
-            reply = pipe.execute()[0]
+            else:  # the watchdog looks once the next step's lease could have lapsed
+                pipe.zadd(self.active_key, {after.id: time.time() + self.lease_seconds + 1})
+            try:
+                reply = pipe.execute()[0]
+            except redis.exceptions.NoScriptError:  # a restarted Redis forgot the script
+                self.client.script_load(self._commit.script)
+                return self.commit(before, transition, token=token, done_field=done_field, release=release,
+                                   dead_entry=dead_entry, idle=idle)
             applied = bool(reply[0])
             if applied and dead_entry is not None:
                 self._index_dead_letter(dead_entry)

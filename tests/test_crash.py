@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from celery import Celery
 
 from saga import RedisStore, Saga, Status
 from saga.testing import RedisServer
@@ -35,11 +36,18 @@ def order(redis_aof: RedisServer) -> Iterator[Saga]:
 
     saved = (saga._store, app.conf.broker_url)
     saga._store = RedisStore(redis_aof.url)
-    app.conf.broker_url = redis_aof.url
+    rebind(app, redis_aof.url)
     try:
         yield saga
     finally:
-        saga._store, app.conf.broker_url = saved
+        saga._store = saved[0]
+        rebind(app, saved[1])
+
+
+def rebind(app: Celery, url: str) -> None:
+    """Point a Celery app's publishing at another broker, dropping its pooled connections."""
+    app.conf.broker_url = url
+    app._after_fork()  # what Celery does in a forked child: forget the connection pools
 
 
 class Workers:

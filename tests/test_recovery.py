@@ -31,8 +31,9 @@ def scan_until_resumed(run_id: str) -> None:
 
 
 def test_a_run_whose_next_step_was_never_published_is_resumed() -> None:
-    # Given a run written to the store but never dispatched (a crash between commit and publish)
-    t = sm.decide_start(str(uuid.uuid4()), "trip", {"lost": True})
+    # Given a run written to the store an hour ago but never dispatched (a crash between commit and
+    # publish), so well past SAGA_DISPATCH_TIMEOUT
+    t = sm.decide_start(str(uuid.uuid4()), "trip", {"lost": True}, at="2026-01-01T00:00:00.000000Z")
     assert trip.store.create("trip", trip.shape.fingerprint, t, None)
     # When the watchdog finds it past its deadline
     scan_until_resumed(t.state.id)
@@ -42,6 +43,17 @@ def test_a_run_whose_next_step_was_never_published_is_resumed() -> None:
     [resumed] = [e for e in trip.events(t.state.id) if e["type"] == "saga.resumed"]
     assert resumed["reason"] == "next step never started" and resumed["from_version"] == 1
     assert trip.rebuild(t.state.id) == state
+
+
+def test_a_step_sent_moments_ago_is_not_resent_while_it_may_still_be_queued() -> None:
+    t = sm.decide_start(str(uuid.uuid4()), "trip", {"queued": True})
+    assert trip.store.create("trip", trip.shape.fingerprint, t, None)
+    trip.store.schedule(t.state.id, 0)
+    assert watchdog.scan() == 0
+    assert not any(e["type"] == "saga.resumed" for e in trip.events(t.state.id))
+    score = trip.store.client.zscore(trip.store.active_key, t.state.id)
+    assert score is not None and score > __import__("time").time() + 10  # looked at again later
+    trip.store.forget_active(t.state.id)
 
 
 def test_a_step_whose_lease_expired_is_resumed_and_the_late_attempt_is_discarded(r: redis.Redis) -> None:

@@ -3,8 +3,8 @@
 -- KEYS[1] meta   KEYS[2] events   KEYS[3] lease
 -- ARGV[1] fencing token   ARGV[2] new lease value ('backoff:<next attempt>')   ARGV[3] its ttl ms
 -- ARGV[4..] events
--- Returns 1, or 0 when the token no longer holds the run.
-if not holds(KEYS[1], KEYS[3], ARGV[1]) then return 0 end
-for i = 4, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+-- Returns 1, or 0 when the token no longer holds the run (see commit.lua on fencing).
+if redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then return 0 end
+redis.call('RPUSH', KEYS[2], unpack(ARGV, 4))
 redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])
 return 1
