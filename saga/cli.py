@@ -141,8 +141,8 @@ class _SagaGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.Abort, NoArgsIsHelpError):
-            raise
+        except (click.exceptions.Exit, click.Abort, NoArgsIsHelpError, BrokenPipeError):
+            raise  # click shows help, exits, or quietly ends a closed pipe (`saga events RUN | head`)
         except click.UsageError as exc:
             _usage_failure(exc)
         except click.ClickException:
@@ -271,8 +271,6 @@ _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON 
 @click.pass_context
 def cli(ctx: click.Context, redis_url: str | None, app: str, debug: bool) -> None:
     """Inspect and operate saga runs and the dead-letter queue."""
-    # SAGA_APP is the CLI's, not a library setting: Settings.from_env() refuses unknown SAGA_ names
-    os.environ.pop(APP_ENVVAR, None)
     ctx.obj = Operator(redis_url=redis_url, app=app, debug=debug)
 
 

@@ -42,6 +42,8 @@ class Settings(BaseModel):
     #: Opt-in dedicated queues; empty means Celery's default queue, so a plain worker runs all.
     step_queue: str = ""
     compensation_queue: str = ""
+    #: The module the ``saga`` CLI imports to know your sagas (resume, cancel, dlq retry).
+    app: str = "workers"
     #: Prefix of every Redis key the coordinator writes.
     key_prefix: str = "saga"
     #: How long a dispatched step may wait unstarted before the watchdog dispatches it again.

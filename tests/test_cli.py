@@ -1,0 +1,419 @@
+"""The ``saga`` command line, run as a real ``python -m saga`` subprocess against the test Redis
+and a real ``celery -A workers worker`` subprocess, plus a few in-process CliRunner checks.
+
+The worker of this module listens on a queue of its own (SAGA_STEP_QUEUE and
+SAGA_COMPENSATION_QUEUE are set for the module), so no other worker of the suite takes its tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from saga import Status
+from saga import state as sm
+from saga.cli import (
+    EXIT_ERROR,
+    EXIT_FAILED_CHECK,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    cli,
+    exit_code_for,
+    history_entries,
+    payload_changes,
+)
+from saga.errors import EntryNotFound, RunNotFound, SagaError, StoreUnavailable
+from saga.settings import get_settings
+from saga.testing import free_port
+from tests.conftest import wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+QUEUE = "saga-cli-tests"
+UNREACHABLE = "redis://127.0.0.1:1/0"
+
+
+# --- fixtures and helpers ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def own_queue() -> Iterator[None]:
+    """Route this module's steps and compensations to a queue only its worker reads."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SAGA_STEP_QUEUE", QUEUE)
+        mp.setenv("SAGA_COMPENSATION_QUEUE", QUEUE)
+        get_settings.cache_clear()
+        yield
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def worker_process(own_queue: None, redis_url: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``celery -A workers worker`` (threads pool) on this module's queue, stopped as a process group."""
+    env = {**os.environ, "SAGA_REDIS_URL": redis_url, "SAGA_METRICS_PORT": "0"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool=threads", "-c", "2", "-Q", QUEUE,
+         "--loglevel=WARNING", "--without-gossip", "--without-mingle", "-n", f"cli{free_port()}@%h"],
+        env=env, cwd=ROOT, start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def order(worker_process: subprocess.Popen[bytes]) -> Any:
+    """The example order saga, with a worker running it."""
+    from workers.orders import order
+
+    return order
+
+
+@pytest.fixture(scope="module")
+def runs(order: Any) -> dict[str, str]:
+    """One completed and one compensated order (started in that order)."""
+    ok = order.start({"order_id": 1, "amount": 30})
+    bad = order.start({"order_id": 2, "amount": 45, "fail_at": "create_shipment"})
+    assert order.wait(ok, timeout=30).status is Status.COMPLETED
+    assert order.wait(bad, timeout=30).status is Status.COMPENSATED
+    return {"completed": ok, "compensated": bad}
+
+
+def saga(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m saga ARGS`` and capture its output."""
+    return subprocess.run([sys.executable, "-m", "saga", *args], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def saga_json(*args: str) -> Any:
+    """Run a command with ``--json``; it must succeed with JSON on stdout and nothing on stderr."""
+    out = saga(*args, "--json")
+    assert out.returncode == EXIT_OK, out.stderr
+    assert out.stderr == ""
+    return json.loads(out.stdout)
+
+
+def assert_one_line_error(out: subprocess.CompletedProcess[str], code: int) -> str:
+    """The command failed with ``code`` and exactly one ``error: ...`` line on stderr."""
+    assert out.returncode == code, (out.returncode, out.stdout, out.stderr)
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    assert "Traceback" not in out.stderr
+    return lines[0]
+
+
+def failed_order(order: Any, order_id: int) -> tuple[str, str]:
+    """A compensated order and the id of its dead-letter entry."""
+    run_id = order.start({"order_id": order_id, "fail_at": "create_shipment"})
+    assert order.wait(run_id, timeout=30).status is Status.COMPENSATED
+    [entry] = [e for e in saga_json("dlq", "list") if e["run_id"] == run_id]
+    return run_id, entry["id"]
+
+
+def event_types(order: Any, run_id: str) -> list[str]:
+    return [e["type"] for e in order.events(run_id)]
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def test_list_shows_runs_newest_first_and_filters_them(runs: dict[str, str]) -> None:
+    # all runs of the saga, newest first
+    listed = [s["id"] for s in saga_json("list", "--saga", "order")]
+    assert listed.index(runs["compensated"]) < listed.index(runs["completed"])
+    # filtered by status
+    completed = saga_json("list", "--status", "completed")
+    assert runs["completed"] in [s["id"] for s in completed]
+    assert runs["compensated"] not in [s["id"] for s in completed]
+    assert {s["status"] for s in completed} == {"completed"}
+    # another saga's name matches nothing
+    assert saga_json("list", "--saga", "no-such-saga") == []
+    # at most --limit
+    assert len(saga_json("list", "--limit", "1")) == 1
+    # and a table for people
+    out = saga("list", "--saga", "order")
+    assert out.returncode == EXIT_OK
+    assert runs["completed"] in out.stdout and "compensated" in out.stdout
+    assert "PermanentError at create_shipment" in out.stdout
+
+
+def test_show_gives_the_state_at_the_latest_version_and_at_any_version(order: Any, runs: dict[str, str]) -> None:
+    run_id = runs["completed"]
+    latest = saga_json("show", run_id)
+    assert latest == order.get(run_id).to_dict()
+    assert [c["name"] for c in latest["checkpoints"]] == ["reserve_inventory", "charge_payment", "create_shipment"]
+    # time travel: version 1 is the run as started
+    first = saga_json("show", run_id, "--version", "1")
+    assert first["version"] == 1 and first["status"] == "pending"
+    assert first["payload"] == {"order_id": 1, "amount": 30} and first["checkpoints"] == []
+    # the table shows checkpoints with their hashes, and the error of a compensated run
+    out = saga("show", run_id)
+    assert out.returncode == EXIT_OK
+    assert latest["checkpoints"][-1]["hash"] in out.stdout and "create_shipment" in out.stdout
+    out = saga("show", runs["compensated"])
+    assert "PermanentError at create_shipment" in out.stdout
+    # a version past the last one is not found
+    past = saga("show", run_id, "--version", str(latest["version"] + 1))
+    assert f"has versions 1..{latest['version']}" in assert_one_line_error(past, EXIT_NOT_FOUND)
+
+
+def test_history_lists_every_version_with_its_payload_changes(order: Any, runs: dict[str, str]) -> None:
+    run_id = runs["completed"]
+    entries = saga_json("history", run_id)
+    assert [e["version"] for e in entries] == list(range(1, order.get(run_id).version + 1))
+    assert entries[0]["changes"] == {"added": {"amount": 30, "order_id": 1}, "removed": {}, "changed": {}}
+    added = [key for e in entries for key in e["changes"]["added"]]
+    assert added == ["amount", "order_id", "reservation_id", "charge_id", "charged", "shipment_id"]
+    assert all(not e["changes"]["removed"] and not e["changes"]["changed"] for e in entries)
+    assert entries[-1]["status"] == "completed" and entries[-1]["current_step"] == 3
+    out = saga("history", run_id)
+    assert out.returncode == EXIT_OK and "+ reservation_id" in out.stdout and "no change" in out.stdout
+
+
+def test_events_prints_the_run_s_events_as_stored(order: Any, runs: dict[str, str]) -> None:
+    run_id = runs["compensated"]
+    assert saga_json("events", run_id) == order.events(run_id)
+    out = saga("events", run_id)
+    assert out.returncode == EXIT_OK
+    for kind in ("saga.started", "step.failed", "saga.dead_lettered", "compensation.succeeded", "saga.compensated"):
+        assert kind in out.stdout
+
+
+def test_verify_passes_for_an_untouched_run_and_fails_for_a_tampered_one(order: Any, r: redis.Redis) -> None:
+    # Given a completed run
+    run_id = order.start({"order_id": 3, "amount": 10})
+    order.wait(run_id, timeout=30)
+    # Then it verifies
+    out = saga("verify", run_id)
+    assert out.returncode == EXIT_OK and out.stdout.startswith("ok: ")
+    assert saga_json("verify", run_id) == {"run_id": run_id, "ok": True, "problems": []}
+    # When its stored snapshot is changed behind the library's back
+    key = f"saga:{{{run_id}}}:history"
+    snap = json.loads(r.lindex(key, -1) or "{}")
+    snap["payload"]["amount"] = 1000
+    r.lset(key, -1, json.dumps(snap))
+    # Then verify fails with exit 1 and says what differs
+    out = saga("verify", run_id)
+    assert out.returncode == EXIT_FAILED_CHECK
+    assert "does not verify" in out.stdout and "differs from the stored state in: payload" in out.stdout
+    assert "does not match its payload" in out.stdout
+    as_json = saga("verify", run_id, "--json")
+    assert as_json.returncode == EXIT_FAILED_CHECK
+    report = json.loads(as_json.stdout)
+    assert report["ok"] is False and any("payload" in p for p in report["problems"])
+
+
+def test_dlq_list_shows_the_entry_of_a_step_that_gave_up(runs: dict[str, str]) -> None:
+    [entry] = [e for e in saga_json("dlq", "list") if e["run_id"] == runs["compensated"]]
+    assert entry["kind"] == "forward" and entry["step"] == "create_shipment"
+    assert entry["error_type"] == "PermanentError" and entry["saga"] == "order"
+    out = saga("dlq", "list")
+    assert out.returncode == EXIT_OK and entry["id"] in out.stdout and "create_shipment refused order 2" in out.stdout
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["show"], ["history"], ["events"], ["verify"], ["cancel"], ["resume"]])
+def test_an_unknown_run_is_one_line_and_exit_3(command: list[str]) -> None:
+    run_id = str(uuid.uuid4())
+    line = assert_one_line_error(saga(*command, run_id), EXIT_NOT_FOUND)
+    assert run_id in line
+
+
+@pytest.mark.parametrize("command", [["dlq", "retry", "nope.1"], ["dlq", "drop", "nope.1", "--reason", "x"]])
+def test_an_unknown_dead_letter_entry_is_one_line_and_exit_3(command: list[str]) -> None:
+    assert "nope.1" in assert_one_line_error(saga(*command), EXIT_NOT_FOUND)
+
+
+@pytest.mark.parametrize("args", [
+    ["list", "--status", "bogus"], ["list", "--limit", "0"], ["list", "--bogus"], ["show"],
+    ["show", "x", "--version", "zero"], ["lst"], ["dlq", "drop", "x"], ["--bogus", "list"],
+])
+def test_a_bad_command_line_is_one_line_and_exit_2(args: list[str]) -> None:
+    line = assert_one_line_error(saga(*args), EXIT_USAGE)
+    assert "--help" in line
+
+
+@pytest.mark.parametrize("command", [["list"], ["show", "x"], ["dlq", "list"], ["cancel", "x"]])
+def test_an_unreachable_redis_is_one_line_exit_4_and_quick(command: list[str]) -> None:
+    started = time.monotonic()
+    out = saga("--redis-url", UNREACHABLE, *command)
+    assert time.monotonic() - started < 8
+    assert "cannot reach Redis at redis://127.0.0.1:1/0" in assert_one_line_error(out, EXIT_UNAVAILABLE)
+
+
+def test_an_unexpected_error_is_one_line_unless_debug(r: redis.Redis) -> None:
+    # Given a snapshot that is not JSON at all
+    run_id = f"garbled-{uuid.uuid4()}"
+    r.rpush(f"saga:{{{run_id}}}:history", "not json")
+    try:
+        line = assert_one_line_error(saga("show", run_id), EXIT_ERROR)
+        assert "unexpected JSONDecodeError" in line and "--debug" in line
+        debug = saga("--debug", "show", run_id)
+        assert debug.returncode == EXIT_ERROR
+        assert "Traceback" in debug.stderr and debug.stderr.splitlines()[-1].startswith("error: JSONDecodeError")
+    finally:
+        r.delete(f"saga:{{{run_id}}}:history")
+
+
+def test_saga_app_comes_from_the_environment_and_a_bad_one_is_one_line(runs: dict[str, str]) -> None:
+    # SAGA_APP is a setting like the others: the library's settings accept it
+    assert saga("list", "--limit", "1", env={"SAGA_APP": "workers"}).returncode == EXIT_OK
+    line = assert_one_line_error(saga("resume", runs["completed"], env={"SAGA_APP": "no_such_module"}), EXIT_ERROR)
+    assert "cannot import 'no_such_module'" in line
+
+
+# --- acting --------------------------------------------------------------------------------------
+
+
+def test_cancel_of_a_run_blocked_in_a_slow_step_ends_compensated(order: Any) -> None:
+    # Given a run whose charge_payment takes 3 s
+    run_id = order.start({"order_id": 4, "amount": 20, "sleep": {"charge_payment": 3}})
+    wait_for(lambda: any(e["type"] == "step.started" and e["name"] == "charge_payment" for e in order.events(run_id)),
+             what="charge_payment to start")
+    # When an operator cancels it
+    out = saga("cancel", run_id)
+    # Then the cancel is recorded now and applied when the step commits: everything is undone
+    assert out.returncode == EXIT_OK, out.stderr
+    assert "cancel requested" in out.stdout
+    state = order.wait(run_id, timeout=30)
+    assert state.status is Status.COMPENSATED
+    types = event_types(order, run_id)
+    assert "saga.cancelled" in types and "create_shipment" not in [c.name for c in state.checkpoints]
+    assert [e["name"] for e in order.events(run_id) if e["type"] == "compensation.succeeded"] == [
+        "charge_payment", "reserve_inventory"]
+    # and a finished run cannot be cancelled
+    assert "only a pending or running run" in assert_one_line_error(saga("cancel", run_id), EXIT_ERROR)
+
+
+def test_resume_sends_a_never_dispatched_run_on_its_way(order: Any) -> None:
+    # Given a run written to the store whose first step was never sent (a crash in between)
+    start = sm.decide_start(str(uuid.uuid4()), "order", {"order_id": 5, "amount": 7})
+    assert order.store.create("order", order.shape.fingerprint, start, None)
+    # When an operator resumes it
+    out = saga("resume", start.state.id, "--json")
+    # Then it runs to the end
+    assert out.returncode == EXIT_OK, out.stderr
+    assert json.loads(out.stdout)["id"] == start.state.id
+    assert order.wait(start.state.id, timeout=30).status is Status.COMPLETED
+    [resumed] = [e for e in order.events(start.state.id) if e["type"] == "saga.resumed"]
+    assert resumed["reason"] == "operator"
+    # and a finished run cannot be resumed
+    assert "only an unfinished run" in assert_one_line_error(saga("resume", start.state.id), EXIT_ERROR)
+
+
+def test_dlq_retry_of_a_compensated_run_starts_a_new_linked_run(order: Any) -> None:
+    # Given a compensated run and its dead-letter entry
+    run_id, entry_id = failed_order(order, 6)
+    # When an operator retries the entry
+    result = saga_json("dlq", "retry", entry_id)
+    # Then a new run starts with the original input, linked from the old run
+    new_id = result["run_id"]
+    assert result == {"entry_id": entry_id, "run_id": new_id, "new_run": True} and new_id != run_id
+    shown = saga_json("show", new_id)
+    assert shown["saga"] == "order" and shown["payload"]["order_id"] == 6
+    [retried] = [e for e in order.events(run_id) if e["type"] == "saga.retried"]
+    assert retried["entry_id"] == entry_id and retried["new_run_id"] == new_id
+    # and the entry has left the queue
+    assert entry_id not in [e["id"] for e in saga_json("dlq", "list")]
+    assert_one_line_error(saga("dlq", "retry", entry_id), EXIT_NOT_FOUND)
+    order.wait(new_id, timeout=30)  # it fails again (same input); let it settle before the module ends
+
+
+def test_dlq_drop_records_the_reason_and_removes_the_entry(order: Any) -> None:
+    run_id, entry_id = failed_order(order, 7)
+    out = saga("dlq", "drop", entry_id, "--reason", "refunded by hand")
+    assert out.returncode == EXIT_OK, out.stderr
+    assert entry_id in out.stdout
+    assert entry_id not in [e["id"] for e in saga_json("dlq", "list")]
+    [dropped] = [e for e in order.events(run_id) if e["type"] == "saga.dead_letter_dropped"]
+    assert dropped["entry_id"] == entry_id and dropped["reason"] == "refunded by hand"
+
+
+# --- in process ----------------------------------------------------------------------------------
+
+
+def test_payload_changes_reports_added_removed_and_changed_keys() -> None:
+    assert payload_changes({"a": 1, "b": 2, "c": 3}, {"a": 1, "b": 5, "d": 4}) == {
+        "added": {"d": 4}, "removed": {"c": 3}, "changed": {"b": {"old": 2, "new": 5}}}
+    assert payload_changes({}, {}) == {"added": {}, "removed": {}, "changed": {}}
+
+
+def test_history_entries_start_from_an_empty_payload() -> None:
+    v1 = sm.decide_start("r1", "s", {"x": 1}).state
+    v2 = sm.SagaState.from_dict({**v1.to_dict(), "version": 2, "payload": {"x": 2, "y": True}})
+    assert history_entries([v1, v2]) == [
+        {"version": 1, "status": "pending", "current_step": 0, "at": v1.updated_at,
+         "changes": {"added": {"x": 1}, "removed": {}, "changed": {}}},
+        {"version": 2, "status": "pending", "current_step": 0, "at": v1.updated_at,
+         "changes": {"added": {"y": True}, "removed": {}, "changed": {"x": {"old": 1, "new": 2}}}},
+    ]
+
+
+def test_errors_map_to_named_exit_codes() -> None:
+    assert exit_code_for(RunNotFound("x")) == exit_code_for(EntryNotFound("x")) == EXIT_NOT_FOUND == 3
+    assert exit_code_for(StoreUnavailable("down")) == EXIT_UNAVAILABLE == 4
+    assert exit_code_for(SagaError("refused")) == exit_code_for(ValueError()) == EXIT_ERROR == 5
+    assert (EXIT_OK, EXIT_FAILED_CHECK, EXIT_USAGE) == (0, 1, 2)
+
+
+def test_help_lists_every_command() -> None:
+    out = CliRunner().invoke(cli, ["--help"])
+    assert out.exit_code == EXIT_OK
+    for command in ("list", "show", "history", "events", "verify", "resume", "cancel", "dlq"):
+        assert command in out.stdout
+    dlq = CliRunner().invoke(cli, ["dlq", "--help"])
+    assert all(c in dlq.stdout for c in ("list", "retry", "drop"))
+
+
+def test_in_process_errors_are_one_line_with_their_exit_codes(redis_url: str) -> None:
+    runner = CliRunner()
+    missing = runner.invoke(cli, ["show", "no-such-run"])
+    assert missing.exit_code == EXIT_NOT_FOUND and missing.stdout == ""
+    assert missing.stderr == "error: no saga run with id 'no-such-run' (check the id; finished runs expire after " \
+                             "retention)\n"
+    bad = runner.invoke(cli, ["list", "--limit", "-1"])
+    assert bad.exit_code == EXIT_USAGE and len(bad.stderr.splitlines()) == 1
+    down = runner.invoke(cli, ["--redis-url", UNREACHABLE, "dlq", "list"])
+    assert down.exit_code == EXIT_UNAVAILABLE and down.stderr.startswith("error: cannot reach Redis")
+
+
+def test_an_unexpected_exception_in_process_hints_at_debug(monkeypatch: pytest.MonkeyPatch) -> None:
+    from saga import control
+
+    def boom(**kwargs: Any) -> list[Any]:
+        raise ValueError("boom")
+
+    monkeypatch.setattr(control, "list_runs", boom)
+    out = CliRunner().invoke(cli, ["list"])
+    assert out.exit_code == EXIT_ERROR
+    assert out.stderr == "error: unexpected ValueError: boom (rerun with --debug to see the traceback)\n"
+    debug = CliRunner().invoke(cli, ["--debug", "list"])
+    assert debug.exit_code == EXIT_ERROR and "Traceback" in debug.stderr and "ValueError: boom" in debug.stderr
+
+
+def test_an_empty_listing_says_so(redis_url: str) -> None:
+    out = CliRunner().invoke(cli, ["list", "--saga", "no-such-saga"])
+    assert out.exit_code == EXIT_OK and out.stdout == "no runs\n"
+    as_json = CliRunner().invoke(cli, ["list", "--saga", "no-such-saga", "--json"])
+    assert json.loads(as_json.stdout) == []
