@@ -283,18 +283,15 @@ def decide_start(run_id: str, saga: str, payload: JSONObject, at: str | None = N
     return _transition(None, b)
 
 
-def started_event(
-    state: SagaState, shape: Shape, direction: Direction, index: int, attempt: int, at: str | None = None
-) -> Event:
-    """The ``step.started`` / ``compensation.started`` event of one attempt, at ``state``'s version.
+def started_event(run_id: str, shape: Shape, direction: Direction, index: int, at: str | None = None) -> Event:
+    """The ``step.started`` / ``compensation.started`` event of an attempt, without the two fields
+    only the store knows when it takes the lease: ``attempt`` and ``version``.
 
     The first start of a pending run moves it to running and so belongs to a new version;
     :func:`decide_begin` covers that case.
     """
     kind = "step.started" if direction is Direction.FORWARD else "compensation.started"
-    b = _Builder(state, state.id, bump=False, at=at or now_iso())
-    b.add(kind, **_step(shape, index), attempt=attempt)
-    return b.events[0]
+    return {"type": kind, "run_id": run_id, "at": at or now_iso(), **_step(shape, index)}
 
 
 def decide_begin(state: SagaState, shape: Shape, index: int, attempt: int, at: str | None = None) -> Transition:

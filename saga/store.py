@@ -170,8 +170,11 @@ class RedisStore:
 
     def begin(self, run_id: str, direction: str, index: int, attempt: int, lease_ms: int,
               fingerprint: str, started: Event) -> Begin:
-        """Decide whether a delivery may run its body, taking the lease if so (see begin.lua)."""
-        prefix = _dumps({k: v for k, v in started.items() if k not in ("attempt", "version")})[:-1]
+        """Decide whether a delivery may run its body, taking the lease if so (see begin.lua).
+
+        ``started`` is the started event without ``attempt`` and ``version``, which the script adds.
+        """
+        prefix = _dumps(started)[:-1]
         k = self.keys(run_id)
         with self._guard():
             out = self._begin(keys=[k.meta, k.history, k.events, k.lease],

@@ -153,8 +153,7 @@ def execute(saga: Saga, step: Step, direction: Direction, task: Any, run_id: str
         log.error("malformed message %r (attempt %r): expected a run id string; dropped to the log",
                   run_id, attempt)
         return
-    placeholder = SagaState(run_id, saga.name, 0, step.index, Status.RUNNING, {})
-    started = sm.started_event(placeholder, shape, direction, step.index, attempt)
+    started = sm.started_event(run_id, shape, direction, step.index)
     begin = store.begin(run_id, direction.value, step.index, attempt, lease_ms, shape.fingerprint, started)
     state = begin.state
     if begin.outcome == "missing":

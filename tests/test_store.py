@@ -28,7 +28,7 @@ def new_run(store: RedisStore) -> sm.SagaState:
 
 def begin(store: RedisStore, state: sm.SagaState, index: int = 0, attempt: int = 1,
           direction: Direction = Direction.FORWARD, fingerprint: str = SHAPE.fingerprint):
-    started = sm.started_event(state, SHAPE, direction, index, attempt)
+    started = sm.started_event(state.id, SHAPE, direction, index)
     return store.begin(state.id, direction.value, index, attempt, 5000, fingerprint, started)
 
 
