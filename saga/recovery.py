@@ -119,8 +119,6 @@ class Watchdog:
         while not self._stop.wait(self.interval):
             try:
                 self.scan()
-            except StoreUnavailable as exc:
-                logger.warning("watchdog: %s; retrying", exc)
             except Exception:
                 logger.exception("watchdog scan failed; retrying")
 
@@ -134,11 +132,14 @@ class Watchdog:
             by_store.setdefault(id(s.store), (s.store, {}))[1][s.name] = s
         lock_ms = int(max(self.interval * 3, 2.0) * 1000)
         for store, known in by_store.values():
-            if not store.hold_lock("watchdog", self.owner, lock_ms):
-                continue
-            due = store.due()
-            for run_id, state in zip(due, store.snapshots(due), strict=True):
-                resumed += self._check(store, known, run_id, state)
+            try:  # one unreachable store must not keep the others from being watched
+                if not store.hold_lock("watchdog", self.owner, lock_ms):
+                    continue
+                due = store.due()
+                for run_id, state in zip(due, store.snapshots(due), strict=True):
+                    resumed += self._check(store, known, run_id, state)
+            except StoreUnavailable as exc:
+                logger.warning("watchdog: %s; will retry", exc)
         return resumed
 
     def _check(self, store: RedisStore, known: dict[str, Saga], run_id: str, state: SagaState | None) -> int:

@@ -16,7 +16,7 @@ from saga import Status, dead_letters
 from saga import state as sm
 from saga.recovery import Watchdog
 from tests.conftest import wait_for
-from tests.sagas import ledger, trip
+from tests.sagas import app, ledger, trip
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -148,3 +148,14 @@ def test_an_unreachable_broker_at_start_keeps_the_run_for_the_watchdog(caplog: p
     assert (state.status, state.version) == (Status.PENDING, 1)
     assert nobroker.store.client.zscore(nobroker.store.active_key, run_id) is not None
     assert any("watchdog will send it" in rec.getMessage() for rec in caplog.records)
+
+
+def test_one_unreachable_store_does_not_stop_the_watchdog_watching_the_others() -> None:
+    from saga import RedisStore, Saga
+
+    elsewhere = Saga("elsewhere", app=app, store=RedisStore("redis://127.0.0.1:1/0", retries=0))
+    elsewhere.step(name="only")(lambda payload, ctx: None)
+    t = sm.decide_start(str(uuid.uuid4()), "trip", {"lost": True}, at="2026-01-01T00:00:00.000000Z")
+    assert trip.store.create("trip", trip.shape.fingerprint, t, None)
+    scan_until_resumed(t.state.id)
+    assert trip.wait(t.state.id, timeout=30).status is Status.COMPLETED

@@ -133,7 +133,9 @@ def run_chaos(seconds: float, rate: float = 2.0, seed: int | None = None) -> Fig
     from tests.chaos.app import STEPS, app, chaos
 
     # this process only starts and inspects runs: point the saga's store and app at the cluster
+    saved = (chaos._store, app.conf.broker_url)
     app.conf.broker_url = cluster.redis.url
+    app._after_fork()  # forget pooled broker connections
     chaos._store = RedisStore(cluster.redis.url, dispatch_timeout=15)
     plan: list[tuple[float, str]] = sorted(
         [(seconds * f, "kill_worker") for f in (0.2, 0.5, 0.8)]
@@ -181,6 +183,8 @@ def run_chaos(seconds: float, rate: float = 2.0, seed: int | None = None) -> Fig
         return figures
     finally:
         cluster.stop()
+        chaos._store, app.conf.broker_url = saved
+        app._after_fork()
 
 
 def _check(chaos: Any, started: dict[str, dict[str, Any]], steps: tuple[str, ...], cluster: Cluster,
