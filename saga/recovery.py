@@ -163,7 +163,7 @@ class Watchdog:
         try:
             return 1 if resume(saga, run_id, reason) else 0
         except SagaError as exc:
-            logger.error("[run=%s] could not resume: %s", run_id, exc)
+            run_logger(run_id, saga.name, _cursor_name(saga, state)).error("could not resume: %s", exc)
             store.schedule(run_id, store.dispatch_timeout)
             return 0
 

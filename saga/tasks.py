@@ -86,10 +86,12 @@ def dispatch(saga: Saga, state: SagaState) -> bool:
 
 
 class RunLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """Log lines that carry run id, saga and step."""
+    """Log lines that carry run id, saga and step: in the text, and as record attributes
+    (``%(run_id)s``, ``%(saga)s``, ``%(step)s``) for structured formatters."""
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        e = self.extra or {}
+        e = dict(self.extra or {})
+        kwargs["extra"] = {**e, **kwargs.get("extra", {})}
         return f"[run={e.get('run_id')} saga={e.get('saga')} step={e.get('step')}] {msg}", kwargs
 
 
@@ -105,15 +107,15 @@ class Heartbeat:
     """
 
     def __init__(self) -> None:
-        self._held: dict[tuple[str, str], tuple[Any, int]] = {}
+        self._held: dict[tuple[str, str], tuple[Any, int, RunLog]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._pid = 0
 
-    def hold(self, store: Any, run_id: str, token: str, lease_ms: int) -> None:
+    def hold(self, store: Any, run_id: str, token: str, lease_ms: int, log: RunLog) -> None:
         """Keep renewing ``run_id``'s lease while ``token`` holds it."""
         with self._lock:
-            self._held[(run_id, token)] = (store, lease_ms)
+            self._held[(run_id, token)] = (store, lease_ms, log)
             if self._pid != os.getpid():
                 self._pid = os.getpid()
                 threading.Thread(target=self._loop, name="saga-heartbeat", daemon=True).start()
@@ -127,15 +129,14 @@ class Heartbeat:
         while True:
             with self._lock:
                 held = list(self._held.items())
-            interval = min((ms for _, (_, ms) in held), default=3000) / 3000
-            for (run_id, token), (store, ms) in held:
+            interval = min((ms for _, (_, ms, _) in held), default=3000) / 3000
+            for (run_id, token), (store, ms, log) in held:
                 try:
                     if not store.renew(run_id, token, ms):
-                        logger.warning("[run=%s] lease lost while the body runs; its commit will be refused",
-                                       run_id)
+                        log.warning("lease lost while the body runs; its commit will be refused")
                         self.release(run_id, token)
                 except StoreUnavailable as exc:
-                    logger.warning("[run=%s] heartbeat could not renew the lease: %s", run_id, exc)
+                    log.warning("heartbeat could not renew the lease: %s", exc)
             self._wake.wait(interval)
 
 
@@ -185,7 +186,7 @@ def execute(saga: Saga, step: Step, direction: Direction, task: Any, run_id: str
     from .definition import StepContext
 
     ctx = StepContext(run_id, saga.name, step.name, step.index, attempt, ctx_key, direction)
-    heartbeat.hold(store, run_id, token, lease_ms)
+    heartbeat.hold(store, run_id, token, lease_ms, log)
     try:
         output = _run_body(step, direction, dict(state.payload), ctx)
     except Exception as exc:

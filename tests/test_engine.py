@@ -280,3 +280,15 @@ def test_dedicated_queues_are_opt_in(r: redis.Redis, redis_url: str) -> None:
     body = json.loads(message)
     assert body["headers"]["task"] == "saga.queued.only" and body["headers"]["argsrepr"].startswith(f"('{run_id}'")
     r.delete("saga-steps-only")
+
+
+def test_log_lines_about_a_run_carry_its_id_saga_and_step(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="saga")
+    run_id = trip.start({"fail_at": "car", "flaky": {"hotel": 1}})
+    finished(trip, run_id)
+    mine = [rec for rec in caplog.records if getattr(rec, "run_id", None) == run_id]
+    steps = {(rec.saga, rec.step) for rec in mine}  # type: ignore[attr-defined]
+    assert ("trip", "hotel") in steps and ("trip", "car") in steps  # a retry, a give-up
+    assert all(f"[run={run_id} saga=trip step=" in rec.getMessage() for rec in mine)
