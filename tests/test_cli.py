@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -38,7 +37,7 @@ from saga.cli import (
 )
 from saga.errors import EntryNotFound, RunNotFound, SagaError, StoreUnavailable
 from saga.settings import get_settings
-from saga.testing import free_port
+from saga.testing import free_port, start_worker_process, stop_process_group
 from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,20 +63,11 @@ def own_queue() -> Iterator[None]:
 def worker_process(own_queue: None, redis_url: str) -> Iterator[subprocess.Popen[bytes]]:
     """``celery -A workers worker`` (threads pool) on this module's queue, stopped as a process group."""
     env = {**os.environ, "SAGA_REDIS_URL": redis_url, "SAGA_METRICS_PORT": "0"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool=threads", "-c", "2", "-Q", QUEUE,
-         "--loglevel=WARNING", "--without-gossip", "--without-mingle", "-n", f"cli{free_port()}@%h"],
-        env=env, cwd=ROOT, start_new_session=True,
-    )
+    proc = start_worker_process("workers", env, name=f"cli{free_port()}", pool="threads", queues=QUEUE, cwd=ROOT)
     try:
         yield proc
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 from celery import Celery
 
 from saga import RedisStore, Saga, Status
-from saga.testing import RedisServer
+from saga.testing import RedisServer, start_worker_process, stop_process_group
 from tests.chaos.harness import _children
 from tests.conftest import wait_for
 
@@ -59,18 +58,13 @@ class Workers:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SAGA_")}
         env.update(SAGA_REDIS_URL=self.url, SAGA_LEASE_SECONDS=str(LEASE), SAGA_WATCHDOG_INTERVAL="0.3",
                    SAGA_METRICS_PORT="0", PYTHONPATH=str(ROOT))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool=prefork", "-c", "2",
-             "--loglevel=WARNING", "-n", f"{name}@%h", "--without-gossip", "--without-mingle"],
-            env=env, cwd=ROOT, start_new_session=True)
+        proc = start_worker_process("workers", env, name=name, cwd=ROOT)
         self.procs.append(proc)
         return proc
 
     def stop_all(self) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            stop_process_group(proc, signal.SIGKILL)
 
 
 @pytest.fixture

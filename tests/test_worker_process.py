@@ -3,35 +3,25 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
 from saga import Status
-from saga.testing import free_port
+from saga.testing import free_port, start_worker_process, stop_process_group
 
 
 @pytest.fixture(scope="module")
 def celery_worker_process(redis_url: str) -> Iterator[subprocess.Popen[bytes]]:
     env = {**os.environ, "SAGA_REDIS_URL": redis_url, "SAGA_BROKER_URL": os.environ["SAGA_BROKER_URL"],
            "SAGA_METRICS_PORT": "0", "SAGA_WATCHDOG_INTERVAL": "0.5"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool=prefork", "-c", "2",
-         "--loglevel=WARNING", "-n", f"subproc{free_port()}@%h"],
-        env=env, start_new_session=True,
-    )
+    # a plain worker: no -Q, so every task of the saga reaches it
+    proc = start_worker_process("workers", env, name=f"subproc{free_port()}")
     try:
         yield proc
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc)
 
 
 def test_a_prefork_worker_process_completes_and_compensates_orders(celery_worker_process: object) -> None:

@@ -21,7 +21,7 @@ from rich.live import Live
 from rich.table import Table
 
 from saga.settings import DEFAULT_REDIS_URL
-from saga.testing import RedisServer, answers
+from saga.testing import RedisServer, answers, start_worker_process, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -36,22 +36,7 @@ ORDERS: list[tuple[str, dict[str, Any]]] = [
 
 def start_worker(env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
     """A `celery -A workers worker` process in its own process group."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool=prefork", "-c", "2",
-         "--loglevel=ERROR", "-n", f"{name}@%h", "--without-gossip", "--without-mingle"],
-        env=env, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
-    )
-
-
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    """Signal a worker's whole process group and wait for it."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    return start_worker_process("workers", env, name=name, loglevel="ERROR", cwd=ROOT)
 
 
 def view(rows: list[tuple[str, str]], order: Any) -> Table:
@@ -125,7 +110,7 @@ def main() -> int:
                 victim = order.get(rows[3][1])
                 if killed_at is None and victim.current_step == 1 and victim.status.value == "running":
                     time.sleep(0.5)  # let charge_payment get well under way
-                    stop(workers.pop(), signal.SIGKILL)
+                    stop_process_group(workers.pop(), signal.SIGKILL)
                     killed_at = time.monotonic()
                     live.console.print(f"[red]SIGKILLed the worker while order 104 was in charge_payment; "
                                        f"a new worker resumes it once the {lease}s lease expires[/]")
@@ -153,7 +138,7 @@ def main() -> int:
         return 0
     finally:
         for proc in workers:
-            stop(proc)
+            stop_process_group(proc)
         if embedded is not None:
             embedded.close()
 

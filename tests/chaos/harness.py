@@ -8,7 +8,6 @@ import random
 import signal
 import statistics
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,7 +16,7 @@ from typing import Any
 
 import redis
 
-from saga.testing import RedisServer
+from saga.testing import RedisServer, start_worker_process, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,20 +69,14 @@ class Cluster:
     def add_worker(self) -> int:
         wid = self.next_id
         self.next_id += 1
-        with open(self.logdir / f"worker{wid}.log", "wb") as log:  # the child keeps its own copy
-            self.procs[wid] = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "tests.chaos.app", "worker", "--pool=prefork", "-c", "2",
-                 "--loglevel=WARNING", "-n", f"chaos{wid}@%h", "--without-gossip", "--without-mingle"],
-                env=self.env(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
+        self.procs[wid] = start_worker_process("tests.chaos.app", self.env(), name=f"chaos{wid}", cwd=ROOT,
+                                               log=self.logdir / f"worker{wid}.log")
         return wid
 
     def kill_worker(self) -> None:
         """SIGKILL a whole worker (parent and pool children) and start a replacement."""
         wid = random.choice(sorted(self.procs))
-        proc = self.procs.pop(wid)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        stop_process_group(self.procs.pop(wid), signal.SIGKILL)
         self.add_worker()
 
     def kill_child(self) -> bool:
@@ -97,11 +90,7 @@ class Cluster:
 
     def stop(self) -> None:
         for proc in self.procs.values():
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
+            stop_process_group(proc, signal.SIGKILL)
         self.procs.clear()
         self.redis.close()
 
