@@ -159,3 +159,24 @@ def test_one_unreachable_store_does_not_stop_the_watchdog_watching_the_others() 
     assert trip.store.create("trip", trip.shape.fingerprint, t, None)
     scan_until_resumed(t.state.id)
     assert trip.wait(t.state.id, timeout=30).status is Status.COMPLETED
+
+
+def test_several_watchdogs_elect_one_scanner_and_another_takes_over_when_it_dies(r: redis.Redis) -> None:
+    # Given two workers' watchdogs and a stalled run
+    first, second = Watchdog(interval=0.2, lease_seconds=2), Watchdog(interval=0.2, lease_seconds=2)
+    t = sm.decide_start(str(uuid.uuid4()), "trip", {"lost": True}, at="2026-01-01T00:00:00.000000Z")
+    assert trip.store.create("trip", trip.shape.fingerprint, t, None)
+    r.delete(f"{trip.store.prefix}:watchdog")  # whoever held the lock before this test
+    trip.store.schedule(t.state.id, 0)
+    # When both scan, only the elected one acts
+    assert first.scan() == 1
+    trip.store.schedule(t.state.id, 0)
+    assert second.scan() == 0
+    assert r.get(f"{trip.store.prefix}:watchdog") == first.owner
+    assert trip.wait(t.state.id, timeout=30).status is Status.COMPLETED
+    assert [e["type"] for e in trip.events(t.state.id)].count("saga.resumed") == 1
+    # Then, once the elected one is gone (its lock lapses), the other one scans
+    r.delete(f"{trip.store.prefix}:watchdog")
+    second.scan()
+    assert r.get(f"{trip.store.prefix}:watchdog") == second.owner
+    r.delete(f"{trip.store.prefix}:watchdog")  # leave the election open for the next test
