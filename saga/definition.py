@@ -121,9 +121,11 @@ class Saga:
         self._store = store
         self.steps: list[Step] = []
         _registry[name] = self
+        from . import metrics
         from .recovery import install_watchdog
 
         install_watchdog(self.app)
+        metrics.install(self.app)
 
     @property
     def settings(self) -> Settings:

@@ -18,6 +18,7 @@ import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from . import metrics
 from .errors import CheckpointCorrupted, DefinitionMismatch, SagaError, StoreUnavailable
 from .state import Direction, SagaState, Status, now_iso, payload_hash
 from .tasks import dispatch, fail_run, run_logger
@@ -76,6 +77,7 @@ def resume(saga: Saga, run_id: str, reason: str) -> SagaState | None:
         return None
     store.schedule(run_id, store.dispatch_timeout)
     dispatch(saga, state)
+    metrics.resumed(saga.name, reason)
     log.warning("resumed from version %d (%s)", state.version, reason)
     return state
 

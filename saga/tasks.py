@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from kombu.exceptions import OperationalError
 
+from . import metrics
 from . import state as sm
 from .errors import DefinitionMismatch, InvalidPayload, PermanentError, StoreUnavailable
 from .state import Direction, SagaState, Status
@@ -39,7 +41,7 @@ def register_task(saga: Saga, step: Step, direction: Direction) -> Any:
     name = step.task_name if direction is Direction.FORWARD else step.compensation_task_name
 
     def run(task: Any, run_id: str, attempt: int = 1) -> None:
-        execute(saga, step, direction, task, run_id, attempt)
+        execute(saga, step, direction, run_id, attempt)
 
     run.__name__ = name.replace(".", "_").replace("-", "_")
     what = "Compensation of step" if direction is Direction.COMPENSATION else "Step"
@@ -143,7 +145,7 @@ class Heartbeat:
 heartbeat = Heartbeat()
 
 
-def execute(saga: Saga, step: Step, direction: Direction, task: Any, run_id: str, attempt: int) -> None:
+def execute(saga: Saga, step: Step, direction: Direction, run_id: str, attempt: int) -> None:
     """Run one delivery of ``step`` for ``run_id``. Never raises for a business failure:
     every outcome is committed to the store (or the commit is refused and logged)."""
     log = run_logger(run_id, saga.name, step.name)
@@ -181,19 +183,22 @@ def execute(saga: Saga, step: Step, direction: Direction, task: Any, run_id: str
         if not store.commit(state, moved, token=token).applied:
             log.warning("lost the run before its first step began; skipping")
             return
+        metrics.run_started(saga.name)
         state = moved.state
     ctx_key = f"{run_id}:{step.name}:{direction.value}"
     from .definition import StepContext
 
     ctx = StepContext(run_id, saga.name, step.name, step.index, attempt, ctx_key, direction)
     heartbeat.hold(store, run_id, token, lease_ms, log)
+    began = time.perf_counter()
     try:
         output = _run_body(step, direction, dict(state.payload), ctx)
-    except Exception as exc:
+    except Exception as exc:  # every failure of user code is recorded; none escapes to Celery
         heartbeat.release(run_id, token)
-        _failed(saga, step, direction, task, state, token, attempt, exc, log)
+        _failed(saga, step, direction, state, token, attempt, exc, log, time.perf_counter() - began)
         return
     heartbeat.release(run_id, token)
+    metrics.step_finished(saga.name, step.name, direction.value, time.perf_counter() - began, "succeeded")
     _succeeded(saga, step, direction, state, token, output, log)
 
 
@@ -227,14 +232,24 @@ def _succeeded(saga: Saga, step: Step, direction: Direction, state: SagaState, t
     if result.cancel and moved.state.status is Status.RUNNING:
         apply_cancel(saga, moved.state, result.cancel)
         return
-    dispatch(saga, moved.state)
+    _moved(saga, moved.state)
 
 
-def _failed(saga: Saga, step: Step, direction: Direction, task: Any, state: SagaState, token: str,
-            attempt: int, exc: Exception, log: RunLog) -> None:
+def _moved(saga: Saga, state: SagaState) -> None:
+    """After an applied commit: send the next task, or count the run as finished."""
+    if state.status.terminal:
+        metrics.run_finished(saga.name, state.status.value)
+    else:
+        dispatch(saga, state)
+
+
+def _failed(saga: Saga, step: Step, direction: Direction, state: SagaState, token: str,
+            attempt: int, exc: Exception, log: RunLog, seconds: float) -> None:
     shape = saga.shape
     permanent = isinstance(exc, PermanentError)
-    if not permanent and attempt <= step.max_retries:
+    retrying = not permanent and attempt <= step.max_retries
+    metrics.step_finished(saga.name, step.name, direction.value, seconds, "retrying" if retrying else "failed")
+    if retrying:
         delay = sm.retry_delay(attempt, step.retry_backoff, step.retry_backoff_max)
         event = sm.decide_retry(state, shape, direction, step.index, attempt, exc, delay)
         lease_ms = int((delay + saga.settings.lease_seconds) * 1000)
@@ -253,7 +268,7 @@ def _failed(saga: Saga, step: Step, direction: Direction, task: Any, state: Saga
     if not result.applied:
         log.warning("commit of the failure refused (%s); result discarded", result.reason)
         return
-    dispatch(saga, moved.state)
+    _moved(saga, moved.state)
 
 
 def apply_cancel(saga: Saga, state: SagaState, reason: str) -> bool:
@@ -263,7 +278,7 @@ def apply_cancel(saga: Saga, state: SagaState, reason: str) -> bool:
     result = saga.store.commit(state, moved, idle=True)
     if result.applied:
         run_logger(state.id, saga.name, "").warning("cancelled: %s", reason)
-        dispatch(saga, moved.state)
+        _moved(saga, moved.state)
     return result.applied
 
 
@@ -272,4 +287,6 @@ def fail_run(saga: Saga, state: SagaState, step_name: str, error: Exception) -> 
     moved, entry = sm.decide_fail(state, step_name, error)
     result = saga.store.commit(state, moved, dead_entry=entry)
     run_logger(state.id, saga.name, step_name).error("run failed: %s", error)
+    if result.applied:
+        metrics.run_finished(saga.name, moved.state.status.value)
     return result.applied

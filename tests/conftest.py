@@ -81,3 +81,9 @@ def wait_for(condition: Callable[[], Any], timeout: float = 15.0, what: str = "c
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.02)
+
+
+def rebind(app: Any, broker_url: str) -> None:
+    """Point a Celery app's publishing at another broker, dropping its pooled connections."""
+    app.conf.broker_url = broker_url
+    app._after_fork()  # what Celery does in a forked child: forget the connection pools

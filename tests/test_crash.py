@@ -10,12 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from celery import Celery
 
 from saga import RedisStore, Saga, Status
 from saga.testing import RedisServer, start_worker_process, stop_process_group
 from tests.chaos.harness import _children
-from tests.conftest import wait_for
+from tests.conftest import rebind, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 LEASE = 1.5
@@ -42,11 +41,6 @@ def order(redis_aof: RedisServer) -> Iterator[Saga]:
         saga._store = saved[0]
         rebind(app, saved[1])
 
-
-def rebind(app: Celery, url: str) -> None:
-    """Point a Celery app's publishing at another broker, dropping its pooled connections."""
-    app.conf.broker_url = url
-    app._after_fork()  # what Celery does in a forked child: forget the connection pools
 
 
 class Workers:
