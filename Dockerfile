@@ -1,0 +1,8 @@
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY saga ./saga
+COPY workers ./workers
+RUN pip install --no-cache-dir . && useradd --create-home --uid 10001 saga
+USER saga
+CMD ["celery", "-A", "workers", "worker", "--loglevel=INFO"]
