@@ -154,18 +154,21 @@ class RedisStore:
         """Write a new run from its start transition; False if the run id already exists."""
         state = start.state
         k = self.keys(state.id)
+        keys = [k.meta, k.history, k.events]
+        args = [saga, fingerprint, _dumps(state.to_dict()), _dumps(start.events[0]), key or "",
+                state.status.value, state.current_step]
+        now = time.time()
         with self._guard():
-            created = self._create(
-                keys=[k.meta, k.history, k.events],
-                args=[saga, fingerprint, _dumps(state.to_dict()), _dumps(start.events[0]), key or "",
-                      state.status.value, state.current_step],
-            )
-            if created:
-                now = time.time()
-                pipe = self.client.pipeline(transaction=False)
-                pipe.zadd(f"{self.prefix}:runs", {state.id: now})
-                pipe.zadd(self.active_key, {state.id: now + self.dispatch_timeout})
-                pipe.execute()
+            # one round trip; NX leaves an existing run's index entries as they were
+            pipe = self.client.pipeline(transaction=False)
+            pipe.evalsha(self._create.sha, len(keys), *keys, *args)
+            pipe.zadd(f"{self.prefix}:runs", {state.id: now}, nx=True)
+            pipe.zadd(self.active_key, {state.id: now + self.dispatch_timeout}, nx=True)
+            try:
+                created = pipe.execute()[0]
+            except redis.exceptions.NoScriptError:
+                self.client.script_load(self._create.script)
+                return self.create(saga, fingerprint, start, key)
         return bool(created)
 
     def begin(self, run_id: str, direction: str, index: int, attempt: int, lease_ms: int,

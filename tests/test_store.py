@@ -150,3 +150,12 @@ def test_an_unreachable_redis_is_one_clear_line() -> None:
 
 def test_terminal_status_values() -> None:
     assert {s.value for s in Status if s.terminal} == {"completed", "compensated", "failed"}
+
+
+def test_scripts_forgotten_by_redis_are_loaded_again(store: RedisStore, redis_url: str) -> None:
+    redis.Redis.from_url(redis_url).script_flush()  # what a restarted Redis without them looks like
+    state = new_run(store)
+    b = begin(store, state)
+    redis.Redis.from_url(redis_url).script_flush()
+    assert store.commit(state, sm.decide_begin(state, SHAPE, 0, 1), token=b.token).applied
+    assert store.get(state.id).status is Status.RUNNING
