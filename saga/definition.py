@@ -90,6 +90,7 @@ class Step:
             raise SagaDefinitionError(f"step {self.name!r} of saga {self.saga.name!r} already has a compensation")
         self.compensation = fn
         self.compensation_task = self.saga._register(self, Direction.COMPENSATION)
+        self.saga._shape = None
         return fn
 
     def task_for(self, direction: Direction) -> Any:
@@ -120,6 +121,7 @@ class Saga:
         self._settings = settings
         self._store = store
         self.steps: list[Step] = []
+        self._shape: Shape | None = None
         _registry[name] = self
         from . import metrics
         from .recovery import install_watchdog
@@ -141,8 +143,12 @@ class Saga:
 
     @property
     def shape(self) -> Shape:
-        """Step names and which steps can be undone."""
-        return Shape(tuple(s.name for s in self.steps), tuple(s.compensation is not None for s in self.steps))
+        """Step names and which steps can be undone (cached; declaring a step or a compensation
+        makes it anew)."""
+        if self._shape is None:
+            self._shape = Shape(tuple(s.name for s in self.steps),
+                                tuple(s.compensation is not None for s in self.steps))
+        return self._shape
 
     # --- declaring -------------------------------------------------------------------------
 
@@ -173,6 +179,7 @@ class Saga:
             s = Step(self, len(self.steps), step_name, f, max_retries=max_retries,
                      retry_backoff=retry_backoff, retry_backoff_max=retry_backoff_max)
             self.steps.append(s)
+            self._shape = None
             return s
 
         return declare(fn) if fn is not None else declare
@@ -206,7 +213,7 @@ class Saga:
         """The run's latest snapshot; :class:`~saga.RunNotFound` for an unknown id."""
         return self.store.get(run_id)
 
-    def wait(self, run_id: str, timeout: float = 30.0, poll: float = 0.02) -> SagaState:
+    def wait(self, run_id: str, timeout: float = 30.0, poll: float = 0.002) -> SagaState:
         """Block until the run is completed, compensated or failed, and return that state.
 
         Raises :class:`~saga.SagaTimeout` (a ``TimeoutError``) when ``timeout`` passes first.
@@ -222,7 +229,7 @@ class Saga:
                     f"run {run_id} still {state.status.value} at step {state.current_step} after {timeout}s"
                 )
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 1.5, 0.5)
+            delay = min(delay * 1.5, 0.25)
 
     def history(self, run_id: str) -> list[SagaState]:
         """Every version of the run, oldest first (versions 1..n without gaps)."""

@@ -118,11 +118,13 @@ class Watchdog:
         self._stop.set()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
+        while True:  # scan at once on start-up: a fresh worker may be replacing a dead one
             try:
                 self.scan()
             except Exception:
                 logger.exception("watchdog scan failed; retrying")
+            if self._stop.wait(self.interval):
+                return
 
     def scan(self) -> int:
         """One pass: resume every due run this process can resume. Returns how many it resumed."""

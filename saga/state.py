@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
@@ -31,7 +32,7 @@ JSONObject = dict[str, Any]
 class Status(StrEnum):
     """Where a run is. The last three are terminal: nothing runs for them any more."""
 
-    PENDING = "pending"  # started, no step has begun yet
+    PENDING = "pending"  # started; no step has committed yet
     RUNNING = "running"  # steps run forward
     COMPENSATING = "compensating"  # a step gave up; compensations run backwards
     COMPLETED = "completed"  # every step committed
@@ -156,7 +157,7 @@ class Shape:
     steps: tuple[str, ...]
     compensable: tuple[bool, ...]
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         """A stable digest of the shape; a run refuses to move under a different one."""
         text = json.dumps([list(self.steps), list(self.compensable)], separators=(",", ":"))
@@ -285,32 +286,26 @@ def decide_start(run_id: str, saga: str, payload: JSONObject, at: str | None = N
 
 def started_event(run_id: str, shape: Shape, direction: Direction, index: int, at: str | None = None) -> Event:
     """The ``step.started`` / ``compensation.started`` event of an attempt, without the two fields
-    only the store knows when it takes the lease: ``attempt`` and ``version``.
-
-    The first start of a pending run moves it to running and so belongs to a new version;
-    :func:`decide_begin` covers that case.
-    """
+    only the store knows when it takes the lease: ``attempt`` and ``version``. It changes nothing
+    in the snapshot."""
     kind = "step.started" if direction is Direction.FORWARD else "compensation.started"
     return {"type": kind, "run_id": run_id, "at": at or now_iso(), **_step(shape, index)}
-
-
-def decide_begin(state: SagaState, shape: Shape, index: int, attempt: int, at: str | None = None) -> Transition:
-    """The first step of a pending run begins: the run becomes running (a new version)."""
-    b = _Builder(state, state.id, bump=True, at=at or now_iso())
-    b.add("step.started", **_step(shape, index), attempt=attempt, status=Status.RUNNING.value)
-    return _transition(state, b)
 
 
 def decide_step_succeeded(
     state: SagaState, shape: Shape, index: int, output: JSONObject | None, at: str | None = None
 ) -> Transition:
-    """Step ``index`` committed: merge its output, checkpoint, move on or complete."""
+    """Step ``index`` committed: merge its output, checkpoint, move on (a pending run becomes
+    running) or complete."""
     at = at or now_iso()
     b = _Builder(state, state.id, bump=True, at=at)
     out = output or {}
     digest = payload_hash({**state.payload, **out})
     last = index + 1 == len(shape.steps)
-    b.add("step.succeeded", **_step(shape, index), output=out, hash=digest, current_step=index + 1)
+    moves: dict[str, Any] = {"current_step": index + 1}
+    if state.status is Status.PENDING and not last:
+        moves["status"] = Status.RUNNING.value
+    b.add("step.succeeded", **_step(shape, index), output=out, hash=digest, **moves)
     if last:
         b.add("saga.completed", status=Status.COMPLETED.value)
     return _transition(state, b)

@@ -195,8 +195,7 @@ class RedisStore:
         """
         after = transition.state
         moved = (after.current_step, after.status) != (before.current_step, before.status)
-        reset = moved and not (before.status.value == "pending" and after.current_step == 0)
-        flags = ("r" if release else "") + ("a" if reset else "") + ("i" if idle else "")
+        flags = ("r" if release else "") + ("a" if moved else "") + ("i" if idle else "")
         ttl = self.retention_ms if after.status.value in ("completed", "compensated") else 0
         k = self.keys(after.id)
         args = [before.version, token, after.version, _dumps(after.to_dict()), after.status.value,

@@ -178,13 +178,8 @@ def execute(saga: Saga, step: Step, direction: Direction, run_id: str, attempt: 
         return
     token = begin.token
     attempt = begin.attempt
-    if state.status is Status.PENDING:
-        moved = sm.decide_begin(state, shape, step.index, attempt)
-        if not store.commit(state, moved, token=token).applied:
-            log.warning("lost the run before its first step began; skipping")
-            return
+    if state.status is Status.PENDING and attempt == 1:
         metrics.run_started(saga.name)
-        state = moved.state
     ctx_key = f"{run_id}:{step.name}:{direction.value}"
     from .definition import StepContext
 

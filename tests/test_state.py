@@ -17,8 +17,7 @@ SHAPE = Shape(("a", "b", "c", "d"), (True, False, True, False))
 
 def run_to(index: int) -> sm.SagaState:
     """A run whose steps before ``index`` committed, each adding its name to the payload."""
-    t = sm.decide_start("r1", "s", {"n": 1})
-    state = sm.decide_begin(t.state, SHAPE, 0, 1).state
+    state = sm.decide_start("r1", "s", {"n": 1}).state
     for i in range(index):
         state = sm.decide_step_succeeded(state, SHAPE, i, {SHAPE.steps[i]: i}).state
     return state
@@ -32,10 +31,15 @@ def test_start_is_version_one_pending_at_step_zero() -> None:
 
 def test_each_commit_adds_one_version_and_a_checkpoint_of_the_canonical_payload() -> None:
     state = run_to(3)
-    assert state.version == 2 + 3
+    assert state.version == 1 + 3
     assert [c.step for c in state.checkpoints] == [0, 1, 2]
     expected = json.dumps(dict(state.payload), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     assert state.checkpoints[-1].hash == hashlib.sha256(expected.encode("utf-8")).hexdigest()
+
+
+def test_a_run_is_pending_until_its_first_step_commits_then_running() -> None:
+    assert run_to(0).status is Status.PENDING
+    assert run_to(1).status is Status.RUNNING and run_to(1).version == 2
 
 
 def test_last_step_completes_the_run() -> None:
@@ -75,7 +79,6 @@ def test_rebuild_from_all_events_equals_the_folded_state() -> None:
     events += t.events
     state = t.state
     for decide in (
-        lambda s: sm.decide_begin(s, SHAPE, 0, 1),
         lambda s: sm.decide_step_succeeded(s, SHAPE, 0, {"a": []}),
         lambda s: sm.decide_step_succeeded(s, SHAPE, 1, None),
         lambda s: sm.decide_step_gave_up(s, SHAPE, 2, KeyError("k"), 2)[0],

@@ -40,39 +40,41 @@ def test_begin_takes_the_lease_and_refuses_a_second_delivery(store: RedisStore) 
     assert store.meta(state.id)["dups"] == "1"
 
 
-def test_only_one_of_two_racing_commits_on_one_version_applies(store: RedisStore) -> None:
+def test_only_one_of_racing_commits_on_one_version_applies(store: RedisStore) -> None:
+    # Given eight different transitions decided from the same version
     state = new_run(store)
-    b = begin(store, state)
-    running = sm.decide_begin(state, SHAPE, 0, 1)
-    results: list[bool] = []
+    results: dict[int, bool] = {}
 
-    def commit() -> None:
-        results.append(store.commit(state, running, token=b.token).applied)
+    def commit(i: int) -> None:
+        moved = sm.decide_step_succeeded(state, SHAPE, 0, {"winner": i})
+        results[i] = store.commit(state, moved).applied
 
-    threads = [threading.Thread(target=commit) for _ in range(8)]
+    threads = [threading.Thread(target=commit, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sorted(results) == [False] * 7 + [True]
+    # Then exactly one is applied, and it is the one the stored state shows
+    [winner] = [i for i, applied in results.items() if applied]
+    assert len(results) == 8
+    assert store.get(state.id).payload["winner"] == winner
     assert [s.version for s in store.history(state.id)] == [1, 2]
+    assert len(store.events(state.id)) == 2  # saga.started + the winner's step.succeeded
 
 
 def test_an_attempt_that_lost_its_lease_cannot_commit(store: RedisStore, redis_url: str) -> None:
-    # Given attempt 1 took the lease and began the run
+    # Given attempt 1 took the lease of the first step
     state = new_run(store)
     one = begin(store, state)
-    running = sm.decide_begin(state, SHAPE, 0, 1)
-    assert store.commit(state, running, token=one.token).applied
     # When its lease expires and attempt 2 takes over
     redis.Redis.from_url(redis_url).delete(store.keys(state.id).lease)
-    two = begin(store, running.state)
+    two = begin(store, state)
     assert two.outcome == "run" and two.token != one.token
     # Then attempt 1's late result is refused, attempt 2's is applied
-    done = sm.decide_step_succeeded(running.state, SHAPE, 0, {"a": 1})
-    late = store.commit(running.state, done, token=one.token, done_field="forward:0", release=True)
+    done = sm.decide_step_succeeded(state, SHAPE, 0, {"a": 1})
+    late = store.commit(state, done, token=one.token, done_field="forward:0", release=True)
     assert (late.applied, late.reason) == (False, "fenced")
-    assert store.commit(running.state, done, token=two.token, done_field="forward:0", release=True).applied
+    assert store.commit(state, done, token=two.token, done_field="forward:0", release=True).applied
     assert store.get(state.id).checkpoints[0].name == "a"
 
 
@@ -82,31 +84,26 @@ def test_a_zombie_is_fenced_out_even_when_nobody_holds_the_lease_any_more(store:
     redis.Redis.from_url(redis_url).delete(store.keys(state.id).lease)
     ok, token = store.note(state.id, [], fence=True)  # what a resume does
     assert ok and token != one.token
-    done = sm.decide_begin(state, SHAPE, 0, 1)
-    assert store.commit(state, done, token=one.token).reason == "fenced"
+    done = sm.decide_step_succeeded(state, SHAPE, 0, None)
+    assert store.commit(state, done, token=one.token, done_field="forward:0").reason == "fenced"
 
 
 def test_a_commit_retried_after_a_lost_reply_is_recognised_not_doubled(store: RedisStore) -> None:
     state = new_run(store)
     b = begin(store, state)
-    running = sm.decide_begin(state, SHAPE, 0, 1)
-    store.commit(state, running, token=b.token)
-    b2 = begin(store, running.state)
-    assert b2.outcome == "busy"  # the lease is still b's
-    done = sm.decide_step_succeeded(running.state, SHAPE, 0, None)
-    assert store.commit(running.state, done, token=b.token, done_field="forward:0", release=True).reason == "ok"
-    again = store.commit(running.state, done, token=b.token, done_field="forward:0", release=True)
+    assert begin(store, state).outcome == "busy"  # the lease is b's
+    done = sm.decide_step_succeeded(state, SHAPE, 0, None)
+    assert store.commit(state, done, token=b.token, done_field="forward:0", release=True).reason == "ok"
+    again = store.commit(state, done, token=b.token, done_field="forward:0", release=True)
     assert (again.applied, again.reason) == (True, "again")
-    assert len(store.history(state.id)) == 3
+    assert len(store.history(state.id)) == 2
 
 
 def test_a_committed_step_is_reported_done_to_any_later_delivery(store: RedisStore) -> None:
     state = new_run(store)
     b = begin(store, state)
-    running = sm.decide_begin(state, SHAPE, 0, 1)
-    store.commit(state, running, token=b.token)
-    done = sm.decide_step_succeeded(running.state, SHAPE, 0, None)
-    store.commit(running.state, done, token=b.token, done_field="forward:0", release=True)
+    done = sm.decide_step_succeeded(state, SHAPE, 0, None)
+    store.commit(state, done, token=b.token, done_field="forward:0", release=True)
     again = begin(store, state, index=0)
     assert again.outcome == "done" and again.extra == "1"  # nothing holds the run: caller re-dispatches
     assert begin(store, state, index=1, direction=Direction.COMPENSATION).outcome == "stale"
@@ -126,10 +123,8 @@ def test_creating_the_same_run_twice_writes_once(store: RedisStore) -> None:
 
 
 def test_retry_hands_the_lease_to_the_next_attempt_only(store: RedisStore) -> None:
-    pending = new_run(store)
-    b = begin(store, pending)
-    state = sm.decide_begin(pending, SHAPE, 0, 1).state
-    assert store.commit(pending, sm.decide_begin(pending, SHAPE, 0, 1), token=b.token).applied
+    state = new_run(store)
+    b = begin(store, state)
     event = sm.decide_retry(state, SHAPE, Direction.FORWARD, 0, 1, OSError("x"), 0.0)
     assert store.record(state.id, b.token, [event], "backoff:2", 5000)
     assert begin(store, state, attempt=1).outcome == "busy"  # a stray copy of attempt 1
@@ -157,5 +152,6 @@ def test_scripts_forgotten_by_redis_are_loaded_again(store: RedisStore, redis_ur
     state = new_run(store)
     b = begin(store, state)
     redis.Redis.from_url(redis_url).script_flush()
-    assert store.commit(state, sm.decide_begin(state, SHAPE, 0, 1), token=b.token).applied
+    done = sm.decide_step_succeeded(state, SHAPE, 0, None)
+    assert store.commit(state, done, token=b.token, done_field="forward:0").applied
     assert store.get(state.id).status is Status.RUNNING

@@ -48,8 +48,5 @@ if not redis.call('SET', KEYS[4], token, 'PX', ARGV[3], 'NX') then
 end
 attempt = tonumber(attempt) + 1
 redis.call('HSET', KEYS[1], 'fence', token, 'attempt', attempt)
-if status ~= 'pending' then
-  -- the first start of a pending run is a new version, committed by the caller instead
-  redis.call('RPUSH', KEYS[3], ARGV[6] .. ',"attempt":' .. attempt .. ',"version":' .. version .. '}')
-end
+redis.call('RPUSH', KEYS[3], ARGV[6] .. ',"attempt":' .. attempt .. ',"version":' .. version .. '}')
 return {'run', redis.call('LINDEX', KEYS[2], -1), token, attempt, status}
