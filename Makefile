@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check saga workers tests
+	$(BIN)/ruff check saga workers tests bench
 	$(BIN)/mypy
+	$(BIN)/mypy bench
 
 test: lint
 	$(BIN)/python -m pytest tests
@@ -25,6 +26,10 @@ test: lint
 CHAOS_SECONDS ?= 600
 chaos: $(STAMP)
 	CHAOS_SECONDS=$(CHAOS_SECONDS) $(BIN)/python -m pytest tests/chaos -s -p no:cacheprovider
+
+# saga vs a plain Celery chain, side by side (a few minutes); writes bench/last-run.md
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
 
 demo: $(STAMP)
 	$(BIN)/python -m workers.demo

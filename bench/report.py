@@ -1,0 +1,162 @@
+"""Turn the benchmark's figures into targets, a markdown table and the per-command breakdown."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+#: Issue 5's targets: (key, label, limit text).
+TARGETS = {
+    "throughput": "saga throughput >= 1.0x the chain's",
+    "latency_p50": "saga latency p50 <= 1.2x the chain's",
+    "commands_per_step": "Redis commands per step <= the chain's",
+    "recovery_p50": "recovery p50 <= lease + 2 s",
+}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return round(a / b, 3)
+
+
+def ratios(result: dict[str, Any]) -> dict[str, float | None]:
+    """saga / chain for every figure both variants have."""
+    s, c = result["saga"], result["chain"]
+    return {
+        "throughput": _ratio(s["runs_per_s"], c["runs_per_s"]),
+        "latency_p50": _ratio(s["latency"]["p50_ms"], c["latency"]["p50_ms"]),
+        "latency_p95": _ratio(s["latency"]["p95_ms"], c["latency"]["p95_ms"]),
+        "latency_api_p50": _ratio(s["latency_api"]["p50_ms"], c["latency_api"]["p50_ms"]),
+        "latency_api_p95": _ratio(s["latency_api"]["p95_ms"], c["latency_api"]["p95_ms"]),
+        "commands_per_step": _ratio(s["commands_per_step"], c["commands_per_step"]),
+        "commands_sent_per_step": _ratio(s["commands_sent"]["sent_per_step"], c["commands_sent"]["sent_per_step"]),
+        "peak_worker_memory": _ratio(s["memory"]["peak_rss_mib"], c["memory"]["peak_rss_mib"]),
+        "worker_cpu_per_run": _ratio(s["cpu_ms_per_run"]["worker"], c["cpu_ms_per_run"]["worker"]),
+        "redis_cpu_per_run": _ratio(s["cpu_ms_per_run"]["redis"], c["cpu_ms_per_run"]["redis"]),
+        "client_cpu_per_run": _ratio(s["cpu_ms_per_run"]["client"], c["cpu_ms_per_run"]["client"]),
+    }
+
+
+def targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Whether each target of the issue holds (``holds`` is None when it could not be measured)."""
+    r = result["ratios"]
+    rec = result["recovery"]
+    limit = rec["lease_seconds"] + 2
+    p50 = rec["p50_s"]
+    return {
+        "throughput": {"value": r["throughput"], "limit": 1.0, "holds": _cmp(r["throughput"], 1.0, ge=True)},
+        "latency_p50": {"value": r["latency_p50"], "limit": 1.2, "holds": _cmp(r["latency_p50"], 1.2)},
+        "commands_per_step": {"value": r["commands_per_step"], "limit": 1.0,
+                              "holds": _cmp(r["commands_per_step"], 1.0)},
+        "recovery_p50": {"value": p50, "limit": limit, "holds": _cmp(p50, limit)},
+    }
+
+
+def _cmp(value: float | None, limit: float, *, ge: bool = False) -> bool | None:
+    if value is None:
+        return None
+    return value >= limit if ge else value <= limit
+
+
+def _median(rows: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def _f(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _x(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def _holds(h: bool | None) -> str:
+    return {True: "yes", False: "**no**", None: "n/a"}[h]
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The figures as a markdown table, with the conditions they were taken under."""
+    s, c, r, t = result["saga"], result["chain"], result["ratios"], result["targets"]
+    cfg, meta, rec = result["settings"], result["meta"], result["recovery"]
+    reps = f"median of {cfg['reps']} x {cfg['runs']} runs"
+    lat = f"{cfg['latency_runs']} sequential runs"
+    rows = [
+        ("| figure | saga | chain | saga/chain | target | holds |", None),
+        ("| --- | ---: | ---: | ---: | --- | --- |", None),
+        (f"| throughput, runs/s ({reps}) | {_f(s['runs_per_s'])} | {_f(c['runs_per_s'])} "
+         f"| {_x(r['throughput'])} | >= 1.0x | {_holds(t['throughput']['holds'])} |", None),
+        (f"| latency p50, ms (start to completion committed, {lat}) | {_f(s['latency']['p50_ms'])} "
+         f"| {_f(c['latency']['p50_ms'])} | {_x(r['latency_p50'])} | <= 1.2x "
+         f"| {_holds(t['latency_p50']['holds'])} |", None),
+        (f"| latency p95, ms | {_f(s['latency']['p95_ms'])} | {_f(c['latency']['p95_ms'])} "
+         f"| {_x(r['latency_p95'])} | | |", None),
+        (f"| latency p50 via `Saga.wait()` / `AsyncResult.get()`, ms | {_f(s['latency_api']['p50_ms'])} "
+         f"| {_f(c['latency_api']['p50_ms'])} | {_x(r['latency_api_p50'])} | | |", None),
+        (f"| latency p95 via `Saga.wait()` / `AsyncResult.get()`, ms | {_f(s['latency_api']['p95_ms'])} "
+         f"| {_f(c['latency_api']['p95_ms'])} | {_x(r['latency_api_p95'])} | | |", None),
+        (f"| Redis commands per step (`INFO commandstats`, incl. inside scripts) | "
+         f"{_f(s['commands_per_step'], 2)} | {_f(c['commands_per_step'], 2)} | {_x(r['commands_per_step'])} "
+         f"| <= 1.0x | {_holds(t['commands_per_step']['holds'])} |", None),
+        (f"| of which sent by clients (not run inside Lua scripts; MONITOR sample of "
+         f"{s['commands_sent']['runs']} runs) | {_f(s['commands_sent']['sent_per_step'], 2)} "
+         f"| {_f(c['commands_sent']['sent_per_step'], 2)} | {_x(r['commands_sent_per_step'])} | | |", None),
+        (f"| peak worker memory, MiB (summed RSS, main + {cfg['concurrency']} children) "
+         f"| {_f(s['memory']['peak_rss_mib'])} | {_f(c['memory']['peak_rss_mib'])} "
+         f"| {_x(r['peak_worker_memory'])} | | |", None),
+        (f"| worker CPU per run, ms | {_f(s['cpu_ms_per_run']['worker'], 2)} "
+         f"| {_f(c['cpu_ms_per_run']['worker'], 2)} | {_x(r['worker_cpu_per_run'])} | | |", None),
+        (f"| Redis CPU per run, ms | {_f(s['cpu_ms_per_run']['redis'], 2)} "
+         f"| {_f(c['cpu_ms_per_run']['redis'], 2)} | {_x(r['redis_cpu_per_run'])} | | |", None),
+        (f"| client CPU per run, ms | {_f(s['cpu_ms_per_run']['client'], 2)} "
+         f"| {_f(c['cpu_ms_per_run']['client'], 2)} | {_x(r['client_cpu_per_run'])} | | |", None),
+        (f"| recovery after SIGKILL of the worker, s (p50 of {len(rec['trials'])}; "
+         f"lease {rec['lease_seconds']:g} s) | {_f(rec['p50_s'], 2)} | - | - "
+         f"| <= lease + 2 s = {rec['lease_seconds'] + 2:g} s | {_holds(t['recovery_p50']['holds'])} |", None),
+    ]
+    lines = [row for row, _ in rows]
+    head = (f"Benchmark of {meta['date']} (commit {meta['commit']}{' + local changes' if meta['dirty'] else ''}), "
+            f"{meta['cpus']} cores, load average {meta['load_before']} before; celery {meta['celery']}, "
+            f"redis-server {meta['redis_server']}, Python {meta['python']}. Each variant: its own "
+            f"redis-server, one prefork worker with concurrency {cfg['concurrency']}, JSON, late acks, "
+            f"prefetch 1; the chain with a Redis result backend. "
+            f"Repetitions interleaved A B A B; `python -m bench.run` took {meta['seconds']:.0f} s.")
+    if rec["p50_s"] is not None:
+        recovery_note = (
+            f"\n\nRecovery: a run's worker (whole process group) SIGKILLed {rec['into_step_s']:g} s into a "
+            f"step, a fresh worker started at once; medians after the kill: lease gone "
+            f"{_f(_median(rec['trials'], 'lease_gone_s'), 2)} s, the new worker's watchdog holds the scan lock "
+            f"{_f(_median(rec['trials'], 'watchdog_lock_taken_s'), 2)} s, run resumed "
+            f"{_f(_median(rec['trials'], 'resumed_after_s'), 2)} s, completed {_f(rec['p50_s'], 2)} s "
+            f"(trials: {', '.join(_f(x['recovery_s'], 2) for x in rec['trials'])} s).")
+    elif rec["trials"]:
+        recovery_note = "\n\nRecovery: not available (no run completed within 60 s of the kill)."
+    else:
+        recovery_note = ""
+    missed = c.get("missed_result_notifications", 0)
+    chain_note = ""
+    if missed:
+        chain_note = (f"\n\nChain: the client lost {missed} result notification(s): Celery's Redis result consumer "
+                      f"sends SUBSCRIBE on one connection and GETs the result on another without waiting, so a "
+                      f"result stored in between is never delivered and a plain `get()` waits forever. The "
+                      f"benchmark calls `get(timeout={result['settings']['get_slice_s']})` in a loop, which reads "
+                      f"the result again after each slice.")
+    return head + "\n\n" + "\n".join(lines) + recovery_note + chain_note + "\n"
+
+
+def breakdown(result: dict[str, Any], top: int = 12) -> str:
+    """Redis commands per step by command, for each variant (over every repetition)."""
+    out = []
+    for name in ("saga", "chain"):
+        per = result[name]["commands_per_step_by_command"]
+        items = ", ".join(f"{cmd} {n:.2f}" for cmd, n in list(per.items())[:top])
+        out.append(f"  {name}: {items}")
+    for name in ("saga", "chain"):
+        probe = result[name]["commands_sent"]
+        sent = ", ".join(f"{cmd} {n:.2f}" for cmd, n in list(probe["sent_by_command"].items())[:top])
+        out.append(f"  {name}, sent by clients: {sent}")
+        if probe["in_scripts_by_command"]:
+            inside = ", ".join(f"{cmd} {n:.2f}" for cmd, n in list(probe["in_scripts_by_command"].items())[:top])
+            out.append(f"  {name}, inside scripts: {inside}")
+    return "Redis commands per step, by command:\n" + "\n".join(out)

@@ -1,0 +1,322 @@
+"""``python -m bench.run`` (``make bench``): a saga of 5 no-op steps against a Celery chain of the
+same 5 no-op tasks, on a private Redis and prefork workers (concurrency 2) per variant.
+
+In one run it measures, repetitions interleaved A B A B ...: throughput (median of the
+repetitions), single-run latency p50/p95 over sequential runs, Redis commands per step
+(``INFO commandstats`` deltas), peak worker memory, CPU per run; and for the saga, the recovery
+time of a run whose worker is SIGKILLed mid-step (median of the trials). It prints a table with
+the ratios saga/chain and the issue's targets, writes ``bench/results/latest.json`` and
+``bench/last-run.md``, and stops every process it started, also on Ctrl-C or failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import celery
+import redis
+
+from .measure import (
+    GET_SLICE,
+    BenchError,
+    ChainVariant,
+    Rep,
+    SagaVariant,
+    Variant,
+    enable_notifications,
+    latency_pair,
+    monitor_probe,
+    recovery_trial,
+    summarize_latency,
+    throughput_rep,
+)
+from .procs import BenchRedis, MemorySampler, Worker, hwm_kib, pss_kib
+from .report import breakdown, markdown, ratios, targets
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+RESULTS = BENCH_DIR / "results"
+STEPS = 5
+CONCURRENCY = 2
+WARMUP_RUNS = 20
+PROBE_RUNS = 20
+RECOVERY_LIMIT_S = 60.0
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Command-line options; ``--quick`` lowers every count it is not given explicitly."""
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, help="runs per throughput repetition (default 500; quick 30)")
+    p.add_argument("--reps", type=int, help="throughput repetitions per variant (default 3; quick 2)")
+    p.add_argument("--latency-runs", type=int, help="sequential runs timed per variant (default 100; quick 10)")
+    p.add_argument("--recovery-trials", type=int, help="SIGKILL recovery trials (default 5; quick 1)")
+    p.add_argument("--lease", type=float, default=2.0, help="SAGA_LEASE_SECONDS of the saga (default 2)")
+    p.add_argument("--quick", action="store_true", help="a tiny smoke run (writes bench/results/quick.*)")
+    p.add_argument("--json", type=Path, help="where to write the figures (default bench/results/latest.json)")
+    p.add_argument("--markdown", type=Path, help="where to write the table (default bench/last-run.md)")
+    args = p.parse_args(argv)
+    quick = args.quick
+    args.runs = args.runs or (30 if quick else 500)
+    args.reps = args.reps or (2 if quick else 3)
+    args.latency_runs = args.latency_runs or (10 if quick else 100)
+    args.recovery_trials = args.recovery_trials if args.recovery_trials is not None else (1 if quick else 5)
+    args.json = args.json or RESULTS / ("quick.json" if quick else "latest.json")
+    args.markdown = args.markdown or (RESULTS / "quick.md" if quick else BENCH_DIR / "last-run.md")
+    if min(args.runs, args.reps, args.latency_runs) < 1 or args.recovery_trials < 0 or args.lease <= 0:
+        p.error("counts must be positive and the lease > 0")
+    return args
+
+
+def _git(*cmd: str) -> str:
+    try:
+        return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def environment(saga_redis: redis.Redis) -> dict[str, Any]:
+    """Versions, commit and machine the figures were taken on."""
+    load = os.getloadavg()
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": _git("rev-parse", "--short", "HEAD") or "unknown",
+        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "cpus": os.cpu_count(),
+        "load_before": f"{load[0]:.2f}",
+        "python": platform.python_version(),
+        "celery": celery.__version__,
+        "redis_py": redis.__version__,
+        "redis_server": str(saga_redis.info("server")["redis_version"]),
+    }
+
+
+def bench_env(saga_url: str, chain_url: str, lease: float) -> dict[str, str]:
+    """The environment of the workers and of this process: no inherited ``SAGA_*`` variable,
+    only the benchmark's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAGA_")}
+    env.update({
+        "SAGA_REDIS_URL": saga_url,
+        "SAGA_BROKER_URL": saga_url,
+        "SAGA_LEASE_SECONDS": f"{lease:g}",
+        "SAGA_METRICS_PORT": "0",
+        "BENCH_CHAIN_REDIS_URL": chain_url,
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+def _adopt_env(env: dict[str, str]) -> None:
+    for k in [k for k in os.environ if k.startswith("SAGA_")]:
+        del os.environ[k]
+    os.environ.update(env)
+    from saga.settings import get_settings
+
+    get_settings.cache_clear()
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _summarize_reps(reps: list[Rep]) -> dict[str, Any]:
+    runs = sum(r.runs for r in reps)
+    by_cmd: dict[str, int] = {}
+    for r in reps:
+        for cmd, n in r.by_command.items():
+            by_cmd[cmd] = by_cmd.get(cmd, 0) + n
+    steps = runs * STEPS
+    return {
+        "runs_per_s": round(statistics.median(r.runs_per_s for r in reps), 2),
+        "commands_per_step": round(sum(r.commands for r in reps) / steps, 3),
+        "commands_per_step_by_command": {
+            cmd: round(n / steps, 3) for cmd, n in sorted(by_cmd.items(), key=lambda kv: -kv[1])},
+        "cpu_ms_per_run": {
+            "worker": round(statistics.median(r.worker_cpu_ms_per_run for r in reps), 3),
+            "redis": round(statistics.median(r.redis_cpu_ms_per_run for r in reps), 3),
+            "client": round(statistics.median(r.client_cpu_ms_per_run for r in reps), 3),
+        },
+        "reps": [r.as_dict() for r in reps],
+    }
+
+
+def _print_rep(i: int, n: int, r: Rep) -> None:
+    print(f"  rep {i}/{n} {r.variant:5}: {r.runs} runs in {r.seconds:6.2f} s = {r.runs_per_s:7.1f} runs/s, "
+          f"{r.commands_per_step:5.2f} commands/step, CPU/run: worker {r.worker_cpu_ms_per_run:.2f} ms, "
+          f"redis {r.redis_cpu_ms_per_run:.2f} ms, client {r.client_cpu_ms_per_run:.2f} ms"
+          + (f"; {r.missed_notifications} result notification(s) lost by the client" if r.missed_notifications
+             else ""), flush=True)
+
+
+def measure(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
+    """Start everything (registering its clean-up on ``stack``), measure, return the figures."""
+    t_start = time.monotonic()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    servers: dict[str, BenchRedis] = {}
+    for name in ("saga", "chain"):
+        server = BenchRedis()
+        stack.callback(server.close)
+        servers[name] = server.start()
+    env = bench_env(servers["saga"].url, servers["chain"].url, args.lease)
+    _adopt_env(env)
+    app = importlib.import_module("bench.app")
+    from saga.settings import get_settings
+
+    settings = get_settings()
+    workers: dict[str, Worker] = {}
+    for name, target in (("saga", "bench.app:saga_app"), ("chain", "bench.app:chain_app")):
+        log = RESULTS / f"{name}-worker.log"
+        log.write_bytes(b"")
+        worker = Worker(target, env, log, concurrency=CONCURRENCY)
+        stack.callback(worker.stop)
+        workers[name] = worker.start()
+    sv = SagaVariant(servers["saga"].url, workers["saga"], app.noop5)
+    cv = ChainVariant(servers["chain"].url, workers["chain"], app.CHAIN_TASKS)
+    variants: list[Variant] = [sv, cv]
+    for v in variants:
+        stack.callback(v.close)
+    meta = environment(sv.redis)
+    sampler = MemorySampler(workers).start()
+    stack.callback(sampler.stop)
+
+    print(f"saga benchmark: {args.reps} x {args.runs} runs per variant, {args.latency_runs} latency runs, "
+          f"{args.recovery_trials} recovery trials; {meta['cpus']} cores, load {meta['load_before']}", flush=True)
+    print("warming up (workers starting)...", flush=True)
+    for v in variants:
+        throughput_rep(v, WARMUP_RUNS, timeout=120)
+
+    timeout = max(60.0, args.runs * 0.12)
+    reps: dict[str, list[Rep]] = {"saga": [], "chain": []}
+    print(f"throughput ({args.runs} runs at once per repetition, A B A B ...):", flush=True)
+    for i in range(1, args.reps + 1):
+        for v in variants:
+            rep = throughput_rep(v, args.runs, timeout)
+            reps[v.name].append(rep)
+            _print_rep(i, args.reps, rep)
+
+    print(f"latency ({args.latency_runs} sequential runs each, to the completion event and via the API)...",
+          flush=True)
+    samples: dict[str, tuple[list[float], list[float]]] = {"saga": ([], []), "chain": ([], [])}
+    enable_notifications(variants, True)
+    try:
+        for _ in range(args.latency_runs):
+            for v in variants:
+                event_ms, api_ms = latency_pair(v)
+                samples[v.name][0].append(event_ms)
+                samples[v.name][1].append(api_ms)
+    finally:
+        enable_notifications(variants, False)
+
+    print(f"commands sent vs run inside scripts (MONITOR, {PROBE_RUNS} runs each, untimed)...", flush=True)
+    probes = {v.name: monitor_probe(v, PROBE_RUNS) for v in variants}
+
+    peaks = sampler.stop()
+    result: dict[str, Any] = {"meta": meta}
+    for v in variants:
+        result[v.name] = {
+            **_summarize_reps(reps[v.name]),
+            "latency": summarize_latency(samples[v.name][0]),
+            "latency_api": summarize_latency(samples[v.name][1]),
+            "commands_sent": probes[v.name],
+            "missed_result_notifications": v.missed,
+            "memory": {
+                "peak_rss_mib": round(peaks.get(v.name, 0) / 1024, 1),
+                "sum_vmhwm_mib": round(hwm_kib(v.worker.pids()) / 1024, 1),
+                "pss_at_end_mib": round(pss_kib(v.worker.pids()) / 1024, 1),
+                "processes": len(v.worker.pids()),
+            },
+        }
+    result["saga"]["latency_samples_ms"] = [round(x, 3) for x in samples["saga"][0]]
+    result["chain"]["latency_samples_ms"] = [round(x, 3) for x in samples["chain"][0]]
+
+    trials: list[dict[str, Any]] = []
+    if args.recovery_trials:
+        print(f"recovery ({args.recovery_trials} trials: SIGKILL the saga worker mid-step, start a fresh one)...",
+              flush=True)
+    for i in range(1, args.recovery_trials + 1):
+        try:
+            trial = recovery_trial(app.recover5, workers["saga"], limit=RECOVERY_LIMIT_S)
+        except BenchError as exc:
+            trial = {"status": "error", "error": str(exc), "recovery_s": None, "lease_gone_s": None,
+                     "watchdog_lock_taken_s": None, "resumed_after_s": None}
+        trials.append(trial)
+        print(f"  trial {i}: completed {trial['recovery_s']} s after the kill (lease gone at "
+              f"{trial['lease_gone_s']} s, new watchdog holds its lock at {trial['watchdog_lock_taken_s']} s, "
+              f"resumed at {trial['resumed_after_s']} s; status {trial['status']!r})", flush=True)
+        if trial["recovery_s"] is None:
+            print("recovery: not available (the run did not complete within "
+                  f"{RECOVERY_LIMIT_S:.0f} s of the kill); skipping the other trials", flush=True)
+            break
+    times = [t["recovery_s"] for t in trials]
+    ok = bool(times) and all(t is not None for t in times)
+    result["recovery"] = {
+        "p50_s": round(statistics.median(times), 3) if ok else None,
+        "lease_seconds": settings.lease_seconds,
+        "watchdog_interval_s": settings.watchdog_interval,
+        "into_step_s": 0.5,
+        "limit_s": RECOVERY_LIMIT_S,
+        "trials": trials,
+    }
+    result["settings"] = {
+        "runs": args.runs, "reps": args.reps, "latency_runs": args.latency_runs,
+        "recovery_trials": args.recovery_trials, "warmup_runs": WARMUP_RUNS, "steps": STEPS,
+        "pool": "prefork", "concurrency": CONCURRENCY, "lease_seconds": settings.lease_seconds,
+        "watchdog_interval_s": settings.watchdog_interval, "separate_redis_per_variant": True,
+        "latency_completion": "keyevent notification of the expiry set by the completing write "
+                              "(saga: commit script's PEXPIRE of the run's meta key; chain: SETEX of "
+                              "the last task's result); notifications on only during latency runs",
+        "excluded_commands": "INFO, and the benchmark's ZCARD polls of the saga's active index",
+        "probe_runs": PROBE_RUNS,
+        "get_slice_s": GET_SLICE,
+    }
+    result["meta"]["seconds"] = round(time.monotonic() - t_start, 1)
+    result["meta"]["load_after"] = f"{os.getloadavg()[0]:.2f}"
+    result["ratios"] = ratios(result)
+    result["targets"] = targets(result)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; 0 when it measured everything (whether targets hold or not)."""
+    args = parse_args(argv)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGHUP, _on_sigterm)
+    try:
+        with ExitStack() as stack:
+            result = measure(args, stack)
+            print("stopping workers and Redis...", flush=True)
+    except KeyboardInterrupt:
+        print("\ninterrupted: every process the benchmark started is stopped", file=sys.stderr)
+        return 130
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}\n(worker logs in {RESULTS})", file=sys.stderr)
+        return 1
+    table = markdown(result)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    args.markdown.parent.mkdir(parents=True, exist_ok=True)
+    args.markdown.write_text(table)
+    print()
+    print(table)
+    print(breakdown(result))
+    print(f"\nwrote {args.json} and {args.markdown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
