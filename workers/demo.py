@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from saga.settings import DEFAULT_REDIS_URL
+from saga.settings import DEFAULT_REDIS_URL, get_settings
 from saga.testing import RedisServer, answers, start_worker_process, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +95,13 @@ def main() -> int:
            "SAGA_LEASE_SECONDS": lease, "SAGA_METRICS_PORT": os.environ.get("SAGA_METRICS_PORT", "0")}
     os.environ.update({k: env[k] for k in ("SAGA_REDIS_URL", "SAGA_BROKER_URL", "SAGA_LEASE_SECONDS",
                                           "SAGA_METRICS_PORT")})
+    # `python -m workers.demo` imported the workers package, and so read the settings, before
+    # the Redis was chosen: read them again and point the app's publishing at it
+    get_settings.cache_clear()
+    from workers.app import app
     from workers.orders import order
+
+    app.conf.broker_url = env["SAGA_BROKER_URL"]
 
     workers = [start_worker(env, "demo1")]
     rows: list[tuple[str, str]] = []

@@ -1,0 +1,29 @@
+"""`make demo` on a machine with no Redis: it starts its own, runs the four orders, and stops
+everything it started."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from saga.testing import answers
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_demo_runs_on_an_embedded_redis_and_leaves_nothing_running() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAGA_")}
+    env.update(SAGA_REDIS_URL="redis://127.0.0.1:1/0", COLUMNS="200")  # nothing answers there
+    out = subprocess.run([sys.executable, "-m", "workers.demo"], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=240)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    embedded = re.search(r"started an embedded one at (redis://\S+)", out.stdout)
+    assert embedded, out.stdout[:500]
+    final = {m.group(1): m.group(2) for m in re.finditer(r"│ (10\d)\s+│[^│]+│ (\w+)", out.stdout)}
+    assert final == {"101": "completed", "102": "compensated", "103": "compensated", "104": "completed"}
+    assert "saga.resumed" in out.stdout and "lease expired" in out.stdout  # order 104 came back
+    assert "Traceback" not in out.stdout + out.stderr
+    assert not answers(embedded.group(1))  # its Redis is gone with it
