@@ -6,34 +6,35 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
-import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from saga.errors import SagaError
-from saga.testing import RedisServer, answers, redis_server_binary
+from saga.testing import start_worker_process, stop_process_group
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int | str) -> list[bytes] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(b")") + 2 :].split()
 
 
 def group_pids(pgid: int) -> list[int]:
     """Every live process whose process group is ``pgid``."""
     pids: list[int] = []
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if int(fields[2]) == pgid and fields[0] != b"Z":
-            pids.append(int(entry.name))
+        if entry.name.isdigit():
+            fields = _stat_fields(entry.name)
+            if fields is not None and int(fields[2]) == pgid and fields[0] != b"Z":
+                pids.append(int(entry.name))
     return pids
 
 
@@ -77,36 +78,10 @@ def cpu_seconds(pids: list[int]) -> float:
     """User plus system CPU time of ``pids`` (not of their reaped children), in seconds."""
     total = 0
     for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        total += int(fields[11]) + int(fields[12])
+        fields = _stat_fields(pid)
+        if fields is not None:
+            total += int(fields[11]) + int(fields[12])
     return total / CLOCK_TICKS
-
-
-class BenchRedis(RedisServer):
-    """A private ``redis-server`` (no persistence) in a session of its own: a Ctrl-C in the
-    terminal reaches the benchmark only, which stops Redis after the workers that use it."""
-
-    def start(self, timeout: float = 10.0) -> BenchRedis:
-        """Start the server and wait until it answers."""
-        args = [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-                "--appendonly", "no", "--dir", self.dir, "--daemonize", "no",
-                "--logfile", os.path.join(self.dir, "redis.log")]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while not answers(self.url, 0.2):
-            if self.process.poll() is not None:
-                raise SagaError(f"redis-server exited with {self.process.returncode}; see {self.dir}/redis.log")
-            if time.monotonic() > deadline:
-                self.stop(kill=True)
-                raise SagaError(f"redis-server did not answer on port {self.port} within {timeout}s")
-            time.sleep(0.02)
-        return self
 
 
 @dataclass
@@ -125,14 +100,11 @@ class Worker:
     def start(self) -> Worker:
         """Start a fresh worker process (the previous one must be stopped)."""
         self.generation += 1
-        name = f"bench-{self.app.rsplit(':', 1)[-1]}-{uuid.uuid4().hex[:6]}@%h"
-        cmd = [sys.executable, "-m", "celery", "-A", self.app, "worker", "--pool=prefork",
-               "-c", str(self.concurrency), "--loglevel=WARNING", "-n", name]
         with open(self.log, "ab") as out:
-            out.write(f"--- worker {self.generation}: {' '.join(cmd)}\n".encode())
-            out.flush()
-            self.process = subprocess.Popen(cmd, env=dict(self.env), cwd=self.cwd, stdout=out, stderr=out,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+            out.write(f"--- worker {self.generation}: {self.app}\n".encode())
+        self.process = start_worker_process(self.app, self.env, name=f"bench-{self.app.rsplit(':', 1)[-1]}-"
+                                            f"{uuid.uuid4().hex[:6]}", concurrency=self.concurrency,
+                                            cwd=self.cwd, log=self.log)
         return self
 
     @property
@@ -152,32 +124,21 @@ class Worker:
 
     def kill(self) -> None:
         """SIGKILL the whole process group at once, and reap the main process."""
-        if self.process is None:
-            return
-        try:
-            os.killpg(self.pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait()
-        self.process = None
+        if self.process is not None:
+            stop_process_group(self.process, signal.SIGKILL)
+            self.process = None
 
     def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM the group (warm shutdown), SIGKILL it after ``timeout``."""
+        """SIGTERM the group (warm shutdown), SIGKILL it after ``timeout``; then SIGKILL any pool
+        child left behind."""
         if self.process is None:
             return
-        try:
-            os.killpg(self.pgid, signal.SIGTERM)
-            self.process.wait(timeout)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            pass
         pgid = self.pgid
-        try:  # pool children left behind, or a main process that did not stop in time
+        stop_process_group(self.process, signal.SIGTERM, timeout)
+        try:
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        self.process.wait()
         self.process = None
 
     def log_tail(self, lines: int = 30) -> str:

@@ -31,6 +31,8 @@ from typing import Any
 import celery
 import redis
 
+from saga.testing import RedisServer
+
 from .measure import (
     GET_SLICE,
     BenchError,
@@ -45,7 +47,7 @@ from .measure import (
     summarize_latency,
     throughput_rep,
 )
-from .procs import BenchRedis, MemorySampler, Worker, hwm_kib, pss_kib
+from .procs import MemorySampler, Worker, hwm_kib, pss_kib
 from .report import breakdown, markdown, ratios, targets
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -166,9 +168,9 @@ def measure(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
     """Start everything (registering its clean-up on ``stack``), measure, return the figures."""
     t_start = time.monotonic()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    servers: dict[str, BenchRedis] = {}
+    servers: dict[str, RedisServer] = {}
     for name in ("saga", "chain"):
-        server = BenchRedis()
+        server = RedisServer()
         stack.callback(server.close)
         servers[name] = server.start()
     env = bench_env(servers["saga"].url, servers["chain"].url, args.lease)

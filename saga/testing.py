@@ -85,12 +85,15 @@ class RedisServer:
             args += ["--appendonly", "yes", "--appendfsync", "always"]
         else:
             args += ["--appendonly", "no"]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # a session of its own: a Ctrl-C in the terminal stops the workers before their Redis
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True)
         deadline = time.monotonic() + timeout
         while not answers(self.url, 0.2):
             if self.process.poll() is not None:
                 raise SagaError(f"redis-server exited with {self.process.returncode}; see {self.dir}/redis.log")
             if time.monotonic() > deadline:
+                self.stop(kill=True)
                 raise SagaError(f"redis-server did not answer on port {self.port} within {timeout}s")
             time.sleep(0.02)
         return self
