@@ -123,11 +123,7 @@ class Saga:
         self.steps: list[Step] = []
         self._shape: Shape | None = None
         _registry[name] = self
-        from . import metrics
-        from .recovery import install_watchdog
-
-        install_watchdog(self.app)
-        metrics.install(self.app)
+        _hook_workers(self.app)
 
     @property
     def settings(self) -> Settings:
@@ -256,6 +252,21 @@ class Saga:
 
 _stores: dict[Settings, RedisStore] = {}
 _registry: dict[str, Saga] = {}
+
+
+_hooked_apps: set[int] = set()
+
+
+def _hook_workers(app: Celery) -> None:
+    """Once per Celery app: its workers run a watchdog and serve metrics."""
+    if id(app) in _hooked_apps:
+        return
+    _hooked_apps.add(id(app))
+    from . import metrics
+    from .recovery import install_watchdog
+
+    install_watchdog(app)
+    metrics.install(app)
 
 
 def find_saga(name: str) -> Saga:

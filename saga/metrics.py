@@ -125,28 +125,24 @@ def serve(port: int, addr: str = "0.0.0.0") -> None:
     start_http_server(port, addr=addr, registry=registry)
 
 
-_installed: set[int] = set()
-
-
 def install(app: Any) -> None:
-    """Have every worker of ``app`` serve metrics on ``SAGA_METRICS_PORT`` (idempotent per app)."""
-    if id(app) in _installed:
-        return
-    _installed.add(id(app))
+    """Have every worker of ``app`` serve metrics on ``SAGA_METRICS_PORT``."""
     from celery import signals
 
-    def on_init(sender: Any = None, **_: Any) -> None:
-        if getattr(sender, "app", None) is not app or not _port():
-            return
-        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # before the pool forks
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="saga-metrics-")
-            created.append(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    from .tasks import connect_for_app
+
+    created: list[str] = []
+
+    def on_init(**_: Any) -> None:
+        if _port() and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # before the pool forks
+            created.append(tempfile.mkdtemp(prefix="saga-metrics-"))
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = created[-1]
             # prometheus_client chose in-memory values when it was imported; our metrics are
             # made on first use, after this, so they pick up the multiprocess values
             values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
 
-    def on_ready(sender: Any = None, **_: Any) -> None:
-        if getattr(sender, "app", None) is not app or not _port():
+    def on_ready(**_: Any) -> None:
+        if not _port():
             return
         try:
             serve(_port())
@@ -163,11 +159,10 @@ def install(app: Any) -> None:
         if created:
             shutil.rmtree(created.pop(), ignore_errors=True)
 
-    created: list[str] = []
-    signals.worker_init.connect(on_init, weak=False)
+    connect_for_app(signals.worker_init, app, on_init)
+    connect_for_app(signals.worker_ready, app, on_ready)
+    signals.worker_process_shutdown.connect(on_child_exit, weak=False)  # sent with the child's pid
     signals.worker_shutdown.connect(on_shutdown, weak=False)
-    signals.worker_ready.connect(on_ready, weak=False)
-    signals.worker_process_shutdown.connect(on_child_exit, weak=False)
 
 
 def _port() -> int:

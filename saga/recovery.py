@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from . import metrics
 from .errors import CheckpointCorrupted, DefinitionMismatch, SagaError, StoreUnavailable
 from .state import Direction, SagaState, Status, now_iso, payload_hash
-from .tasks import dispatch, fail_run, run_logger
+from .tasks import connect_for_app, dispatch, fail_run, run_logger
 
 if TYPE_CHECKING:
     from .definition import Saga
@@ -172,19 +172,11 @@ class Watchdog:
             return 0
 
 
-_installed: set[int] = set()
-
-
 def install_watchdog(app: Any) -> None:
-    """Start a watchdog in every worker of ``app`` when it is ready (idempotent per app)."""
-    if id(app) in _installed:
-        return
-    _installed.add(id(app))
+    """Start a watchdog in every worker of ``app`` when it is ready."""
     from celery import signals
 
-    def on_ready(sender: Any = None, **_: Any) -> None:
-        if getattr(sender, "app", None) is not app:
-            return
+    def on_ready(**_: Any) -> None:
         from .settings import get_settings
 
         settings = get_settings()
@@ -193,4 +185,4 @@ def install_watchdog(app: Any) -> None:
             dog.start()
             signals.worker_shutting_down.connect(lambda **kw: dog.stop(), weak=False)
 
-    signals.worker_ready.connect(on_ready, weak=False)
+    connect_for_app(signals.worker_ready, app, on_ready)

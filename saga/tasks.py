@@ -49,6 +49,17 @@ def register_task(saga: Saga, step: Step, direction: Direction) -> Any:
     return saga.app.task(name=name, **TASK_OPTIONS)(run)
 
 
+def connect_for_app(signal: Any, app: Any, handler: Any) -> None:
+    """Connect ``handler`` to a Celery worker signal, for the workers of ``app`` only (the
+    signal's sender, a worker or its consumer, carries its app)."""
+
+    def receiver(sender: Any = None, **kwargs: Any) -> None:
+        if getattr(sender, "app", None) is app:
+            handler(**kwargs)
+
+    signal.connect(receiver, weak=False)
+
+
 def _queue(saga: Saga, direction: Direction) -> str:
     s = saga.settings
     return s.step_queue if direction is Direction.FORWARD else s.compensation_queue
