@@ -10,7 +10,7 @@ from .definition import default_store, find_saga
 from .errors import RunNotFound, SagaError
 from .recovery import checkpoint_problem
 from .recovery import resume as resume_run
-from .state import Direction, SagaState, Status, now_iso
+from .state import Direction, SagaState, Status
 from .tasks import apply_cancel, dispatch
 
 if TYPE_CHECKING:
@@ -62,22 +62,12 @@ def verify(run_id: str, *, store: RedisStore | None = None) -> list[str]:
     versions = [s.version for s in history]
     if versions != list(range(1, len(history) + 1)):
         problems.append(f"versions are not 1..{len(history)} without gaps: {versions}")
-    seen = 0
+    # only a step's commit changes the payload, so every version must match its last checkpoint
     for snap in history:
-        for cp in snap.checkpoints[seen:]:
-            if payload_matches(snap, cp.hash) is False:
-                problems.append(f"checkpoint of step {cp.step} ({cp.name}) at version {snap.version} "
-                                "does not match its payload")
-        seen = len(snap.checkpoints)
-    problem = checkpoint_problem(stored)
-    if problem:
-        problems.append(problem)
+        problem = checkpoint_problem(snap)
+        if problem:
+            problems.append(f"at version {snap.version}, {problem}")
     return problems
-
-
-def payload_matches(snap: SagaState, digest: str) -> bool:
-    """Whether ``digest`` is the hash of the snapshot's payload."""
-    return sm.payload_hash(snap.payload) == digest
 
 
 def resume(run_id: str, *, reason: str = "operator", store: RedisStore | None = None) -> SagaState:
@@ -134,8 +124,7 @@ def retry_dead_letter(entry_id: str, *, store: RedisStore | None = None) -> str:
     if entry["kind"] == Direction.FORWARD.value and state.status is Status.COMPENSATED:
         original = st.events(state.id)[0]["payload"]
         new_id = saga.start(original, key=f"retry:{entry_id}")
-        st.note(state.id, [{"type": "saga.retried", "run_id": state.id, "version": state.version,
-                            "at": now_iso(), "entry_id": entry_id, "new_run_id": new_id}])
+        st.note(state.id, [sm.note_event(state, "saga.retried", entry_id=entry_id, new_run_id=new_id)])
         st.remove_dead_letter(entry_id)
         return new_id
     raise SagaError(f"entry {entry_id} ({entry['kind']}) cannot be retried while run {state.id} is "
@@ -150,8 +139,7 @@ def drop_dead_letter(entry_id: str, *, reason: str, store: RedisStore | None = N
         raise SagaError("a reason is required to drop a dead-letter entry")
     try:
         state = st.get(entry["run_id"])
-        st.note(state.id, [{"type": "saga.dead_letter_dropped", "run_id": state.id, "version": state.version,
-                            "at": now_iso(), "entry_id": entry_id, "reason": reason}])
+        st.note(state.id, [sm.note_event(state, "saga.dead_letter_dropped", entry_id=entry_id, reason=reason)])
     except RunNotFound:
         pass  # the run expired; the entry goes all the same
     st.remove_dead_letter(entry_id)

@@ -15,12 +15,11 @@ import socket
 import threading
 import time
 import uuid
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from . import metrics
 from .errors import CheckpointCorrupted, DefinitionMismatch, SagaError, StoreUnavailable
-from .state import Direction, SagaState, Status, now_iso, payload_hash
+from .state import SagaState, parse_iso, payload_hash, resumed_event
 from .tasks import connect_for_app, dispatch, fail_run, run_logger
 
 if TYPE_CHECKING:
@@ -37,8 +36,8 @@ def checkpoint_problem(state: SagaState) -> str | None:
     last = state.checkpoints[-1]
     actual = payload_hash(state.payload)
     if last.hash != actual:
-        return (f"checkpoint of step {last.step} ({last.name}) has hash {last.hash[:12]}… but the stored "
-                f"payload hashes to {actual[:12]}…")
+        return (f"checkpoint of step {last.step} ({last.name}) does not match its payload: hash "
+                f"{last.hash[:12]}… but the stored payload hashes to {actual[:12]}…")
     return None
 
 
@@ -52,25 +51,21 @@ def resume(saga: Saga, run_id: str, reason: str) -> SagaState | None:
     """
     store = saga.store
     state = store.get(run_id)
-    log = run_logger(run_id, saga.name, _cursor_name(saga, state))
     if state.status.terminal:
         store.forget_active(run_id)
         return None
+    step_name = _cursor_name(saga, state)
+    log = run_logger(run_id, saga.name, step_name)
     if store.meta(run_id).get("fingerprint") != saga.shape.fingerprint:
-        fail_run(saga, state, _cursor_name(saga, state), DefinitionMismatch(
+        fail_run(saga, state, step_name, DefinitionMismatch(
             f"run {run_id} was started under another definition of saga {saga.name!r}; "
             "deploy the same definition everywhere"))
         return None
     problem = checkpoint_problem(state)
     if problem:
-        fail_run(saga, state, _cursor_name(saga, state), CheckpointCorrupted(problem + "; not resumed"))
+        fail_run(saga, state, step_name, CheckpointCorrupted(problem + "; not resumed"))
         return None
-    direction = Direction.COMPENSATION if state.status is Status.COMPENSATING else Direction.FORWARD
-    event = {
-        "type": "saga.resumed", "run_id": run_id, "version": state.version, "at": now_iso(),
-        "step": state.current_step, "name": _cursor_name(saga, state), "direction": direction.value,
-        "reason": reason, "from_version": state.version,
-    }
+    event = resumed_event(state, saga.shape, reason)
     ok, detail = store.note(run_id, [event], expected_version=state.version, require_idle=True, fence=True)
     if not ok:
         log.info("not resumed (%s): the run is moving", detail)
@@ -80,10 +75,6 @@ def resume(saga: Saga, run_id: str, reason: str) -> SagaState | None:
     metrics.resumed(saga.name, reason)
     log.warning("resumed from version %d (%s)", state.version, reason)
     return state
-
-
-def _epoch(iso: str) -> float:
-    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 def _cursor_name(saga: Saga, state: SagaState) -> str:
@@ -159,7 +150,7 @@ class Watchdog:
             return 0
         began = int(store.meta(run_id).get("attempt", "0")) > 0
         if not began:  # sent but not started yet: a queue may simply be long
-            waited = time.time() - _epoch(state.updated_at)
+            waited = time.time() - parse_iso(state.updated_at)
             if waited < store.dispatch_timeout:
                 store.schedule(run_id, store.dispatch_timeout - waited)
                 return 0

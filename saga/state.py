@@ -137,6 +137,11 @@ class SagaState:
         return hash((self.id, self.version))
 
     @property
+    def direction(self) -> Direction:
+        """Which way the task at the cursor moves the run: compensating runs undo, others go forward."""
+        return Direction.COMPENSATION if self.status is Status.COMPENSATING else Direction.FORWARD
+
+    @property
     def committed_steps(self) -> tuple[int, ...]:
         """Indexes of the forward steps that committed, in order."""
         return tuple(c.step for c in self.checkpoints)
@@ -170,6 +175,11 @@ class Shape:
 def now_iso() -> str:
     """The current time, ISO-8601 UTC with microseconds."""
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def parse_iso(at: str) -> float:
+    """Seconds since the epoch of a time written by :func:`now_iso`."""
+    return datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
 
 
 def canonical_json(payload: Mapping[str, Any]) -> str:
@@ -290,6 +300,20 @@ def started_event(run_id: str, shape: Shape, direction: Direction, index: int, a
     in the snapshot."""
     kind = "step.started" if direction is Direction.FORWARD else "compensation.started"
     return {"type": kind, "run_id": run_id, "at": at or now_iso(), **_step(shape, index)}
+
+
+def note_event(state: SagaState, kind: str, at: str | None = None, **fields: Any) -> Event:
+    """An event that changes nothing in the snapshot (a resume, an operator's note), at the
+    state's version."""
+    b = _Builder(state, state.id, bump=False, at=at or now_iso())
+    b.add(kind, **fields)
+    return b.events[0]
+
+
+def resumed_event(state: SagaState, shape: Shape, reason: str, at: str | None = None) -> Event:
+    """``saga.resumed``: the run goes on at its cursor from this version."""
+    return note_event(state, "saga.resumed", at, **_step(shape, state.current_step),
+                      direction=state.direction.value, reason=reason, from_version=state.version)
 
 
 def decide_step_succeeded(
@@ -418,8 +442,7 @@ def decide_fail(
     """The run cannot be trusted to move (corrupt checkpoint, definition drift): it fails and is
     dead-lettered, so an operator sees it."""
     at = at or now_iso()
-    direction = Direction.COMPENSATION if state.status is Status.COMPENSATING else Direction.FORWARD
-    entry = dead_letter_entry(state, step_name, direction, state.current_step, error, 0, at)
+    entry = dead_letter_entry(state, step_name, state.direction, state.current_step, error, 0, at)
     b = _Builder(state, state.id, bump=True, at=at)
     b.add("saga.dead_lettered", step=state.current_step, name=step_name, entry=entry)
     b.add("saga.failed", status=Status.FAILED.value, error=_error_of(entry))

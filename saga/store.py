@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -35,6 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.commands.core import Script
 from redis.retry import Retry
 
 from .errors import EntryNotFound, RunNotFound, StoreUnavailable
@@ -158,18 +159,32 @@ class RedisStore:
         args = [saga, fingerprint, _dumps(state.to_dict()), _dumps(start.events[0]), key or "",
                 state.status.value, state.current_step]
         now = time.time()
-        with self._guard():
-            # one round trip; NX leaves an existing run's index entries as they were
-            pipe = self.client.pipeline(transaction=False)
-            pipe.evalsha(self._create.sha, len(keys), *keys, *args)
+
+        def index(pipe: redis.client.Pipeline) -> None:  # NX: an existing run's entries stay as they were
             pipe.zadd(f"{self.prefix}:runs", {state.id: now}, nx=True)
             pipe.zadd(self.active_key, {state.id: now + self.dispatch_timeout}, nx=True)
+
+        with self._guard():
+            return bool(self._eval_pipelined(self._create, keys, args, index))
+
+    def _eval_pipelined(self, script: Script, keys: Sequence[str], args: Sequence[Any],
+                        more: Callable[[redis.client.Pipeline], None]) -> Any:
+        """Run ``script`` and the commands ``more`` adds in one round trip; return the script's reply.
+
+        EVALSHA is sent as is (redis-py's pipelined scripts would send SCRIPT EXISTS first, a
+        round trip more); a Redis that forgot the script (NOSCRIPT, e.g. after a restart) gets it
+        loaded, and the whole pipeline is sent again.
+        """
+        for loaded in (False, True):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            more(pipe)
             try:
-                created = pipe.execute()[0]
+                return pipe.execute()[0]
             except redis.exceptions.NoScriptError:
-                self.client.script_load(self._create.script)
-                return self.create(saga, fingerprint, start, key)
-        return bool(created)
+                if loaded:
+                    raise
+                self.client.script_load(script.script)
 
     def begin(self, run_id: str, direction: str, index: int, attempt: int, lease_ms: int,
               fingerprint: str, started: Event) -> Begin:
@@ -201,19 +216,14 @@ class RedisStore:
         args = [before.version, token, after.version, _dumps(after.to_dict()), after.status.value,
                 after.current_step, f"d:{done_field}" if done_field else "", flags, ttl,
                 _dumps(dead_entry) if dead_entry else "", *(_dumps(e) for e in transition.events)]
-        with self._guard():
-            pipe = self.client.pipeline(transaction=False)
-            pipe.evalsha(self._commit.sha, len(k), *k, *args)
+        def index(pipe: redis.client.Pipeline) -> None:
             if after.status.terminal:
                 pipe.zrem(self.active_key, after.id)
             else:  # the watchdog looks once the next step's lease could have lapsed
                 pipe.zadd(self.active_key, {after.id: time.time() + self.lease_seconds + 1})
-            try:
-                reply = pipe.execute()[0]
-            except redis.exceptions.NoScriptError:  # a restarted Redis forgot the script
-                self.client.script_load(self._commit.script)
-                return self.commit(before, transition, token=token, done_field=done_field, release=release,
-                                   dead_entry=dead_entry, idle=idle)
+
+        with self._guard():
+            reply = self._eval_pipelined(self._commit, list(k), args, index)
             applied = bool(reply[0])
             if applied and dead_entry is not None:
                 self._index_dead_letter(dead_entry)

@@ -86,10 +86,9 @@ def dispatch(saga: Saga, state: SagaState) -> bool:
     """
     if state.status.terminal:
         return False
-    direction = Direction.COMPENSATION if state.status is Status.COMPENSATING else Direction.FORWARD
     step = saga.steps[state.current_step]
     try:
-        send(saga, step, direction, state.id)
+        send(saga, step, state.direction, state.id)
     except (OperationalError, OSError) as exc:
         run_logger(state.id, saga.name, step.name).error(
             "could not send the next task (%s); the run is saved and a worker's watchdog will send it "
@@ -294,5 +293,5 @@ def fail_run(saga: Saga, state: SagaState, step_name: str, error: Exception) -> 
     result = saga.store.commit(state, moved, dead_entry=entry)
     run_logger(state.id, saga.name, step_name).error("run failed: %s", error)
     if result.applied:
-        metrics.run_finished(saga.name, moved.state.status.value)
+        _moved(saga, moved.state)
     return result.applied

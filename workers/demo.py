@@ -21,6 +21,7 @@ from rich.live import Live
 from rich.table import Table
 
 from saga.settings import DEFAULT_REDIS_URL, get_settings
+from saga.state import parse_iso
 from saga.testing import RedisServer, answers, start_worker_process, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,17 +68,8 @@ def timeline(order: Any, run_id: str) -> None:
             extra = f"{e['reason']}, from version {e['from_version']}"
         elif e["type"] == "step.failed":
             extra = f"{e['error']['type']}: {e['error']['message']}"
-        offset = _ms(t0, e["at"])
+        offset = (parse_iso(e["at"]) - parse_iso(t0)) * 1000
         console.print(f"  v{e['version']:<2} +{offset:>7.0f} ms  {e['type']:<24} {e.get('name', ''):<18} {extra}")
-
-
-def _ms(t0: str, t1: str) -> float:
-    from datetime import datetime
-
-    def parse(s: str) -> float:
-        return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
-
-    return (parse(t1) - parse(t0)) * 1000
 
 
 def main() -> int:

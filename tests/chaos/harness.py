@@ -10,12 +10,12 @@ import statistics
 import subprocess
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import redis
 
+from saga.state import parse_iso
 from saga.testing import RedisServer, start_worker_process, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,10 +103,6 @@ def _children(pid: int) -> list[int]:
         except OSError:
             continue
     return found
-
-
-def _iso(at: str) -> float:
-    return datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
 
 
 def run_chaos(seconds: float, rate: float = 2.0, seed: int | None = None) -> Figures:
@@ -208,7 +204,7 @@ def _check(chaos: Any, started: dict[str, dict[str, Any]], steps: tuple[str, ...
         for e in chaos.events(run_id):
             if e["type"] == "saga.resumed":
                 figures.resumes += 1
-                at = _iso(e["at"])
+                at = parse_iso(e["at"])
                 before = [k for k in kills if k <= at]
                 if before:
                     figures.recover_seconds.append(at - before[-1])
