@@ -164,7 +164,7 @@ class SagaVariant(Variant):
         One cheap command per poll, none on the saga's hot path; only valid when nothing else
         runs on this store, which holds during the throughput repetitions.
         """
-        key = self.saga.store.active_key
+        key = self.saga.store.global_keys.active
         deadline = time.monotonic() + timeout
         polls = 0
         while True:
@@ -254,7 +254,8 @@ class ChainVariant(Variant):
             unready = [r for r in handles if not r.ready()]
             raise BenchError(
                 f"chains still unfinished after {timeout}s: {len(unready)} of {len(handles)} results not "
-                f"ready; queue length {self.redis.llen('celery')}, unacked {self.redis.hlen('unacked')}") from None
+                f"ready; queue length {self.redis.llen('celery')}, unacked {self.redis.hlen('unacked')}"
+            ) from None
         retries = self.retries - before
         return {"get": retries, "exists": retries} if retries else {}
 
@@ -332,9 +333,14 @@ def throughput_rep(v: Variant, runs: int, timeout: float, steps: int = 5) -> Rep
     v.check(handles)
     total = sum(delta.values())
     return Rep(
-        variant=v.name, runs=runs, seconds=round(elapsed, 4), runs_per_s=round(runs / elapsed, 2),
-        commands=total, commands_per_step=round(total / (runs * steps), 3),
-        by_command=dict(sorted(delta.items(), key=lambda kv: -kv[1])), excluded_observation=excluded,
+        variant=v.name,
+        runs=runs,
+        seconds=round(elapsed, 4),
+        runs_per_s=round(runs / elapsed, 2),
+        commands=total,
+        commands_per_step=round(total / (runs * steps), 3),
+        by_command=dict(sorted(delta.items(), key=lambda kv: -kv[1])),
+        excluded_observation=excluded,
         worker_cpu_ms_per_run=round((wcpu1 - wcpu0) * 1000 / runs, 3),
         redis_cpu_ms_per_run=round((rcpu1 - rcpu0) * 1000 / runs, 3),
         client_cpu_ms_per_run=round((ccpu1 - ccpu0) * 1000 / runs, 3),
@@ -393,10 +399,12 @@ def monitor_probe(v: Variant, runs: int, timeout: float = 60.0, steps: int = 5) 
         "runs": runs,
         "sent_per_step": round(sent / n_steps, 3),
         "in_scripts_per_step": round(scripted / n_steps, 3),
-        "sent_by_command": {k: round(n / n_steps, 3) for k, n in sorted(counts["client"].items(),
-                                                                          key=lambda kv: -kv[1]) if n},
-        "in_scripts_by_command": {k: round(n / n_steps, 3) for k, n in sorted(counts["script"].items(),
-                                                                              key=lambda kv: -kv[1])},
+        "sent_by_command": {
+            k: round(n / n_steps, 3) for k, n in sorted(counts["client"].items(), key=lambda kv: -kv[1]) if n
+        },
+        "in_scripts_by_command": {
+            k: round(n / n_steps, 3) for k, n in sorted(counts["script"].items(), key=lambda kv: -kv[1])
+        },
     }
 
 
@@ -430,9 +438,12 @@ def latency_pair(v: Variant, timeout: float = 30.0) -> tuple[float, float]:
 def summarize_latency(samples: Sequence[float]) -> dict[str, float]:
     """p50, p95, mean, min and max of ``samples`` (ms)."""
     return {
-        "p50_ms": round(percentile(samples, 50), 3), "p95_ms": round(percentile(samples, 95), 3),
-        "mean_ms": round(statistics.fmean(samples), 3), "min_ms": round(min(samples), 3),
-        "max_ms": round(max(samples), 3), "n": len(samples),
+        "p50_ms": round(percentile(samples, 50), 3),
+        "p95_ms": round(percentile(samples, 95), 3),
+        "mean_ms": round(statistics.fmean(samples), 3),
+        "min_ms": round(min(samples), 3),
+        "max_ms": round(max(samples), 3),
+        "n": len(samples),
     }
 
 
@@ -440,8 +451,9 @@ def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
-def recovery_trial(saga: Any, worker: Worker, *, sleep: float = 30.0, into_step: float = 0.5,
-                   limit: float = 60.0) -> dict[str, Any]:
+def recovery_trial(
+    saga: Any, worker: Worker, *, sleep: float = 30.0, into_step: float = 0.5, limit: float = 60.0
+) -> dict[str, Any]:
     """Start a ``recover5`` run, SIGKILL the worker's whole process group ``into_step`` seconds
     into step 3 (which sleeps ``sleep`` s on its first attempt), start a fresh worker, and time
     the run from the kill to its completion. ``recovery_s`` is None when it did not complete
@@ -460,7 +472,7 @@ def recovery_trial(saga: Any, worker: Worker, *, sleep: float = 30.0, into_step:
         time.sleep(0.005)
     time.sleep(into_step)
     lease_key = store.keys(run_id).lease
-    lock_key = f"{store.prefix}:watchdog"
+    lock_key = store.global_keys.watchdog
     killed_at = time.time()
     worker.kill()
     worker.start()

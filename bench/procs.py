@@ -102,9 +102,14 @@ class Worker:
         self.generation += 1
         with open(self.log, "ab") as out:
             out.write(f"--- worker {self.generation}: {self.app}\n".encode())
-        self.process = start_worker_process(self.app, self.env, name=f"bench-{self.app.rsplit(':', 1)[-1]}-"
-                                            f"{uuid.uuid4().hex[:6]}", concurrency=self.concurrency,
-                                            cwd=self.cwd, log=self.log)
+        self.process = start_worker_process(
+            self.app,
+            self.env,
+            name=f"bench-{self.app.rsplit(':', 1)[-1]}-{uuid.uuid4().hex[:6]}",
+            concurrency=self.concurrency,
+            cwd=self.cwd,
+            log=self.log,
+        )
         return self
 
     @property

@@ -47,8 +47,11 @@ def targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {
         "throughput": {"value": r["throughput"], "limit": 1.0, "holds": _cmp(r["throughput"], 1.0, ge=True)},
         "latency_p50": {"value": r["latency_p50"], "limit": 1.2, "holds": _cmp(r["latency_p50"], 1.2)},
-        "commands_per_step": {"value": r["commands_per_step"], "limit": 1.0,
-                              "holds": _cmp(r["commands_per_step"], 1.0)},
+        "commands_per_step": {
+            "value": r["commands_per_step"],
+            "limit": 1.0,
+            "holds": _cmp(r["commands_per_step"], 1.0),
+        },
         "recovery_p50": {"value": p50, "limit": limit, "holds": _cmp(p50, limit)},
     }
 
@@ -85,43 +88,81 @@ def markdown(result: dict[str, Any]) -> str:
     rows = [
         ("| figure | saga | chain | saga/chain | target | holds |", None),
         ("| --- | ---: | ---: | ---: | --- | --- |", None),
-        (f"| throughput, runs/s ({reps}) | {_f(s['runs_per_s'])} | {_f(c['runs_per_s'])} "
-         f"| {_x(r['throughput'])} | >= 1.0x | {_holds(t['throughput']['holds'])} |", None),
-        (f"| latency p50, ms (start to completion committed, {lat}) | {_f(s['latency']['p50_ms'])} "
-         f"| {_f(c['latency']['p50_ms'])} | {_x(r['latency_p50'])} | <= 1.2x "
-         f"| {_holds(t['latency_p50']['holds'])} |", None),
-        (f"| latency p95, ms | {_f(s['latency']['p95_ms'])} | {_f(c['latency']['p95_ms'])} "
-         f"| {_x(r['latency_p95'])} | | |", None),
-        (f"| latency p50 via `Saga.wait()` / `AsyncResult.get()`, ms | {_f(s['latency_api']['p50_ms'])} "
-         f"| {_f(c['latency_api']['p50_ms'])} | {_x(r['latency_api_p50'])} | | |", None),
-        (f"| latency p95 via `Saga.wait()` / `AsyncResult.get()`, ms | {_f(s['latency_api']['p95_ms'])} "
-         f"| {_f(c['latency_api']['p95_ms'])} | {_x(r['latency_api_p95'])} | | |", None),
-        (f"| Redis commands per step (`INFO commandstats`, incl. inside scripts) | "
-         f"{_f(s['commands_per_step'], 2)} | {_f(c['commands_per_step'], 2)} | {_x(r['commands_per_step'])} "
-         f"| <= 1.0x | {_holds(t['commands_per_step']['holds'])} |", None),
-        (f"| of which sent by clients (not run inside Lua scripts; MONITOR sample of "
-         f"{s['commands_sent']['runs']} runs) | {_f(s['commands_sent']['sent_per_step'], 2)} "
-         f"| {_f(c['commands_sent']['sent_per_step'], 2)} | {_x(r['commands_sent_per_step'])} | | |", None),
-        (f"| peak worker memory, MiB (summed RSS, main + {cfg['concurrency']} children) "
-         f"| {_f(s['memory']['peak_rss_mib'])} | {_f(c['memory']['peak_rss_mib'])} "
-         f"| {_x(r['peak_worker_memory'])} | | |", None),
-        (f"| worker CPU per run, ms | {_f(s['cpu_ms_per_run']['worker'], 2)} "
-         f"| {_f(c['cpu_ms_per_run']['worker'], 2)} | {_x(r['worker_cpu_per_run'])} | | |", None),
-        (f"| Redis CPU per run, ms | {_f(s['cpu_ms_per_run']['redis'], 2)} "
-         f"| {_f(c['cpu_ms_per_run']['redis'], 2)} | {_x(r['redis_cpu_per_run'])} | | |", None),
-        (f"| client CPU per run, ms | {_f(s['cpu_ms_per_run']['client'], 2)} "
-         f"| {_f(c['cpu_ms_per_run']['client'], 2)} | {_x(r['client_cpu_per_run'])} | | |", None),
-        (f"| recovery after SIGKILL of the worker, s (p50 of {len(rec['trials'])}; "
-         f"lease {rec['lease_seconds']:g} s) | {_f(rec['p50_s'], 2)} | - | - "
-         f"| <= lease + 2 s = {rec['lease_seconds'] + 2:g} s | {_holds(t['recovery_p50']['holds'])} |", None),
+        (
+            f"| throughput, runs/s ({reps}) | {_f(s['runs_per_s'])} | {_f(c['runs_per_s'])} "
+            f"| {_x(r['throughput'])} | >= 1.0x | {_holds(t['throughput']['holds'])} |",
+            None,
+        ),
+        (
+            f"| latency p50, ms (start to completion committed, {lat}) | {_f(s['latency']['p50_ms'])} "
+            f"| {_f(c['latency']['p50_ms'])} | {_x(r['latency_p50'])} | <= 1.2x "
+            f"| {_holds(t['latency_p50']['holds'])} |",
+            None,
+        ),
+        (
+            f"| latency p95, ms | {_f(s['latency']['p95_ms'])} | {_f(c['latency']['p95_ms'])} "
+            f"| {_x(r['latency_p95'])} | | |",
+            None,
+        ),
+        (
+            f"| latency p50 via `Saga.wait()` / `AsyncResult.get()`, ms | {_f(s['latency_api']['p50_ms'])} "
+            f"| {_f(c['latency_api']['p50_ms'])} | {_x(r['latency_api_p50'])} | | |",
+            None,
+        ),
+        (
+            f"| latency p95 via `Saga.wait()` / `AsyncResult.get()`, ms | {_f(s['latency_api']['p95_ms'])} "
+            f"| {_f(c['latency_api']['p95_ms'])} | {_x(r['latency_api_p95'])} | | |",
+            None,
+        ),
+        (
+            f"| Redis commands per step (`INFO commandstats`, incl. inside scripts) | "
+            f"{_f(s['commands_per_step'], 2)} | {_f(c['commands_per_step'], 2)} | {_x(r['commands_per_step'])} "
+            f"| <= 1.0x | {_holds(t['commands_per_step']['holds'])} |",
+            None,
+        ),
+        (
+            f"| of which sent by clients (not run inside Lua scripts; MONITOR sample of "
+            f"{s['commands_sent']['runs']} runs) | {_f(s['commands_sent']['sent_per_step'], 2)} "
+            f"| {_f(c['commands_sent']['sent_per_step'], 2)} | {_x(r['commands_sent_per_step'])} | | |",
+            None,
+        ),
+        (
+            f"| peak worker memory, MiB (summed RSS, main + {cfg['concurrency']} children) "
+            f"| {_f(s['memory']['peak_rss_mib'])} | {_f(c['memory']['peak_rss_mib'])} "
+            f"| {_x(r['peak_worker_memory'])} | | |",
+            None,
+        ),
+        (
+            f"| worker CPU per run, ms | {_f(s['cpu_ms_per_run']['worker'], 2)} "
+            f"| {_f(c['cpu_ms_per_run']['worker'], 2)} | {_x(r['worker_cpu_per_run'])} | | |",
+            None,
+        ),
+        (
+            f"| Redis CPU per run, ms | {_f(s['cpu_ms_per_run']['redis'], 2)} "
+            f"| {_f(c['cpu_ms_per_run']['redis'], 2)} | {_x(r['redis_cpu_per_run'])} | | |",
+            None,
+        ),
+        (
+            f"| client CPU per run, ms | {_f(s['cpu_ms_per_run']['client'], 2)} "
+            f"| {_f(c['cpu_ms_per_run']['client'], 2)} | {_x(r['client_cpu_per_run'])} | | |",
+            None,
+        ),
+        (
+            f"| recovery after SIGKILL of the worker, s (p50 of {len(rec['trials'])}; "
+            f"lease {rec['lease_seconds']:g} s) | {_f(rec['p50_s'], 2)} | - | - "
+            f"| <= lease + 2 s = {rec['lease_seconds'] + 2:g} s | {_holds(t['recovery_p50']['holds'])} |",
+            None,
+        ),
     ]
     lines = [row for row, _ in rows]
-    head = (f"Benchmark of {meta['date']} (commit {meta['commit']}{' + local changes' if meta['dirty'] else ''}), "
-            f"{meta['cpus']} cores, load average {meta['load_before']} before; celery {meta['celery']}, "
-            f"redis-server {meta['redis_server']}, Python {meta['python']}. Each variant: its own "
-            f"redis-server, one prefork worker with concurrency {cfg['concurrency']}, JSON, late acks, "
-            f"prefetch 1; the chain with a Redis result backend. "
-            f"Repetitions interleaved A B A B; `python -m bench.run` took {meta['seconds']:.0f} s.")
+    head = (
+        f"Benchmark of {meta['date']} (commit {meta['commit']}{' + local changes' if meta['dirty'] else ''}), "
+        f"{meta['cpus']} cores, load average {meta['load_before']} before; celery {meta['celery']}, "
+        f"redis-server {meta['redis_server']}, Python {meta['python']}. Each variant: its own "
+        f"redis-server, one prefork worker with concurrency {cfg['concurrency']}, JSON, late acks, "
+        f"prefetch 1; the chain with a Redis result backend. "
+        f"Repetitions interleaved A B A B; `python -m bench.run` took {meta['seconds']:.0f} s."
+    )
     if rec["p50_s"] is not None:
         recovery_note = (
             f"\n\nRecovery: a run's worker (whole process group) SIGKILLed {rec['into_step_s']:g} s into a "
@@ -129,7 +170,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"{_f(_median(rec['trials'], 'lease_gone_s'), 2)} s, the new worker's watchdog holds the scan lock "
             f"{_f(_median(rec['trials'], 'watchdog_lock_taken_s'), 2)} s, run resumed "
             f"{_f(_median(rec['trials'], 'resumed_after_s'), 2)} s, completed {_f(rec['p50_s'], 2)} s "
-            f"(trials: {', '.join(_f(x['recovery_s'], 2) for x in rec['trials'])} s).")
+            f"(trials: {', '.join(_f(x['recovery_s'], 2) for x in rec['trials'])} s)."
+        )
     elif rec["trials"]:
         recovery_note = "\n\nRecovery: not available (no run completed within 60 s of the kill)."
     else:
@@ -137,11 +179,13 @@ def markdown(result: dict[str, Any]) -> str:
     missed = c.get("missed_result_notifications", 0)
     chain_note = ""
     if missed:
-        chain_note = (f"\n\nChain: the client lost {missed} result notification(s): Celery's Redis result consumer "
-                      f"sends SUBSCRIBE on one connection and GETs the result on another without waiting, so a "
-                      f"result stored in between is never delivered and a plain `get()` waits forever. The "
-                      f"benchmark calls `get(timeout={result['settings']['get_slice_s']})` in a loop, which reads "
-                      f"the result again after each slice.")
+        chain_note = (
+            f"\n\nChain: the client lost {missed} result notification(s): Celery's Redis result consumer "
+            f"sends SUBSCRIBE on one connection and GETs the result on another without waiting, so a "
+            f"result stored in between is never delivered and a plain `get()` waits forever. The "
+            f"benchmark calls `get(timeout={result['settings']['get_slice_s']})` in a loop, which reads "
+            f"the result again after each slice."
+        )
     return head + "\n\n" + "\n".join(lines) + recovery_note + chain_note + "\n"
 
 

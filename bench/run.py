@@ -31,6 +31,8 @@ from typing import Any
 import celery
 import redis
 
+from saga.registry import default_registry
+from saga.settings import Settings
 from saga.testing import RedisServer
 
 from .measure import (
@@ -111,24 +113,26 @@ def bench_env(saga_url: str, chain_url: str, lease: float) -> dict[str, str]:
     """The environment of the workers and of this process: no inherited ``SAGA_*`` variable,
     only the benchmark's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAGA_")}
-    env.update({
-        "SAGA_REDIS_URL": saga_url,
-        "SAGA_BROKER_URL": saga_url,
-        "SAGA_LEASE_SECONDS": f"{lease:g}",
-        "SAGA_METRICS_PORT": "0",
-        "BENCH_CHAIN_REDIS_URL": chain_url,
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "SAGA_REDIS_URL": saga_url,
+            "SAGA_BROKER_URL": saga_url,
+            "SAGA_LEASE_SECONDS": f"{lease:g}",
+            "SAGA_METRICS_PORT": "0",
+            "BENCH_CHAIN_REDIS_URL": chain_url,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env
 
 
-def _adopt_env(env: dict[str, str]) -> None:
-    for k in [k for k in os.environ if k.startswith("SAGA_")]:
-        del os.environ[k]
-    os.environ.update(env)
-    from saga.settings import get_settings
-
-    get_settings.cache_clear()
+def _adopt(env: dict[str, str]) -> Settings:
+    """Configure this process like the workers: the default registry from the benchmark's
+    ``SAGA_*`` variables; the chain's Redis for ``bench.app``, which reads it on import."""
+    os.environ["BENCH_CHAIN_REDIS_URL"] = env["BENCH_CHAIN_REDIS_URL"]
+    settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("SAGA_")})
+    default_registry().configure(settings)
+    return settings
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -146,7 +150,8 @@ def _summarize_reps(reps: list[Rep]) -> dict[str, Any]:
         "runs_per_s": round(statistics.median(r.runs_per_s for r in reps), 2),
         "commands_per_step": round(sum(r.commands for r in reps) / steps, 3),
         "commands_per_step_by_command": {
-            cmd: round(n / steps, 3) for cmd, n in sorted(by_cmd.items(), key=lambda kv: -kv[1])},
+            cmd: round(n / steps, 3) for cmd, n in sorted(by_cmd.items(), key=lambda kv: -kv[1])
+        },
         "cpu_ms_per_run": {
             "worker": round(statistics.median(r.worker_cpu_ms_per_run for r in reps), 3),
             "redis": round(statistics.median(r.redis_cpu_ms_per_run for r in reps), 3),
@@ -157,11 +162,13 @@ def _summarize_reps(reps: list[Rep]) -> dict[str, Any]:
 
 
 def _print_rep(i: int, n: int, r: Rep) -> None:
-    print(f"  rep {i}/{n} {r.variant:5}: {r.runs} runs in {r.seconds:6.2f} s = {r.runs_per_s:7.1f} runs/s, "
-          f"{r.commands_per_step:5.2f} commands/step, CPU/run: worker {r.worker_cpu_ms_per_run:.2f} ms, "
-          f"redis {r.redis_cpu_ms_per_run:.2f} ms, client {r.client_cpu_ms_per_run:.2f} ms"
-          + (f"; {r.missed_notifications} result notification(s) lost by the client" if r.missed_notifications
-             else ""), flush=True)
+    print(
+        f"  rep {i}/{n} {r.variant:5}: {r.runs} runs in {r.seconds:6.2f} s = {r.runs_per_s:7.1f} runs/s, "
+        f"{r.commands_per_step:5.2f} commands/step, CPU/run: worker {r.worker_cpu_ms_per_run:.2f} ms, "
+        f"redis {r.redis_cpu_ms_per_run:.2f} ms, client {r.client_cpu_ms_per_run:.2f} ms"
+        + (f"; {r.missed_notifications} result notification(s) lost by the client" if r.missed_notifications else ""),
+        flush=True,
+    )
 
 
 def measure(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
@@ -174,11 +181,8 @@ def measure(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
         stack.callback(server.close)
         servers[name] = server.start()
     env = bench_env(servers["saga"].url, servers["chain"].url, args.lease)
-    _adopt_env(env)
+    settings = _adopt(env)
     app = importlib.import_module("bench.app")
-    from saga.settings import get_settings
-
-    settings = get_settings()
     workers: dict[str, Worker] = {}
     for name, target in (("saga", "bench.app:saga_app"), ("chain", "bench.app:chain_app")):
         log = RESULTS / f"{name}-worker.log"
@@ -195,8 +199,11 @@ def measure(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
     sampler = MemorySampler(workers).start()
     stack.callback(sampler.stop)
 
-    print(f"saga benchmark: {args.reps} x {args.runs} runs per variant, {args.latency_runs} latency runs, "
-          f"{args.recovery_trials} recovery trials; {meta['cpus']} cores, load {meta['load_before']}", flush=True)
+    print(
+        f"saga benchmark: {args.reps} x {args.runs} runs per variant, {args.latency_runs} latency runs, "
+        f"{args.recovery_trials} recovery trials; {meta['cpus']} cores, load {meta['load_before']}",
+        flush=True,
+    )
     print("warming up (workers starting)...", flush=True)
     for v in variants:
         throughput_rep(v, WARMUP_RUNS, timeout=120)
@@ -210,8 +217,7 @@ def measure(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
             reps[v.name].append(rep)
             _print_rep(i, args.reps, rep)
 
-    print(f"latency ({args.latency_runs} sequential runs each, to the completion event and via the API)...",
-          flush=True)
+    print(f"latency ({args.latency_runs} sequential runs each, to the completion event and via the API)...", flush=True)
     samples: dict[str, tuple[list[float], list[float]]] = {"saga": ([], []), "chain": ([], [])}
     enable_notifications(variants, True)
     try:
@@ -247,21 +253,35 @@ def measure(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
 
     trials: list[dict[str, Any]] = []
     if args.recovery_trials:
-        print(f"recovery ({args.recovery_trials} trials: SIGKILL the saga worker mid-step, start a fresh one)...",
-              flush=True)
+        print(
+            f"recovery ({args.recovery_trials} trials: SIGKILL the saga worker mid-step, start a fresh one)...",
+            flush=True,
+        )
     for i in range(1, args.recovery_trials + 1):
         try:
             trial = recovery_trial(app.recover5, workers["saga"], limit=RECOVERY_LIMIT_S)
         except BenchError as exc:
-            trial = {"status": "error", "error": str(exc), "recovery_s": None, "lease_gone_s": None,
-                     "watchdog_lock_taken_s": None, "resumed_after_s": None}
+            trial = {
+                "status": "error",
+                "error": str(exc),
+                "recovery_s": None,
+                "lease_gone_s": None,
+                "watchdog_lock_taken_s": None,
+                "resumed_after_s": None,
+            }
         trials.append(trial)
-        print(f"  trial {i}: completed {trial['recovery_s']} s after the kill (lease gone at "
-              f"{trial['lease_gone_s']} s, new watchdog holds its lock at {trial['watchdog_lock_taken_s']} s, "
-              f"resumed at {trial['resumed_after_s']} s; status {trial['status']!r})", flush=True)
+        print(
+            f"  trial {i}: completed {trial['recovery_s']} s after the kill (lease gone at "
+            f"{trial['lease_gone_s']} s, new watchdog holds its lock at {trial['watchdog_lock_taken_s']} s, "
+            f"resumed at {trial['resumed_after_s']} s; status {trial['status']!r})",
+            flush=True,
+        )
         if trial["recovery_s"] is None:
-            print("recovery: not available (the run did not complete within "
-                  f"{RECOVERY_LIMIT_S:.0f} s of the kill); skipping the other trials", flush=True)
+            print(
+                "recovery: not available (the run did not complete within "
+                f"{RECOVERY_LIMIT_S:.0f} s of the kill); skipping the other trials",
+                flush=True,
+            )
             break
     times = [t["recovery_s"] for t in trials]
     ok = bool(times) and all(t is not None for t in times)
@@ -274,13 +294,20 @@ def measure(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
         "trials": trials,
     }
     result["settings"] = {
-        "runs": args.runs, "reps": args.reps, "latency_runs": args.latency_runs,
-        "recovery_trials": args.recovery_trials, "warmup_runs": WARMUP_RUNS, "steps": STEPS,
-        "pool": "prefork", "concurrency": CONCURRENCY, "lease_seconds": settings.lease_seconds,
-        "watchdog_interval_s": settings.watchdog_interval, "separate_redis_per_variant": True,
+        "runs": args.runs,
+        "reps": args.reps,
+        "latency_runs": args.latency_runs,
+        "recovery_trials": args.recovery_trials,
+        "warmup_runs": WARMUP_RUNS,
+        "steps": STEPS,
+        "pool": "prefork",
+        "concurrency": CONCURRENCY,
+        "lease_seconds": settings.lease_seconds,
+        "watchdog_interval_s": settings.watchdog_interval,
+        "separate_redis_per_variant": True,
         "latency_completion": "keyevent notification of the expiry set by the completing write "
-                              "(saga: commit script's PEXPIRE of the run's meta key; chain: SETEX of "
-                              "the last task's result); notifications on only during latency runs",
+        "(saga: commit script's PEXPIRE of the run's meta key; chain: SETEX of "
+        "the last task's result); notifications on only during latency runs",
         "excluded_commands": "INFO, and the benchmark's ZCARD polls of the saga's active index",
         "probe_runs": PROBE_RUNS,
         "get_slice_s": GET_SLICE,

@@ -5,8 +5,8 @@ and every transition is checkpointed atomically in Redis; a step that gives up i
 dead-lettered and the committed steps are compensated in reverse order.
 """
 
-from .app import celery_config, create_app
-from .definition import Saga, Step, StepContext, dead_letters, default_store
+from .control import dead_letters
+from .definition import Saga, Step
 from .errors import (
     CheckpointCorrupted,
     DefinitionMismatch,
@@ -20,8 +20,9 @@ from .errors import (
     SettingsError,
     StoreUnavailable,
 )
-from .settings import Settings, get_settings
-from .state import Checkpoint, Direction, SagaState, Status, StepError, payload_hash
+from .registry import celery_config, create_app, default_store, get_settings
+from .settings import Settings
+from .state import Checkpoint, Direction, SagaState, Status, StepContext, StepError, payload_hash
 from .store import RedisStore
 
 __all__ = [

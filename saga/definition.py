@@ -1,46 +1,37 @@
 """The definition API: a :class:`Saga` is an ordered list of steps, each a Celery task with an
-optional compensating task, plus the calls that start and inspect its runs."""
+optional compensating task, plus the calls that start and inspect its runs.
+
+Declaring registers: a saga with its :class:`~saga.registry.Registry` (the default one unless
+given), a step's task (and its compensation's) on the saga's Celery app. Running is the
+engine's (:mod:`saga.engine`); this module only declares and delegates.
+"""
 
 from __future__ import annotations
 
 import re
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, overload
 
-from celery import Celery
-from celery import current_app as celery_current_app
-
-from . import state as sm
+from . import engine, tasks
+from .delivery import deliver
 from .errors import SagaDefinitionError, SagaTimeout
-from .settings import Settings, get_settings
-from .state import Direction, Event, JSONObject, SagaState, Shape
+from .policy import RetryPolicy
+from .registry import Registry, default_registry
+from .settings import Settings
+from .state import (
+    CompensationFunction,
+    Direction,
+    Event,
+    JSONObject,
+    SagaState,
+    Shape,
+    StepFunction,
+    rebuild,
+)
 from .store import RedisStore
 
-StepFunction = Callable[[dict[str, Any], "StepContext"], "dict[str, Any] | None"]
-CompensationFunction = Callable[[dict[str, Any], "StepContext"], None]
-
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
-_KEY_NAMESPACE = uuid.UUID("5a6a0000-0000-4000-8000-000000000000")
-
-
-@dataclass(frozen=True)
-class StepContext:
-    """What a step or compensation body knows about the attempt it runs in.
-
-    ``idempotency_key`` is the same for one run, step and direction across every retry and
-    redelivery: hand it to an external API and its effect happens once.
-    """
-
-    run_id: str
-    saga: str
-    step: str
-    index: int
-    attempt: int
-    idempotency_key: str
-    direction: Direction = Direction.FORWARD
 
 
 class Step:
@@ -50,46 +41,60 @@ class Step:
     Calling it calls the forward function directly (handy in unit tests).
     """
 
-    def __init__(self, saga: Saga, index: int, name: str, fn: StepFunction, *, max_retries: int | None,
-                 retry_backoff: float | None, retry_backoff_max: float | None) -> None:
+    def __init__(self, saga: Saga, index: int, name: str, fn: StepFunction, retry: dict[str, Any]) -> None:
         self.saga = saga
         self.index = index
         self.name = name
         self.fn = fn
         self.compensation: CompensationFunction | None = None
-        self._max_retries = max_retries
-        self._retry_backoff = retry_backoff
-        self._retry_backoff_max = retry_backoff_max
+        self._retry = retry
         self.task_name = f"saga.{saga.name}.{name}"
         self.compensation_task_name = f"{self.task_name}.compensate"
-        self.task: Any = saga._register(self, Direction.FORWARD)
+        self.task: Any = self._register(Direction.FORWARD)
         self.compensation_task: Any = None
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
+    def _register(self, direction: Direction) -> Any:
+        saga = self.saga
+        forward = direction is Direction.FORWARD
+        name = self.task_name if forward else self.compensation_task_name
+        what = "Step" if forward else "Compensation of step"
+
+        def handle(run_id: str, attempt: int) -> None:
+            deliver(saga.runtime(), self, direction, run_id, attempt)
+
+        return tasks.register_task(saga.app, name, handle, f"{what} {self.name!r} of saga {saga.name!r}.")
+
+    def retry_policy(self, settings: Settings) -> RetryPolicy:
+        """This step's retry policy: its own values, ``settings``' defaults for the rest."""
+        return RetryPolicy(
+            max_retries=self._retry.get("max_retries", settings.max_retries),
+            backoff=self._retry.get("retry_backoff", settings.retry_backoff),
+            backoff_max=self._retry.get("retry_backoff_max", settings.retry_backoff_max),
+        )
+
     @property
     def max_retries(self) -> int:
         """Retries after the first attempt before the step gives up."""
-        return self._max_retries if self._max_retries is not None else self.saga.settings.max_retries
+        return self.retry_policy(self.saga.settings).max_retries
 
     @property
     def retry_backoff(self) -> float:
         """Base of the exponential backoff, in seconds."""
-        return self._retry_backoff if self._retry_backoff is not None else self.saga.settings.retry_backoff
+        return self.retry_policy(self.saga.settings).backoff
 
     @property
     def retry_backoff_max(self) -> float:
         """Cap of the exponential backoff, in seconds."""
-        if self._retry_backoff_max is not None:
-            return self._retry_backoff_max
-        return self.saga.settings.retry_backoff_max
+        return self.retry_policy(self.saga.settings).backoff_max
 
     def compensate(self, fn: CompensationFunction) -> CompensationFunction:
         """Declare the compensation of this step; it runs if a later step gives up."""
         if self.compensation is not None:
             raise SagaDefinitionError(f"step {self.name!r} of saga {self.saga.name!r} already has a compensation")
         self.compensation = fn
-        self.compensation_task = self.saga._register(self, Direction.COMPENSATION)
+        self.compensation_task = self._register(Direction.COMPENSATION)
         self.saga._shape = None
         return fn
 
@@ -97,7 +102,8 @@ class Step:
         """The Celery task that runs this step in ``direction``."""
         return self.task if direction is Direction.FORWARD else self.compensation_task
 
-    def __call__(self, payload: dict[str, Any], ctx: StepContext) -> dict[str, Any] | None:
+    def __call__(self, payload: dict[str, Any], ctx: Any) -> dict[str, Any] | None:
+        """Call the forward body directly (no run, no commit): for unit tests of the body."""
         return self.fn(payload, ctx)
 
     def __repr__(self) -> str:
@@ -109,55 +115,87 @@ class Saga:
 
     Steps run in declaration order. Declare every step (in every process: clients and workers)
     before starting runs: a run records the definition's fingerprint and refuses to move under
-    another one.
+    another one. A saga binds to ``registry`` (the default registry unless given); a second
+    saga of the same name in one registry raises :class:`~saga.SagaDefinitionError`.
+    ``settings`` and ``store`` override the registry's for this saga only.
     """
 
-    def __init__(self, name: str, app: Celery | None = None, *, store: RedisStore | None = None,
-                 settings: Settings | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        app: Any = None,
+        *,
+        store: RedisStore | None = None,
+        settings: Settings | None = None,
+        registry: Registry | None = None,
+    ) -> None:
         if not _NAME.match(name):
             raise SagaDefinitionError(f"saga name {name!r} must be letters, digits, '_' or '-'")
         self.name = name
-        self.app = app if app is not None else celery_current_app
+        self.app: Any = app if app is not None else tasks.current_app()
+        self.registry = registry if registry is not None else default_registry()
         self._settings = settings
         self._store = store
         self.steps: list[Step] = []
         self._shape: Shape | None = None
-        _registry[name] = self
-        _hook_workers(self.app)
+        self._runtime: tuple[int, engine.Runtime] | None = None
+        self.registry.add(self)
 
     @property
     def settings(self) -> Settings:
-        """The settings this saga runs with (the process's ``SAGA_*`` settings by default)."""
-        return self._settings if self._settings is not None else get_settings()
+        """The settings this saga runs with (its registry's unless it was given its own)."""
+        return self._settings if self._settings is not None else self.registry.settings
 
     @property
     def store(self) -> RedisStore:
         """The coordinator's store, connected on first use."""
-        if self._store is None:
-            self._store = _shared_store(self.settings)
-        return self._store
+        return self._store if self._store is not None else self.registry.store_for(self.settings)
 
     @property
     def shape(self) -> Shape:
         """Step names and which steps can be undone (cached; declaring a step or a compensation
         makes it anew)."""
         if self._shape is None:
-            self._shape = Shape(tuple(s.name for s in self.steps),
-                                tuple(s.compensation is not None for s in self.steps))
+            self._shape = Shape(
+                tuple(s.name for s in self.steps), tuple(s.compensation is not None for s in self.steps)
+            )
         return self._shape
+
+    def runtime(self) -> engine.Runtime:
+        """This saga bound to its store, settings and heartbeat (made anew when its registry is
+        configured again)."""
+        generation = self.registry.generation
+        if self._runtime is None or self._runtime[0] != generation:
+            rt = engine.Runtime(self, self.store, self.settings, self.registry.heartbeat)
+            self._runtime = (generation, rt)
+        return self._runtime[1]
 
     # --- declaring -------------------------------------------------------------------------
 
     @overload
     def step(self, fn: StepFunction, /) -> Step: ...
     @overload
-    def step(self, fn: None = None, /, *, name: str | None = None, max_retries: int | None = None,
-             retry_backoff: float | None = None, retry_backoff_max: float | None = None
-             ) -> Callable[[StepFunction], Step]: ...
+    def step(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        max_retries: int | None = None,
+        retry_backoff: float | None = None,
+        retry_backoff_max: float | None = None,
+    ) -> Callable[[StepFunction], Step]: ...
 
-    def step(self, fn: StepFunction | None = None, /, *, name: str | None = None,
-             max_retries: int | None = None, retry_backoff: float | None = None,
-             retry_backoff_max: float | None = None) -> Step | Callable[[StepFunction], Step]:
+    def step(
+        self,
+        fn: StepFunction | None = None,
+        /,
+        *,
+        name: str | None = None,
+        max_retries: int | None = None,
+        retry_backoff: float | None = None,
+        retry_backoff_max: float | None = None,
+    ) -> Step | Callable[[StepFunction], Step]:
         """Declare the next step. Its return value (a JSON object, or None) is merged into the payload.
 
         Any exception but :class:`~saga.PermanentError` is retried ``max_retries`` times with
@@ -165,6 +203,8 @@ class Saga:
         """
         if max_retries is not None and max_retries < 0:
             raise SagaDefinitionError("max_retries must be >= 0")
+        given = {"max_retries": max_retries, "retry_backoff": retry_backoff, "retry_backoff_max": retry_backoff_max}
+        retry = {k: v for k, v in given.items() if v is not None}
 
         def declare(f: StepFunction) -> Step:
             step_name = name or f.__name__
@@ -172,18 +212,12 @@ class Saga:
                 raise SagaDefinitionError(f"step name {step_name!r} must be letters, digits, '_' or '-'")
             if any(s.name == step_name for s in self.steps):
                 raise SagaDefinitionError(f"saga {self.name!r} already has a step named {step_name!r}")
-            s = Step(self, len(self.steps), step_name, f, max_retries=max_retries,
-                     retry_backoff=retry_backoff, retry_backoff_max=retry_backoff_max)
+            s = Step(self, len(self.steps), step_name, f, retry)
             self.steps.append(s)
             self._shape = None
             return s
 
         return declare(fn) if fn is not None else declare
-
-    def _register(self, step: Step, direction: Direction) -> Any:
-        from .tasks import register_task
-
-        return register_task(self, step, direction)
 
     # --- running ---------------------------------------------------------------------------
 
@@ -194,16 +228,7 @@ class Saga:
         returns the same id and starts nothing, also when processes race. A payload that is not a
         JSON object raises :class:`~saga.InvalidPayload` before anything is written.
         """
-        if not self.steps:
-            raise SagaDefinitionError(f"saga {self.name!r} has no steps; declare them with @saga.step")
-        body = sm.require_json_object(payload, "the saga payload")
-        run_id = str(uuid.uuid5(_KEY_NAMESPACE, f"{self.name}\0{key}")) if key is not None else str(uuid.uuid4())
-        start = sm.decide_start(run_id, self.name, body)
-        if self.store.create(self.name, self.shape.fingerprint, start, key):
-            from .tasks import dispatch
-
-            dispatch(self, start.state)
-        return run_id
+        return engine.start_run(self.runtime(), payload, key)
 
     def get(self, run_id: str) -> SagaState:
         """The run's latest snapshot; :class:`~saga.RunNotFound` for an unknown id."""
@@ -237,7 +262,7 @@ class Saga:
 
     def rebuild(self, run_id: str) -> SagaState:
         """The run's state computed from its events alone; equal to :meth:`get`."""
-        return sm.rebuild(self.store.events(run_id))
+        return rebuild(self.store.events(run_id))
 
     def step_named(self, name: str) -> Step:
         """The step called ``name``."""
@@ -248,62 +273,3 @@ class Saga:
 
     def __repr__(self) -> str:
         return f"<Saga {self.name} steps={[s.name for s in self.steps]}>"
-
-
-_stores: dict[Settings, RedisStore] = {}
-_registry: dict[str, Saga] = {}
-
-
-_hooked_apps: set[int] = set()
-
-
-def _hook_workers(app: Celery) -> None:
-    """Once per Celery app: its workers run a watchdog and serve metrics."""
-    if id(app) in _hooked_apps:
-        return
-    _hooked_apps.add(id(app))
-    from . import metrics
-    from .recovery import install_watchdog
-
-    install_watchdog(app)
-    metrics.install(app)
-
-
-def find_saga(name: str) -> Saga:
-    """The saga called ``name`` defined in this process; import its module first."""
-    try:
-        return _registry[name]
-    except KeyError:
-        known = ", ".join(sorted(_registry)) or "none"
-        raise SagaDefinitionError(
-            f"saga {name!r} is not defined in this process (known: {known}); "
-            "import the module that defines it (e.g. --app workers)"
-        ) from None
-
-
-def sagas() -> list[Saga]:
-    """Every saga defined in this process."""
-    return list(_registry.values())
-
-
-def _shared_store(settings: Settings) -> RedisStore:
-    """One store (one connection pool) per process and settings, shared by every saga."""
-    store = _stores.get(settings)
-    if store is None:
-        store = RedisStore(settings.redis_url, prefix=settings.key_prefix,
-                           retention_seconds=settings.retention_seconds,
-                           lease_seconds=settings.lease_seconds, dispatch_timeout=settings.dispatch_timeout)
-        _stores[settings] = store
-    return store
-
-
-def default_store() -> RedisStore:
-    """The store named by the process's ``SAGA_*`` settings."""
-    return _shared_store(get_settings())
-
-
-def dead_letters() -> list[JSONObject]:
-    """Every dead-letter entry of every saga in the default store, oldest first."""
-    return default_store().dead_letters()
-
-

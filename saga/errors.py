@@ -7,9 +7,11 @@
     ├── RunNotFound             no run with that id (never started, or past retention)
     ├── EntryNotFound           no dead-letter entry with that id
     ├── StoreUnavailable        Redis cannot be reached
+    ├── BrokerUnavailable       the Celery broker cannot be reached to send a task
     ├── CheckpointCorrupted     a stored checkpoint's hash does not match its payload
     ├── DefinitionMismatch      a run was started with another definition of its saga
     ├── SagaTimeout             wait() ran out of time (also a builtin TimeoutError)
+    ├── ActionRefused           an operator action that does not apply to the run as it is now
     └── PermanentError          raised by step code: give up now, do not retry
 
 Every message is one line that says what to do about it.
@@ -60,6 +62,10 @@ class StoreUnavailable(SagaError):
     """The coordinator's Redis cannot be reached."""
 
 
+class BrokerUnavailable(SagaError):
+    """The Celery broker could not take a task message (the run itself is saved)."""
+
+
 class CheckpointCorrupted(SagaError):
     """A checkpoint's stored hash does not verify against the stored payload."""
 
@@ -70,6 +76,11 @@ class DefinitionMismatch(SagaError):
 
 class SagaTimeout(SagaError, TimeoutError):
     """``Saga.wait`` gave up before the run reached a terminal status."""
+
+
+class ActionRefused(SagaError):
+    """An operator action (resume, cancel, dead-letter retry or drop) refused for the run's
+    current state; the message says what the run is and what can be done instead."""
 
 
 class PermanentError(SagaError):

@@ -1,4 +1,4 @@
-"""Prometheus metrics from the workers.
+"""Prometheus metrics from the workers: the only module that imports prometheus_client.
 
 =====================================  =========  ==========================  ===================================
 metric                                 type       labels                      meaning
@@ -13,10 +13,11 @@ metric                                 type       labels                      me
                                                                               read from Redis at scrape time
 =====================================  =========  ==========================  ===================================
 
-A worker serves them on ``SAGA_METRICS_PORT`` (0 turns it off). Prefork pools count in their
-children: the worker sets ``PROMETHEUS_MULTIPROC_DIR`` (a fresh temporary folder, unless one is
-set already) when it starts, before it forks, and serves the children's sum. Metrics are made
-on first use, so a process that only starts runs never opens a port. No function here raises.
+A worker serves them on ``SAGA_METRICS_PORT`` (0 turns it off); the registry wires the calls
+below to the worker's signals. Prefork pools count in their children: the worker sets
+``PROMETHEUS_MULTIPROC_DIR`` (a fresh temporary folder, unless one is set already) when it
+starts, before it forks, and serves the children's sum. Metrics are made on first use, so a
+process that only starts runs never opens a port. No recorder here raises.
 """
 
 from __future__ import annotations
@@ -25,15 +26,17 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server, values
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess, start_http_server, values
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-logger = logging.getLogger("saga.metrics")
+logger = logging.getLogger(__name__)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 @dataclass
@@ -45,6 +48,8 @@ class _Metrics:
     resumes: Counter
 
 
+# Made on first use: prometheus_client picks its value class (in-memory or multiprocess) when a
+# metric is made, and a worker decides which one only when it starts.
 _metrics: _Metrics | None = None
 
 
@@ -54,16 +59,19 @@ def _get() -> _Metrics:
         _metrics = _Metrics(
             Counter("saga_runs_started_total", "Runs whose first step began.", ["saga"]),
             Counter("saga_runs_finished_total", "Runs that reached a terminal status.", ["saga", "status"]),
-            Histogram("saga_step_duration_seconds", "Time in a step or compensation body.",
-                      ["saga", "step", "direction", "outcome"],
-                      buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)),
+            Histogram(
+                "saga_step_duration_seconds",
+                "Time in a step or compensation body.",
+                ["saga", "step", "direction", "outcome"],
+                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            ),
             Counter("saga_step_retries_total", "Attempts that will be retried.", ["saga", "step", "direction"]),
             Counter("saga_resumes_total", "Runs resumed by the watchdog or an operator.", ["saga", "reason"]),
         )
     return _metrics
 
 
-def _safely(record: Any) -> None:
+def _safely(record: Callable[[], Any]) -> None:
     try:
         record()
     except Exception:
@@ -98,74 +106,61 @@ def resumed(saga: str, reason: str) -> None:
 
 
 class DeadLetterDepth(Collector):
-    """``saga_dead_letters``, read from Redis at scrape time (left out while Redis is down)."""
+    """``saga_dead_letters``, read at scrape time through ``depth`` (left out when it raises,
+    e.g. while Redis is down)."""
+
+    def __init__(self, depth: Callable[[], int]) -> None:
+        self._depth = depth
 
     def collect(self) -> Iterator[Metric]:
-        from .definition import default_store
-
+        """The gauge, read now; nothing when the read fails."""
         try:
-            depth = default_store().dead_letter_depth()
+            value = self._depth()
         except Exception:
             return
         gauge = GaugeMetricFamily("saga_dead_letters", "Entries waiting in the dead-letter queue.")
-        gauge.add_metric([], depth)
+        gauge.add_metric([], value)
         yield gauge
 
 
-def serve(port: int, addr: str = "0.0.0.0") -> None:
-    """Serve every process's metrics (this one's and its pool children's) on ``port``."""
-    registry = CollectorRegistry()
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+def prepare_multiprocess() -> str | None:
+    """Before a worker forks its pool: count in the children too (multiprocess mode). Returns
+    the folder made for it, or None when ``PROMETHEUS_MULTIPROC_DIR`` was set already."""
+    if os.environ.get(MULTIPROC_ENV):
+        return None
+    folder = tempfile.mkdtemp(prefix="saga-metrics-")
+    # the variable is how prometheus_client and the forked children find the folder
+    os.environ[MULTIPROC_ENV] = folder
+    # prometheus_client chose in-memory values when it was imported; our metrics are made on
+    # first use, after this, so they pick up the multiprocess values
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+    return folder
+
+
+def serve(port: int, depth: Callable[[], int], addr: str = "0.0.0.0") -> bool:
+    """Serve every process's metrics (this one's and its pool children's) on ``port``; False
+    (and one log line) when the port cannot be used."""
+    registry = REGISTRY
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    else:
-        from prometheus_client import REGISTRY
-
-        registry = REGISTRY
-    registry.register(DeadLetterDepth())
-    start_http_server(port, addr=addr, registry=registry)
-
-
-def install(app: Any) -> None:
-    """Have every worker of ``app`` serve metrics on ``SAGA_METRICS_PORT``."""
-    from celery import signals
-
-    from .tasks import connect_for_app
-
-    created: list[str] = []
-
-    def on_init(**_: Any) -> None:
-        if _port() and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # before the pool forks
-            created.append(tempfile.mkdtemp(prefix="saga-metrics-"))
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = created[-1]
-            # prometheus_client chose in-memory values when it was imported; our metrics are
-            # made on first use, after this, so they pick up the multiprocess values
-            values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
-
-    def on_ready(**_: Any) -> None:
-        if not _port():
-            return
-        try:
-            serve(_port())
-            logger.info("metrics on :%d/metrics", _port())
-        except OSError as exc:
-            logger.error("cannot serve metrics on port %d (%s); set SAGA_METRICS_PORT, or 0 to turn them off",
-                         _port(), exc)
-
-    def on_child_exit(pid: int | None = None, **_: Any) -> None:
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR") and pid:
-            _safely(lambda: multiprocess.mark_process_dead(pid))  # type: ignore[no-untyped-call]
-
-    def on_shutdown(**_: Any) -> None:
-        if created:
-            shutil.rmtree(created.pop(), ignore_errors=True)
-
-    connect_for_app(signals.worker_init, app, on_init)
-    connect_for_app(signals.worker_ready, app, on_ready)
-    signals.worker_process_shutdown.connect(on_child_exit, weak=False)  # sent with the child's pid
-    signals.worker_shutdown.connect(on_shutdown, weak=False)
+    registry.register(DeadLetterDepth(depth))
+    try:
+        start_http_server(port, addr=addr, registry=registry)
+    except OSError as exc:
+        logger.error("cannot serve metrics on port %d (%s); set SAGA_METRICS_PORT, or 0 to turn them off", port, exc)
+        return False
+    logger.info("metrics on :%d/metrics", port)
+    return True
 
 
-def _port() -> int:
-    from .settings import get_settings
+def mark_child_dead(pid: int | None) -> None:
+    """A pool child exited: fold its live gauges away (multiprocess mode only)."""
+    if os.environ.get(MULTIPROC_ENV) and pid:
+        _safely(lambda: multiprocess.mark_process_dead(pid))  # type: ignore[no-untyped-call]
 
-    return get_settings().metrics_port
+
+def remove_folder(folder: str | None) -> None:
+    """Delete a folder :func:`prepare_multiprocess` made."""
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)

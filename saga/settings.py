@@ -1,10 +1,14 @@
-"""One typed settings object, read from ``SAGA_*`` environment variables once per process."""
+"""One typed settings object, read from ``SAGA_*`` environment variables.
+
+Nothing here caches or reads the environment by itself: the process's settings belong to its
+:class:`~saga.registry.Registry`, which reads them with :meth:`Settings.from_env` on first use
+unless it was configured with settings of its own.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -76,8 +80,15 @@ class Settings(BaseModel):
                 raise SettingsError(f"{field} is not a known setting; see README 'Settings'") from None
             raise SettingsError(f"{field}: {first['msg']} (got {first.get('input')!r})") from None
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``SAGA_*`` variables, for a worker or CLI subprocess:
+        ``Settings.from_env(s.to_env()) == s``."""
+        return {ENV_PREFIX + name.upper(): str(value) for name, value in self.model_dump().items()}
 
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """The process-wide settings, read from the environment on first use."""
-    return Settings.from_env()
+    def replace(self, **changes: object) -> Settings:
+        """A copy with ``changes`` applied and validated (the broker follows a new Redis URL
+        unless it was set apart from it)."""
+        values = self.model_dump()
+        if "redis_url" in changes and "broker_url" not in changes and values["broker_url"] == values["redis_url"]:
+            values["broker_url"] = ""
+        return Settings.model_validate({**values, **changes})

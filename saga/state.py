@@ -1,26 +1,25 @@
-"""The pure state machine: what a run is, and what happens to it next.
+"""What a run is: its state, its events, and how events make the state. No I/O.
 
-Nothing here does I/O. A *decision* function looks at a :class:`SagaState` and returns the
-:class:`Transition` it causes: the events to append, and the state those events produce. The
-state is always ``fold(previous, events)``, computed by :func:`apply`, the same function that
-:func:`rebuild` uses over the whole event log, so a stored snapshot and the log cannot disagree.
+A run's record is its event log. :func:`apply` folds one event into a :class:`SagaState`; it is
+the only function that changes a state, and :func:`rebuild` uses it over a whole log, so a
+stored snapshot and the log cannot disagree. What *happens next* to a run — the events a
+success, failure, cancel or resume produces — is decided in :mod:`saga.decide`.
 
-Events are plain JSON objects: ``type``, ``run_id``, ``version`` (the version of the snapshot
-they belong to), ``at`` (ISO-8601 UTC), ``step`` and ``name`` where a step is concerned, plus
-fields of their own. An event that moves the run sets ``status`` and/or ``current_step``.
+Events are plain JSON objects: ``type`` (an :class:`EventType`), ``run_id``, ``version`` (the
+version of the snapshot they belong to), ``at`` (ISO-8601 UTC), ``step`` and ``name`` where a
+step is concerned, plus fields of their own. An event that moves the run sets ``status`` and/or
+``current_step``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import cached_property
-from types import MappingProxyType
 from typing import Any
 
 from .errors import InvalidPayload
@@ -55,6 +54,31 @@ class Direction(StrEnum):
     COMPENSATION = "compensation"
 
 
+class EventType(StrEnum):
+    """Every event name a run's log can hold."""
+
+    SAGA_STARTED = "saga.started"
+    STEP_STARTED = "step.started"
+    STEP_SUCCEEDED = "step.succeeded"
+    STEP_RETRYING = "step.retrying"  # also a compensation's retry, with direction: compensation
+    STEP_FAILED = "step.failed"
+    COMPENSATION_STARTED = "compensation.started"
+    COMPENSATION_SUCCEEDED = "compensation.succeeded"
+    COMPENSATION_FAILED = "compensation.failed"
+    SAGA_COMPLETED = "saga.completed"
+    SAGA_COMPENSATED = "saga.compensated"
+    SAGA_FAILED = "saga.failed"
+    SAGA_DEAD_LETTERED = "saga.dead_lettered"
+    SAGA_RESUMED = "saga.resumed"
+    SAGA_CANCELLED = "saga.cancelled"
+    SAGA_RETRIED = "saga.retried"
+    SAGA_DEAD_LETTER_DROPPED = "saga.dead_letter_dropped"
+
+
+#: Events whose ``error`` field becomes the run's error.
+_ERROR_EVENTS = frozenset({EventType.STEP_FAILED, EventType.COMPENSATION_FAILED, EventType.SAGA_FAILED})
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """One committed forward step: its index, name, commit time and the payload hash after it."""
@@ -78,11 +102,14 @@ class StepError:
 
 @dataclass(frozen=True)
 class SagaState:
-    """An immutable snapshot of one run at one version.
+    """A snapshot of one run at one version.
 
     ``version`` is 1 after ``start()`` and grows by one with every committed transition.
     ``current_step`` is the 0-based index of the step being run (or compensated); it equals the
-    number of steps once a run has completed. ``payload`` is read-only.
+    number of steps once a run has completed. ``payload`` is a plain JSON object (a ``dict``):
+    ``json.dumps(state.payload)`` and ``json.dumps(state.to_dict())`` work. Every read of a run
+    returns a state of its own, so changing the dict you received changes nothing stored and no
+    other caller's copy.
     """
 
     id: str
@@ -90,14 +117,14 @@ class SagaState:
     version: int
     current_step: int
     status: Status
-    payload: Mapping[str, Any]
+    payload: JSONObject
     checkpoints: tuple[Checkpoint, ...] = ()
     error: StepError | None = None
     created_at: str = ""
     updated_at: str = ""
 
     def to_dict(self) -> JSONObject:
-        """The snapshot as a JSON object (the stored form)."""
+        """The snapshot as a JSON object (the stored form); :meth:`from_dict` reads it back."""
         return {
             "id": self.id,
             "saga": self.saga,
@@ -121,7 +148,7 @@ class SagaState:
             version=int(data["version"]),
             current_step=int(data["current_step"]),
             status=Status(data["status"]),
-            payload=MappingProxyType(dict(data["payload"])),
+            payload=dict(data["payload"]),
             checkpoints=tuple(Checkpoint(**c) for c in data.get("checkpoints", ())),
             error=None if error is None else StepError(**error),
             created_at=data.get("created_at", ""),
@@ -169,6 +196,29 @@ class Shape:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class StepContext:
+    """What a step or compensation body knows about the attempt it runs in.
+
+    ``idempotency_key`` is the same for one run, step and direction across every retry and
+    redelivery: hand it to an external API and its effect happens once.
+    """
+
+    run_id: str
+    saga: str
+    step: str
+    index: int
+    attempt: int
+    idempotency_key: str
+    direction: Direction = Direction.FORWARD
+
+
+#: A step body: gets a copy of the payload, returns a JSON object to merge into it (or None).
+StepFunction = Callable[[dict[str, Any], StepContext], "dict[str, Any] | None"]
+#: A compensation body: gets a copy of the payload; its return value is ignored.
+CompensationFunction = Callable[[dict[str, Any], StepContext], None]
+
+
 # --- helpers -------------------------------------------------------------------------------
 
 
@@ -193,7 +243,8 @@ def payload_hash(payload: Mapping[str, Any]) -> str:
 
 
 def require_json_object(value: object, what: str) -> JSONObject:
-    """Return ``value`` as a plain dict if it is a JSON-serializable object, else raise."""
+    """Return a JSON round-trip copy of ``value`` if it is a JSON-serializable object, else raise
+    :class:`InvalidPayload` naming ``what``."""
     if not isinstance(value, dict):
         raise InvalidPayload(f"{what} must be a JSON object (a dict), got {type(value).__name__}")
     try:
@@ -204,27 +255,32 @@ def require_json_object(value: object, what: str) -> JSONObject:
     return loaded
 
 
-def retry_delay(attempt: int, backoff: float, backoff_max: float, rng: random.Random | None = None) -> float:
-    """Seconds to wait after failed attempt ``attempt`` (1-based): full jitter over
-    ``min(backoff_max, backoff * 2**(attempt-1))``."""
-    ceiling = min(backoff_max, backoff * 2 ** (attempt - 1))
-    return (rng or random).uniform(0, ceiling)
+def json_copy(value: JSONObject) -> JSONObject:
+    """A deep copy of a JSON object, sharing nothing with it: what each step body gets."""
+    copied: JSONObject = json.loads(json.dumps(value))
+    return copied
+
+
+def describe_error(error: BaseException, limit: int = 2000) -> tuple[str, str]:
+    """An exception as (type name, message cut to ``limit`` characters), as events record it."""
+    return type(error).__name__, str(error)[:limit]
 
 
 # --- applying events -------------------------------------------------------------------------
 
 
 def apply(state: SagaState | None, event: Mapping[str, Any]) -> SagaState:
-    """Fold one event into a state. The only place where events change a state."""
+    """Fold one event into a state. The only place where events change a state; it never
+    changes the payload dict of ``state`` (a step's output makes a new one)."""
     kind = event["type"]
-    if kind == "saga.started":
+    if kind == EventType.SAGA_STARTED:
         return SagaState(
             id=event["run_id"],
             saga=event["saga"],
             version=event["version"],
             current_step=0,
             status=Status.PENDING,
-            payload=MappingProxyType(dict(event["payload"])),
+            payload=dict(event["payload"]),
             created_at=event["at"],
             updated_at=event["at"],
         )
@@ -233,14 +289,13 @@ def apply(state: SagaState | None, event: Mapping[str, Any]) -> SagaState:
     changes: dict[str, Any] = {}
     if event["version"] != state.version:
         changes.update(version=event["version"], updated_at=event["at"])
-    if kind == "step.succeeded":
-        merged = {**state.payload, **event.get("output", {})}
-        changes["payload"] = MappingProxyType(merged)
+    if kind == EventType.STEP_SUCCEEDED:
+        changes["payload"] = {**state.payload, **event.get("output", {})}
         changes["checkpoints"] = (
             *state.checkpoints,
             Checkpoint(event["step"], event["name"], event["at"], event["hash"]),
         )
-    if kind in ("step.failed", "compensation.failed", "saga.failed") and "error" in event:
+    if kind in _ERROR_EVENTS and "error" in event:
         changes["error"] = StepError(**event["error"])
     if "status" in event:
         changes["status"] = Status(event["status"])
@@ -261,212 +316,3 @@ def fold(state: SagaState | None, events: Iterable[Mapping[str, Any]]) -> SagaSt
 def rebuild(events: Sequence[Mapping[str, Any]]) -> SagaState:
     """The state a run's whole event log describes."""
     return fold(None, events)
-
-
-# --- decisions --------------------------------------------------------------------------------
-
-
-class _Builder:
-    """Collects the events of one transition, stamping run id, version and time."""
-
-    def __init__(self, state: SagaState | None, run_id: str, bump: bool, at: str) -> None:
-        self.run_id = run_id
-        self.version = (state.version if state else 0) + (1 if bump else 0)
-        self.at = at
-        self.events: list[Event] = []
-
-    def add(self, kind: str, **fields: Any) -> None:
-        self.events.append({"type": kind, "run_id": self.run_id, "version": self.version, "at": self.at, **fields})
-
-
-def _step(shape: Shape, index: int) -> dict[str, Any]:
-    return {"step": index, "name": shape.steps[index]}
-
-
-def _transition(state: SagaState | None, b: _Builder) -> Transition:
-    return Transition(fold(state, b.events), b.events)
-
-
-def decide_start(run_id: str, saga: str, payload: JSONObject, at: str | None = None) -> Transition:
-    """A new run: version 1, pending, cursor on step 0."""
-    b = _Builder(None, run_id, bump=True, at=at or now_iso())
-    b.add("saga.started", saga=saga, payload=payload)
-    return _transition(None, b)
-
-
-def started_event(run_id: str, shape: Shape, direction: Direction, index: int, at: str | None = None) -> Event:
-    """The ``step.started`` / ``compensation.started`` event of an attempt, without the two fields
-    only the store knows when it takes the lease: ``attempt`` and ``version``. It changes nothing
-    in the snapshot."""
-    kind = "step.started" if direction is Direction.FORWARD else "compensation.started"
-    return {"type": kind, "run_id": run_id, "at": at or now_iso(), **_step(shape, index)}
-
-
-def note_event(state: SagaState, kind: str, at: str | None = None, **fields: Any) -> Event:
-    """An event that changes nothing in the snapshot (a resume, an operator's note), at the
-    state's version."""
-    b = _Builder(state, state.id, bump=False, at=at or now_iso())
-    b.add(kind, **fields)
-    return b.events[0]
-
-
-def resumed_event(state: SagaState, shape: Shape, reason: str, at: str | None = None) -> Event:
-    """``saga.resumed``: the run goes on at its cursor from this version."""
-    return note_event(state, "saga.resumed", at, **_step(shape, state.current_step),
-                      direction=state.direction.value, reason=reason, from_version=state.version)
-
-
-def decide_step_succeeded(
-    state: SagaState, shape: Shape, index: int, output: JSONObject | None, at: str | None = None
-) -> Transition:
-    """Step ``index`` committed: merge its output, checkpoint, move on (a pending run becomes
-    running) or complete."""
-    at = at or now_iso()
-    b = _Builder(state, state.id, bump=True, at=at)
-    out = output or {}
-    digest = payload_hash({**state.payload, **out})
-    last = index + 1 == len(shape.steps)
-    moves: dict[str, Any] = {"current_step": index + 1}
-    if state.status is Status.PENDING and not last:
-        moves["status"] = Status.RUNNING.value
-    b.add("step.succeeded", **_step(shape, index), output=out, hash=digest, **moves)
-    if last:
-        b.add("saga.completed", status=Status.COMPLETED.value)
-    return _transition(state, b)
-
-
-def decide_retry(
-    state: SagaState, shape: Shape, direction: Direction, index: int, attempt: int,
-    error: BaseException, delay: float, at: str | None = None,
-) -> Event:
-    """An attempt failed and will be tried again after ``delay`` seconds (event only).
-
-    Compensation retries are ``step.retrying`` events too, with ``direction: compensation``.
-    """
-    b = _Builder(state, state.id, bump=False, at=at or now_iso())
-    b.add("step.retrying", **_step(shape, index), direction=direction.value, attempt=attempt,
-          delay=round(delay, 3), **_describe(error))
-    return b.events[0]
-
-
-def _describe(error: BaseException) -> dict[str, str]:
-    return {"error_type": type(error).__name__, "error_message": str(error)[:2000]}
-
-
-def dead_letter_entry(
-    state: SagaState, name: str, direction: Direction, index: int, error: BaseException,
-    attempts: int, at: str,
-) -> JSONObject:
-    """The dead-letter entry recorded when a step or compensation gives up.
-
-    Its id is ``<run id>.<version that records it>``: unique, and stable if the commit is retried.
-    """
-    return {
-        "id": f"{state.id}.{state.version + 1}",
-        "run_id": state.id,
-        "saga": state.saga,
-        "step": name,
-        "index": index,
-        "kind": direction.value,
-        "error_type": type(error).__name__,
-        "error_message": str(error)[:2000],
-        "attempts": attempts,
-        "at": at,
-    }
-
-
-def _error_of(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``error`` field of a state, from the dead-letter entry of the same failure."""
-    return {"step": entry["index"], "name": entry["step"], "type": entry["error_type"],
-            "message": entry["error_message"], "attempts": entry["attempts"]}
-
-
-def next_compensation(state: SagaState, shape: Shape, below: int) -> int | None:
-    """The highest committed step under ``below`` that defines a compensation, if any."""
-    for index in sorted(state.committed_steps, reverse=True):
-        if index < below and shape.compensable[index]:
-            return index
-    return None
-
-
-def decide_step_gave_up(
-    state: SagaState, shape: Shape, index: int, error: BaseException, attempts: int,
-    at: str | None = None,
-) -> tuple[Transition, JSONObject]:
-    """Step ``index`` gave up: dead-letter it, then unwind (or end compensated if nothing to undo)."""
-    at = at or now_iso()
-    entry = dead_letter_entry(state, shape.steps[index], Direction.FORWARD, index, error, attempts, at)
-    b = _Builder(state, state.id, bump=True, at=at)
-    b.add("step.failed", **_step(shape, index), error=_error_of(entry))
-    target = next_compensation(state, shape, below=index)
-    if target is None:
-        b.add("saga.dead_lettered", **_step(shape, index), entry=entry)
-        b.add("saga.compensated", status=Status.COMPENSATED.value)
-    else:
-        b.add("saga.dead_lettered", **_step(shape, index), entry=entry,
-              status=Status.COMPENSATING.value, current_step=target)
-    return _transition(state, b), entry
-
-
-def decide_compensation_succeeded(
-    state: SagaState, shape: Shape, index: int, at: str | None = None
-) -> Transition:
-    """Compensation ``index`` committed: move to the next one down, or end compensated."""
-    b = _Builder(state, state.id, bump=True, at=at or now_iso())
-    target = next_compensation(state, shape, below=index)
-    if target is None:
-        b.add("compensation.succeeded", **_step(shape, index))
-        b.add("saga.compensated", status=Status.COMPENSATED.value)
-    else:
-        b.add("compensation.succeeded", **_step(shape, index), current_step=target)
-    return _transition(state, b)
-
-
-def decide_compensation_gave_up(
-    state: SagaState, shape: Shape, index: int, error: BaseException, attempts: int,
-    at: str | None = None,
-) -> tuple[Transition, JSONObject]:
-    """Compensation ``index`` gave up: the unwind is stuck; the run fails and waits for an operator."""
-    at = at or now_iso()
-    entry = dead_letter_entry(state, shape.steps[index], Direction.COMPENSATION, index, error, attempts, at)
-    b = _Builder(state, state.id, bump=True, at=at)
-    b.add("compensation.failed", **_step(shape, index), error=_error_of(entry))
-    b.add("saga.dead_lettered", **_step(shape, index), entry=entry)
-    b.add("saga.failed", status=Status.FAILED.value)
-    return _transition(state, b), entry
-
-
-def decide_fail(
-    state: SagaState, step_name: str, error: BaseException, at: str | None = None
-) -> tuple[Transition, JSONObject]:
-    """The run cannot be trusted to move (corrupt checkpoint, definition drift): it fails and is
-    dead-lettered, so an operator sees it."""
-    at = at or now_iso()
-    entry = dead_letter_entry(state, step_name, state.direction, state.current_step, error, 0, at)
-    b = _Builder(state, state.id, bump=True, at=at)
-    b.add("saga.dead_lettered", step=state.current_step, name=step_name, entry=entry)
-    b.add("saga.failed", status=Status.FAILED.value, error=_error_of(entry))
-    return _transition(state, b), entry
-
-
-def decide_cancel(state: SagaState, shape: Shape, reason: str, at: str | None = None) -> Transition:
-    """An operator cancels a pending or running run: unwind the committed steps."""
-    b = _Builder(state, state.id, bump=True, at=at or now_iso())
-    target = next_compensation(state, shape, below=state.current_step)
-    if target is None:
-        b.add("saga.cancelled", reason=reason)
-        b.add("saga.compensated", status=Status.COMPENSATED.value)
-    else:
-        b.add("saga.cancelled", reason=reason, status=Status.COMPENSATING.value, current_step=target)
-    return _transition(state, b)
-
-
-def decide_retry_compensation(
-    state: SagaState, shape: Shape, index: int, entry_id: str, at: str | None = None
-) -> Transition:
-    """An operator retries a stuck compensation: the failed run unwinds again from ``index``."""
-    b = _Builder(state, state.id, bump=True, at=at or now_iso())
-    b.add("saga.resumed", **_step(shape, index), direction=Direction.COMPENSATION.value,
-          reason="dead letter retried", entry_id=entry_id, from_version=state.version,
-          status=Status.COMPENSATING.value, current_step=index)
-    return _transition(state, b)

@@ -1,19 +1,23 @@
-"""Test set-up: a private redis-server for the whole session, and an in-process Celery worker.
+"""Test set-up: a private redis-server for the whole session, the default registry configured to
+use it, and an in-process Celery worker.
 
 Redis: TEST_REDIS_URL if set (for matrix runs against another server), else a redis-server the
-suite starts itself on a free port. Broker: TEST_BROKER_URL if set (e.g. RabbitMQ), else that Redis.
+suite starts itself on a free port. Broker: TEST_BROKER_URL if set (e.g. RabbitMQ), else that
+Redis. Nothing edits the environment: the default registry is configured here, before any test
+module declares a saga, and worker subprocesses get ``worker_env(settings)``.
 """
 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 
+from saga import Settings
+from saga.registry import default_registry
 from saga.testing import RedisServer
 
 _server: RedisServer | None = None
@@ -25,13 +29,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if not url:
         _server = RedisServer(appendonly=True).start()
         url = _server.url
-    os.environ["SAGA_REDIS_URL"] = url
-    os.environ["SAGA_BROKER_URL"] = os.environ.get("TEST_BROKER_URL", url)
-    os.environ.setdefault("SAGA_LEASE_SECONDS", "2")
-    os.environ.setdefault("SAGA_METRICS_PORT", "0")
-    from saga.settings import get_settings
-
-    get_settings.cache_clear()
+    broker = os.environ.get("TEST_BROKER_URL", url)
+    default_registry().configure(Settings(redis_url=url, broker_url=broker, lease_seconds=2, metrics_port=0))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -46,13 +45,19 @@ def redis_server() -> RedisServer | None:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
+def settings() -> Settings:
+    """The settings the suite's default registry runs with."""
+    return default_registry().settings
+
+
+@pytest.fixture(scope="session")
+def redis_url(settings: Settings) -> str:
     """URL of the coordinator's Redis."""
-    return os.environ["SAGA_REDIS_URL"]
+    return settings.redis_url
 
 
 @pytest.fixture
-def r(redis_url: str) -> Iterator[redis.Redis]:
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     """A plain client on the test Redis."""
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     yield client
@@ -66,24 +71,7 @@ def worker() -> Iterator[Any]:
 
     from tests.sagas import app
 
-    with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False,
-                      shutdown_timeout=30, loglevel="WARNING") as w:
+    with start_worker(
+        app, pool="threads", concurrency=4, perform_ping_check=False, shutdown_timeout=30, loglevel="WARNING"
+    ) as w:
         yield w
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    """Poll ``condition`` until it returns something truthy; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
-def rebind(app: Any, broker_url: str) -> None:
-    """Point a Celery app's publishing at another broker, dropping its pooled connections."""
-    app.conf.broker_url = broker_url
-    app._after_fork()  # what Celery does in a forked child: forget the connection pools

@@ -9,16 +9,17 @@ Behaviour is driven by payload flags:
 - ``fail_compensation``: step whose compensation always raises
 - ``bad_output_at``: step that returns a list instead of a JSON object
 - ``block``: {step: redis key} -> that step waits until the key exists (BLPOP), then goes on
+- ``scribble``: a list every step appends its name to *in place*, returning nothing about it
+  (a careless body: what it changes must not reach the stored payload)
 """
 
 from __future__ import annotations
 
-import os
-from typing import Any
+from typing import Any, cast
 
 import redis
 
-from saga import PermanentError, Saga, StepContext, create_app
+from saga import PermanentError, Saga, StepContext, create_app, get_settings
 
 app = create_app("tests")
 
@@ -28,19 +29,18 @@ _client: redis.Redis | None = None
 def client() -> redis.Redis:
     global _client
     if _client is None:
-        _client = redis.Redis.from_url(os.environ["SAGA_REDIS_URL"], decode_responses=True,
-                                       socket_timeout=None)
+        _client = redis.Redis.from_url(get_settings().redis_url, decode_responses=True, socket_timeout=None)
     return _client
 
 
 def ledger(run_id: str) -> list[str]:
     """Raw executions of a run's bodies, in order."""
-    return client().lrange(f"ledger:{run_id}", 0, -1)
+    return cast(list[str], client().lrange(f"ledger:{run_id}", 0, -1))
 
 
 def effects(run_id: str) -> dict[str, str]:
     """Effects applied once per idempotency key."""
-    return client().hgetall(f"effects:{run_id}")
+    return cast(dict[str, str], client().hgetall(f"effects:{run_id}"))
 
 
 def _body(payload: dict[str, Any], ctx: StepContext) -> None:
@@ -56,11 +56,12 @@ def _body(payload: dict[str, Any], ctx: StepContext) -> None:
             raise ConnectionError(f"{ctx.step} flaked on attempt {ctx.attempt}")
     elif payload.get("fail_compensation") == ctx.step:
         raise RuntimeError(f"cannot undo {ctx.step}")
+    if isinstance(payload.get("scribble"), list):
+        payload["scribble"].append(ctx.step)
     c.hsetnx(f"effects:{ctx.run_id}", ctx.idempotency_key, ctx.attempt)
 
 
-def make_saga(name: str, steps: list[str], compensable: set[str] | None = None,
-              max_retries: int = 2) -> Saga:
+def make_saga(name: str, steps: list[str], compensable: set[str] | None = None, max_retries: int = 2) -> Saga:
     """A saga whose steps all run :func:`_body` and return ``{<step>: <attempt>}``."""
     saga = Saga(name, app=app)
     compensable = set(steps) if compensable is None else compensable
@@ -72,8 +73,9 @@ def make_saga(name: str, steps: list[str], compensable: set[str] | None = None,
                 return ["not", "an", "object"]
             return {ctx.step: ctx.attempt}
 
-        declared = saga.step(name=step_name, max_retries=max_retries, retry_backoff=0.01,
-                             retry_backoff_max=0.05)(forward)
+        declared = saga.step(name=step_name, max_retries=max_retries, retry_backoff=0.01, retry_backoff_max=0.05)(
+            forward
+        )
         if step_name in compensable:
             declared.compensate(_body)
     return saga

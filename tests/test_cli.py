@@ -8,7 +8,6 @@ SAGA_COMPENSATION_QUEUE are set for the module), so no other worker of the suite
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -19,10 +18,9 @@ from typing import Any
 
 import pytest
 import redis
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
-from saga import Status
-from saga import state as sm
+from saga import SagaState, Settings, Status, control, decide
 from saga.cli import (
     EXIT_ERROR,
     EXIT_FAILED_CHECK,
@@ -32,13 +30,11 @@ from saga.cli import (
     EXIT_USAGE,
     cli,
     exit_code_for,
-    history_entries,
-    payload_changes,
 )
+from saga.cli_render import history_entries, payload_changes
 from saga.errors import EntryNotFound, RunNotFound, SagaError, StoreUnavailable
-from saga.settings import get_settings
-from saga.testing import free_port, start_worker_process, stop_process_group
-from tests.conftest import wait_for
+from saga.registry import Registry, default_registry
+from saga.testing import configured, free_port, start_worker_process, stop_process_group, wait_for, worker_env
 
 ROOT = Path(__file__).resolve().parents[1]
 QUEUE = "saga-cli-tests"
@@ -49,20 +45,16 @@ UNREACHABLE = "redis://127.0.0.1:1/0"
 
 
 @pytest.fixture(scope="module")
-def own_queue() -> Iterator[None]:
+def own_queue(settings: Settings) -> Iterator[Settings]:
     """Route this module's steps and compensations to a queue only its worker reads."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SAGA_STEP_QUEUE", QUEUE)
-        mp.setenv("SAGA_COMPENSATION_QUEUE", QUEUE)
-        get_settings.cache_clear()
-        yield
-    get_settings.cache_clear()
+    with configured(default_registry(), settings.replace(step_queue=QUEUE, compensation_queue=QUEUE)) as mine:
+        yield mine
 
 
 @pytest.fixture(scope="module")
-def worker_process(own_queue: None, redis_url: str) -> Iterator[subprocess.Popen[bytes]]:
+def worker_process(own_queue: Settings) -> Iterator[subprocess.Popen[bytes]]:
     """``celery -A workers worker`` (threads pool) on this module's queue, stopped as a process group."""
-    env = {**os.environ, "SAGA_REDIS_URL": redis_url, "SAGA_METRICS_PORT": "0"}
+    env = worker_env(own_queue)
     proc = start_worker_process("workers", env, name=f"cli{free_port()}", pool="threads", queues=QUEUE, cwd=ROOT)
     try:
         yield proc
@@ -89,9 +81,20 @@ def runs(order: Any) -> dict[str, str]:
 
 
 def saga(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m saga ARGS`` and capture its output."""
-    return subprocess.run([sys.executable, "-m", "saga", *args], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+    """Run ``python -m saga ARGS`` with the settings of this process's registry (and ``env``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "saga", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=worker_env(default_registry().settings, **(env or {})),
+        timeout=timeout,
+    )
+
+
+def invoke(*args: str) -> Result:
+    """Run the CLI in this process, on a registry of its own configured from the suite's settings."""
+    return CliRunner(env=default_registry().settings.to_env()).invoke(cli, list(args), obj=Registry())
 
 
 def saga_json(*args: str) -> Any:
@@ -190,7 +193,7 @@ def test_events_prints_the_run_s_events_as_stored(order: Any, runs: dict[str, st
         assert kind in out.stdout
 
 
-def test_verify_passes_for_an_untouched_run_and_fails_for_a_tampered_one(order: Any, r: redis.Redis) -> None:
+def test_verify_passes_for_an_untouched_run_and_fails_for_a_tampered_one(order: Any, redis_client: redis.Redis) -> None:
     # Given a completed run
     run_id = order.start({"order_id": 3, "amount": 10})
     order.wait(run_id, timeout=30)
@@ -200,9 +203,9 @@ def test_verify_passes_for_an_untouched_run_and_fails_for_a_tampered_one(order: 
     assert saga_json("verify", run_id) == {"run_id": run_id, "ok": True, "problems": []}
     # When its stored snapshot is changed behind the library's back
     key = f"saga:{{{run_id}}}:history"
-    snap = json.loads(r.lindex(key, -1) or "{}")
+    snap = json.loads(redis_client.lindex(key, -1) or "{}")
     snap["payload"]["amount"] = 1000
-    r.lset(key, -1, json.dumps(snap))
+    redis_client.lset(key, -1, json.dumps(snap))
     # Then verify fails with exit 1 and says what differs
     out = saga("verify", run_id)
     assert out.returncode == EXIT_FAILED_CHECK
@@ -237,10 +240,19 @@ def test_an_unknown_dead_letter_entry_is_one_line_and_exit_3(command: list[str])
     assert "nope.1" in assert_one_line_error(saga(*command), EXIT_NOT_FOUND)
 
 
-@pytest.mark.parametrize("args", [
-    ["list", "--status", "bogus"], ["list", "--limit", "0"], ["list", "--bogus"], ["show"],
-    ["show", "x", "--version", "zero"], ["lst"], ["dlq", "drop", "x"], ["--bogus", "list"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["list", "--status", "bogus"],
+        ["list", "--limit", "0"],
+        ["list", "--bogus"],
+        ["show"],
+        ["show", "x", "--version", "zero"],
+        ["lst"],
+        ["dlq", "drop", "x"],
+        ["--bogus", "list"],
+    ],
+)
 def test_a_bad_command_line_is_one_line_and_exit_2(args: list[str]) -> None:
     line = assert_one_line_error(saga(*args), EXIT_USAGE)
     assert "--help" in line
@@ -254,10 +266,10 @@ def test_an_unreachable_redis_is_one_line_exit_4_and_quick(command: list[str]) -
     assert "cannot reach Redis at redis://127.0.0.1:1/0" in assert_one_line_error(out, EXIT_UNAVAILABLE)
 
 
-def test_an_unexpected_error_is_one_line_unless_debug(r: redis.Redis) -> None:
+def test_an_unexpected_error_is_one_line_unless_debug(redis_client: redis.Redis) -> None:
     # Given a snapshot that is not JSON at all
     run_id = f"garbled-{uuid.uuid4()}"
-    r.rpush(f"saga:{{{run_id}}}:history", "not json")
+    redis_client.rpush(f"saga:{{{run_id}}}:history", "not json")
     try:
         line = assert_one_line_error(saga("show", run_id), EXIT_ERROR)
         assert "unexpected JSONDecodeError" in line and "--debug" in line
@@ -265,7 +277,7 @@ def test_an_unexpected_error_is_one_line_unless_debug(r: redis.Redis) -> None:
         assert debug.returncode == EXIT_ERROR
         assert "Traceback" in debug.stderr and debug.stderr.splitlines()[-1].startswith("error: JSONDecodeError")
     finally:
-        r.delete(f"saga:{{{run_id}}}:history")
+        redis_client.delete(f"saga:{{{run_id}}}:history")
 
 
 def test_saga_app_comes_from_the_environment_and_a_bad_one_is_one_line(runs: dict[str, str]) -> None:
@@ -281,8 +293,10 @@ def test_saga_app_comes_from_the_environment_and_a_bad_one_is_one_line(runs: dic
 def test_cancel_of_a_run_blocked_in_a_slow_step_ends_compensated(order: Any) -> None:
     # Given a run whose charge_payment takes 3 s
     run_id = order.start({"order_id": 4, "amount": 20, "sleep": {"charge_payment": 3}})
-    wait_for(lambda: any(e["type"] == "step.started" and e["name"] == "charge_payment" for e in order.events(run_id)),
-             what="charge_payment to start")
+    wait_for(
+        lambda: any(e["type"] == "step.started" and e["name"] == "charge_payment" for e in order.events(run_id)),
+        what="charge_payment to start",
+    )
     # When an operator cancels it
     out = saga("cancel", run_id)
     # Then the cancel is recorded now and applied when the step commits: everything is undone
@@ -293,15 +307,17 @@ def test_cancel_of_a_run_blocked_in_a_slow_step_ends_compensated(order: Any) -> 
     types = event_types(order, run_id)
     assert "saga.cancelled" in types and "create_shipment" not in [c.name for c in state.checkpoints]
     assert [e["name"] for e in order.events(run_id) if e["type"] == "compensation.succeeded"] == [
-        "charge_payment", "reserve_inventory"]
+        "charge_payment",
+        "reserve_inventory",
+    ]
     # and a finished run cannot be cancelled
     assert "only a pending or running run" in assert_one_line_error(saga("cancel", run_id), EXIT_ERROR)
 
 
 def test_resume_sends_a_never_dispatched_run_on_its_way(order: Any) -> None:
     # Given a run written to the store whose first step was never sent (a crash in between)
-    start = sm.decide_start(str(uuid.uuid4()), "order", {"order_id": 5, "amount": 7})
-    assert order.store.create("order", order.shape.fingerprint, start, None)
+    start = decide.decide_start(str(uuid.uuid4()), "order", {"order_id": 5, "amount": 7})
+    assert order.store.create("order", order.shape.fingerprint, start, None, check_at=time.time() + 30)
     # When an operator resumes it
     out = saga("resume", start.state.id, "--json")
     # Then it runs to the end
@@ -342,23 +358,56 @@ def test_dlq_drop_records_the_reason_and_removes_the_entry(order: Any) -> None:
     assert dropped["entry_id"] == entry_id and dropped["reason"] == "refunded by hand"
 
 
+def test_acting_commands_use_the_settings_the_workers_use(order: Any, redis_client: redis.Redis) -> None:
+    # Given a failed run: its compensation gave up and waits in the dead-letter queue
+    run_id = order.start({"order_id": 9, "fail_at": "create_shipment", "fail_compensation": "charge_payment"})
+    assert order.wait(run_id, timeout=30).status is Status.FAILED
+    [entry] = [e for e in saga_json("dlq", "list") if e["run_id"] == run_id and e["kind"] == "compensation"]
+    # When an operator retries it where the settings say a 50 s lease (and compensations go to a
+    # queue nobody reads, so nothing moves the run meanwhile)
+    parked = "saga-cli-nobody-reads-this"
+    before = time.time()
+    out = saga("dlq", "retry", entry["id"], env={"SAGA_LEASE_SECONDS": "50", "SAGA_COMPENSATION_QUEUE": parked})
+    assert out.returncode == EXIT_OK, out.stderr
+    # Then the watchdog deadline written is a 50 s lease away, as a worker with those settings writes it
+    due = redis_client.zscore(order.store.global_keys.active, run_id)
+    assert due is not None and due - before > 45
+    # and the run goes on once its message is sent where the module's worker reads
+    redis_client.delete(parked)
+    assert saga("resume", run_id).returncode == EXIT_OK
+    assert order.wait(run_id, timeout=30).status is Status.FAILED  # its compensation still fails
+
+
 # --- in process ----------------------------------------------------------------------------------
 
 
 def test_payload_changes_reports_added_removed_and_changed_keys() -> None:
     assert payload_changes({"a": 1, "b": 2, "c": 3}, {"a": 1, "b": 5, "d": 4}) == {
-        "added": {"d": 4}, "removed": {"c": 3}, "changed": {"b": {"old": 2, "new": 5}}}
+        "added": {"d": 4},
+        "removed": {"c": 3},
+        "changed": {"b": {"old": 2, "new": 5}},
+    }
     assert payload_changes({}, {}) == {"added": {}, "removed": {}, "changed": {}}
 
 
 def test_history_entries_start_from_an_empty_payload() -> None:
-    v1 = sm.decide_start("r1", "s", {"x": 1}).state
-    v2 = sm.SagaState.from_dict({**v1.to_dict(), "version": 2, "payload": {"x": 2, "y": True}})
+    v1 = decide.decide_start("r1", "s", {"x": 1}).state
+    v2 = SagaState.from_dict({**v1.to_dict(), "version": 2, "payload": {"x": 2, "y": True}})
     assert history_entries([v1, v2]) == [
-        {"version": 1, "status": "pending", "current_step": 0, "at": v1.updated_at,
-         "changes": {"added": {"x": 1}, "removed": {}, "changed": {}}},
-        {"version": 2, "status": "pending", "current_step": 0, "at": v1.updated_at,
-         "changes": {"added": {"y": True}, "removed": {}, "changed": {"x": {"old": 1, "new": 2}}}},
+        {
+            "version": 1,
+            "status": "pending",
+            "current_step": 0,
+            "at": v1.updated_at,
+            "changes": {"added": {"x": 1}, "removed": {}, "changed": {}},
+        },
+        {
+            "version": 2,
+            "status": "pending",
+            "current_step": 0,
+            "at": v1.updated_at,
+            "changes": {"added": {"y": True}, "removed": {}, "changed": {"x": {"old": 1, "new": 2}}},
+        },
     ]
 
 
@@ -370,42 +419,41 @@ def test_errors_map_to_named_exit_codes() -> None:
 
 
 def test_help_lists_every_command() -> None:
-    out = CliRunner().invoke(cli, ["--help"])
+    out = invoke("--help")
     assert out.exit_code == EXIT_OK
     for command in ("list", "show", "history", "events", "verify", "resume", "cancel", "dlq"):
         assert command in out.stdout
-    dlq = CliRunner().invoke(cli, ["dlq", "--help"])
+    dlq = invoke("dlq", "--help")
     assert all(c in dlq.stdout for c in ("list", "retry", "drop"))
 
 
-def test_in_process_errors_are_one_line_with_their_exit_codes(redis_url: str) -> None:
-    runner = CliRunner()
-    missing = runner.invoke(cli, ["show", "no-such-run"])
+def test_in_process_errors_are_one_line_with_their_exit_codes() -> None:
+    missing = invoke("show", "no-such-run")
     assert missing.exit_code == EXIT_NOT_FOUND and missing.stdout == ""
-    assert missing.stderr == "error: no saga run with id 'no-such-run' (check the id; finished runs expire after " \
-                             "retention)\n"
-    bad = runner.invoke(cli, ["list", "--limit", "-1"])
+    assert (
+        missing.stderr == "error: no saga run with id 'no-such-run' (check the id; finished runs expire after "
+        "retention)\n"
+    )
+    bad = invoke("list", "--limit", "-1")
     assert bad.exit_code == EXIT_USAGE and len(bad.stderr.splitlines()) == 1
-    down = runner.invoke(cli, ["--redis-url", UNREACHABLE, "dlq", "list"])
+    down = invoke("--redis-url", UNREACHABLE, "dlq", "list")
     assert down.exit_code == EXIT_UNAVAILABLE and down.stderr.startswith("error: cannot reach Redis")
 
 
 def test_an_unexpected_exception_in_process_hints_at_debug(monkeypatch: pytest.MonkeyPatch) -> None:
-    from saga import control
-
     def boom(**kwargs: Any) -> list[Any]:
         raise ValueError("boom")
 
     monkeypatch.setattr(control, "list_runs", boom)
-    out = CliRunner().invoke(cli, ["list"])
+    out = invoke("list")
     assert out.exit_code == EXIT_ERROR
     assert out.stderr == "error: unexpected ValueError: boom (rerun with --debug to see the traceback)\n"
-    debug = CliRunner().invoke(cli, ["--debug", "list"])
+    debug = invoke("--debug", "list")
     assert debug.exit_code == EXIT_ERROR and "Traceback" in debug.stderr and "ValueError: boom" in debug.stderr
 
 
-def test_an_empty_listing_says_so(redis_url: str) -> None:
-    out = CliRunner().invoke(cli, ["list", "--saga", "no-such-saga"])
+def test_an_empty_listing_says_so() -> None:
+    out = invoke("list", "--saga", "no-such-saga")
     assert out.exit_code == EXIT_OK and out.stdout == "no runs\n"
-    as_json = CliRunner().invoke(cli, ["list", "--saga", "no-such-saga", "--json"])
+    as_json = invoke("list", "--saga", "no-such-saga", "--json")
     assert json.loads(as_json.stdout) == []

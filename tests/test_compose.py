@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import importlib
-import os
 import re
 import shlex
 import subprocess
@@ -19,8 +18,7 @@ import pytest
 import yaml
 
 from saga import Settings
-from saga.testing import free_port, stop_process_group
-from tests.conftest import wait_for
+from saga.testing import free_port, stop_process_group, wait_for, worker_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +67,8 @@ def test_redis_keeps_an_append_only_file() -> None:
 
 
 def test_flower_takes_basic_auth_from_the_environment_and_no_credentials_are_written_down(
-        compose: dict[str, Any]) -> None:
+    compose: dict[str, Any],
+) -> None:
     flower = " ".join(command(compose["services"]["flower"]))
     assert "--basic-auth=${FLOWER_USER:?" in flower and ":${FLOWER_PASSWORD:?" in flower
     assert all(p.startswith("127.0.0.1:") for p in compose["services"]["flower"]["ports"])
@@ -83,21 +82,38 @@ def test_workers_get_the_store_url(compose: dict[str, Any]) -> None:
 
 
 def test_the_example_env_file_lists_only_known_settings() -> None:
-    pairs = dict(line.split("=", 1) for line in (ROOT / "config" / "saga.env.example").read_text().splitlines()
-                 if line and not line.startswith("#"))
+    pairs = dict(
+        line.split("=", 1)
+        for line in (ROOT / "config" / "saga.env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     saga_vars = {k: v for k, v in pairs.items() if k.startswith("SAGA_")}
     settings = Settings.from_env(saga_vars)  # raises on an unknown name or a bad value
     assert settings.broker_url == settings.redis_url
     assert set(saga_vars) == {"SAGA_" + f.upper() for f in Settings.model_fields}
 
 
-def test_flower_refuses_requests_without_its_credentials(redis_url: str) -> None:
+def test_flower_refuses_requests_without_its_credentials(settings: Settings) -> None:
     port = free_port()
-    env = {**os.environ, "SAGA_REDIS_URL": redis_url, "SAGA_METRICS_PORT": "0"}
+    env = worker_env(settings)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers", "flower", f"--port={port}", "--address=127.0.0.1",
-         "--basic-auth=ops:s3cret"], env=env, cwd=ROOT, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers",
+            "flower",
+            f"--port={port}",
+            "--address=127.0.0.1",
+            "--basic-auth=ops:s3cret",
+        ],
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}/api/workers"
 
     def status(auth: str | None) -> int:

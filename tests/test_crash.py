@@ -11,10 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from saga import RedisStore, Saga, Status
-from saga.testing import RedisServer, start_worker_process, stop_process_group
-from tests.chaos.harness import _children
-from tests.conftest import rebind, wait_for
+from saga import Saga, Settings, Status
+from saga.registry import default_registry
+from saga.testing import (
+    RedisServer,
+    configured,
+    process_children,
+    start_worker_process,
+    stop_process_group,
+    wait_for,
+    worker_env,
+)
+from workers.app import app
+from workers.orders import order as order_saga
 
 ROOT = Path(__file__).resolve().parents[1]
 LEASE = 1.5
@@ -26,33 +35,26 @@ def redis_aof() -> Iterator[RedisServer]:
         yield server
 
 
+@pytest.fixture(scope="module")
+def crash_settings(redis_aof: RedisServer, settings: Settings) -> Settings:
+    """What this module's workers and this process run with: the private Redis, a short lease."""
+    return settings.replace(redis_url=redis_aof.url, lease_seconds=LEASE, watchdog_interval=0.3)
+
+
 @pytest.fixture
-def order(redis_aof: RedisServer) -> Iterator[Saga]:
-    """The example order saga, pointed at the private Redis from this process."""
-    from workers.app import app
-    from workers.orders import order as saga
-
-    saved = (saga._store, app.conf.broker_url)
-    saga._store = RedisStore(redis_aof.url)
-    rebind(app, redis_aof.url)
-    try:
-        yield saga
-    finally:
-        saga._store = saved[0]
-        rebind(app, saved[1])
-
+def order(crash_settings: Settings) -> Iterator[Saga]:
+    """The example order saga, run from this process against the private Redis."""
+    with configured(default_registry(), crash_settings, app):
+        yield order_saga
 
 
 class Workers:
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(self, settings: Settings) -> None:
+        self.env = worker_env(settings, PYTHONPATH=str(ROOT))
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, name: str) -> subprocess.Popen[bytes]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SAGA_")}
-        env.update(SAGA_REDIS_URL=self.url, SAGA_LEASE_SECONDS=str(LEASE), SAGA_WATCHDOG_INTERVAL="0.3",
-                   SAGA_METRICS_PORT="0", PYTHONPATH=str(ROOT))
-        proc = start_worker_process("workers", env, name=name, cwd=ROOT)
+        proc = start_worker_process("workers", self.env, name=name, cwd=ROOT)
         self.procs.append(proc)
         return proc
 
@@ -62,8 +64,8 @@ class Workers:
 
 
 @pytest.fixture
-def workers(redis_aof: RedisServer) -> Iterator[Workers]:
-    w = Workers(redis_aof.url)
+def workers(crash_settings: Settings) -> Iterator[Workers]:
+    w = Workers(crash_settings)
     try:
         yield w
     finally:
@@ -95,19 +97,17 @@ def test_a_sigkilled_pool_child_does_not_lose_the_run(order: Saga, workers: Work
     proc = workers.start("child1")
     run_id = order.start({"order_id": 2, "sleep": {"reserve_inventory": 60}})
     wait_for(lambda: in_step(order, run_id, 0), timeout=30, what="reserve_inventory to start")
-    for child in _children(proc.pid):
+    for child in process_children(proc.pid):
         os.kill(child, signal.SIGKILL)
     state = order.wait(run_id, timeout=60)
     assert state.status is Status.COMPLETED
     assert order.rebuild(run_id) == state
 
 
-def test_a_redis_restart_loses_no_committed_transition(order: Saga, workers: Workers,
-                                                       redis_aof: RedisServer) -> None:
+def test_a_redis_restart_loses_no_committed_transition(order: Saga, workers: Workers, redis_aof: RedisServer) -> None:
     workers.start("restart1")
     ids = [order.start({"order_id": n, "sleep": {"charge_payment": 2}}) for n in range(5)]
-    wait_for(lambda: all(order.get(i).version >= 2 for i in ids), timeout=30,
-             what="every run to commit its first step")
+    wait_for(lambda: all(order.get(i).version >= 2 for i in ids), timeout=30, what="every run to commit its first step")
     before = {i: order.history(i) for i in ids}
     redis_aof.restart()
     for run_id in ids:

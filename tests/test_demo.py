@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_the_demo_runs_on_an_embedded_redis_and_leaves_nothing_running() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAGA_")}
     env.update(SAGA_REDIS_URL="redis://127.0.0.1:1/0", COLUMNS="200")  # nothing answers there
-    out = subprocess.run([sys.executable, "-m", "workers.demo"], env=env, cwd=ROOT, capture_output=True,
-                         text=True, timeout=240)
+    out = subprocess.run(
+        [sys.executable, "-m", "workers.demo"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=240
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     embedded = re.search(r"started an embedded one at (redis://\S+)", out.stdout)
     assert embedded, out.stdout[:500]

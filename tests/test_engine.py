@@ -4,16 +4,30 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import logging
 import threading
 from typing import Any
 
 import pytest
 import redis
 
-from saga import InvalidPayload, RunNotFound, Saga, SagaState, SagaTimeout, Status, dead_letters, payload_hash
+from saga import (
+    InvalidPayload,
+    RunNotFound,
+    Saga,
+    SagaDefinitionError,
+    SagaState,
+    SagaTimeout,
+    Settings,
+    Status,
+    StepContext,
+    dead_letters,
+    get_settings,
+    payload_hash,
+)
+from saga.registry import Registry, default_registry
 from saga.state import canonical_json
-from tests.conftest import wait_for
+from saga.testing import wait_for
 from tests.sagas import app, effects, gaps, ledger, single, trip
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -33,7 +47,7 @@ def types(saga: Saga, run_id: str) -> list[str]:
     return [e["type"] for e in saga.events(run_id)]
 
 
-def test_happy_path_runs_every_step_once_and_checkpoints_each(r: redis.Redis) -> None:
+def test_happy_path_runs_every_step_once_and_checkpoints_each(redis_client: redis.Redis) -> None:
     run_id = trip.start({"trip": 1})
     state = finished(trip, run_id)
 
@@ -43,8 +57,16 @@ def test_happy_path_runs_every_step_once_and_checkpoints_each(r: redis.Redis) ->
     assert [(c.step, c.name) for c in state.checkpoints] == [(0, "flight"), (1, "hotel"), (2, "car"), (3, "pay")]
     assert state.current_step == 4 and state.error is None
     assert types(trip, run_id) == [
-        "saga.started", "step.started", "step.succeeded", "step.started", "step.succeeded",
-        "step.started", "step.succeeded", "step.started", "step.succeeded", "saga.completed",
+        "saga.started",
+        "step.started",
+        "step.succeeded",
+        "step.started",
+        "step.succeeded",
+        "step.started",
+        "step.succeeded",
+        "step.started",
+        "step.succeeded",
+        "saga.completed",
     ]
 
 
@@ -69,19 +91,32 @@ def test_a_failure_at_step_k_compensates_k_minus_1_down_to_1_in_order() -> None:
 
     assert state.status is Status.COMPENSATED
     assert ledger(run_id) == [
-        "forward:flight", "forward:hotel", "forward:car",
-        "compensation:hotel", "compensation:flight",
+        "forward:flight",
+        "forward:hotel",
+        "forward:car",
+        "compensation:hotel",
+        "compensation:flight",
     ]
     assert state.error is not None
     error = state.error
     assert (error.step, error.name, error.type, error.attempts) == (2, "car", "PermanentError", 1)
     [entry] = [d for d in dead_letters() if d["run_id"] == run_id]
     assert {k: entry[k] for k in ("saga", "step", "kind", "error_type", "attempts")} == {
-        "saga": "trip", "step": "car", "kind": "forward", "error_type": "PermanentError", "attempts": 1}
+        "saga": "trip",
+        "step": "car",
+        "kind": "forward",
+        "error_type": "PermanentError",
+        "attempts": 1,
+    }
     assert entry["error_message"] == "car refused" and entry["id"] and entry["at"]
     assert types(trip, run_id)[-7:] == [
-        "step.failed", "saga.dead_lettered", "compensation.started", "compensation.succeeded",
-        "compensation.started", "compensation.succeeded", "saga.compensated",
+        "step.failed",
+        "saga.dead_lettered",
+        "compensation.started",
+        "compensation.succeeded",
+        "compensation.started",
+        "compensation.succeeded",
+        "saga.compensated",
     ]
 
 
@@ -100,7 +135,9 @@ def test_retries_then_success_records_each_retry() -> None:
     assert ledger(run_id).count("forward:hotel") == 3
     retries = [e for e in trip.events(run_id) if e["type"] == "step.retrying"]
     assert [(e["name"], e["attempt"], e["error_type"]) for e in retries] == [
-        ("hotel", 1, "ConnectionError"), ("hotel", 2, "ConnectionError")]
+        ("hotel", 1, "ConnectionError"),
+        ("hotel", 2, "ConnectionError"),
+    ]
     assert all(0 <= e["delay"] <= 0.05 for e in retries)
     assert state.payload["hotel"] == 3  # the step saw its attempt number
     assert len(effects(run_id)) == 4  # the effect of each step applied once, despite the retries
@@ -132,7 +169,7 @@ def test_a_compensation_that_fails_ends_the_run_failed_and_stops_the_unwind() ->
     assert types(trip, run_id)[-1] == "saga.failed"
 
 
-def test_a_redelivered_message_does_not_rerun_a_committed_step(r: redis.Redis) -> None:
+def test_a_redelivered_message_does_not_rerun_a_committed_step(redis_client: redis.Redis) -> None:
     run_id = trip.start({"trip": "redeliver"})
     before = finished(trip, run_id)
     events_before = trip.events(run_id)
@@ -147,14 +184,14 @@ def test_a_redelivered_message_does_not_rerun_a_committed_step(r: redis.Redis) -
     assert trip.events(run_id) == events_before
 
 
-def test_a_duplicate_delivery_of_a_running_step_does_not_run_its_body_twice(r: redis.Redis) -> None:
-    gate = f"gate:{id(r)}:{threading.get_ident()}"
+def test_a_duplicate_delivery_of_a_running_step_does_not_run_its_body_twice(redis_client: redis.Redis) -> None:
+    gate = f"gate:{id(redis_client)}:{threading.get_ident()}"
     run_id = trip.start({"block": {"hotel": gate}})
     wait_for(lambda: "forward:hotel" in ledger(run_id), what="hotel to start")
 
     app.send_task("saga.trip.hotel", args=(run_id,))
     wait_for(lambda: trip.store.meta(run_id)["dups"] == "1", what="the duplicate to be refused")
-    r.rpush(gate, "go")
+    redis_client.rpush(gate, "go")
 
     assert finished(trip, run_id).status is Status.COMPLETED
     assert ledger(run_id).count("forward:hotel") == 1
@@ -190,14 +227,14 @@ def test_concurrent_starts_with_one_key_make_one_run() -> None:
     assert ledger(ids[0]) == ["forward:only"]
 
 
-def test_bad_payloads_are_refused_before_anything_is_written(r: redis.Redis) -> None:
-    keys_before = r.dbsize()
+def test_bad_payloads_are_refused_before_anything_is_written(redis_client: redis.Redis) -> None:
+    keys_before = redis_client.dbsize()
     for bad in ([1, 2], "order", None, {"at": object()}):
         with pytest.raises(InvalidPayload):
             trip.start(bad)  # type: ignore[arg-type]
     with pytest.raises(InvalidPayload):
         trip.start([1], key="k-bad")  # type: ignore[arg-type]
-    assert r.dbsize() == keys_before
+    assert redis_client.dbsize() == keys_before
 
 
 def test_a_step_returning_something_but_an_object_fails_permanently_with_that_message() -> None:
@@ -215,13 +252,13 @@ def test_unknown_run_ids_raise_run_not_found() -> None:
             call("nope")
 
 
-def test_wait_times_out_with_a_timeout_error(r: redis.Redis) -> None:
+def test_wait_times_out_with_a_timeout_error(redis_client: redis.Redis) -> None:
     gate = "gate:wait-timeout"
     run_id = trip.start({"block": {"flight": gate}})
     with pytest.raises(TimeoutError) as info:
         trip.wait(run_id, timeout=0.3)
     assert isinstance(info.value, SagaTimeout) and run_id in str(info.value)
-    r.rpush(gate, "go")
+    redis_client.rpush(gate, "go")
     finished(trip, run_id)
 
 
@@ -233,19 +270,19 @@ def test_malformed_and_unknown_messages_are_logged_not_fatal(caplog: pytest.LogC
     assert finished(single, run_id).status is Status.COMPLETED
 
 
-def test_run_keys_share_one_cluster_hash_tag_and_finished_runs_expire(r: redis.Redis) -> None:
+def test_run_keys_share_one_cluster_hash_tag_and_finished_runs_expire(redis_client: redis.Redis) -> None:
     run_id = single.start({"n": 1})
     finished(single, run_id)
-    keys = sorted(r.scan_iter(match=f"saga:*{run_id}*"))
+    keys = sorted(redis_client.scan_iter(match=f"saga:*{run_id}*"))
     assert keys and all(f"{{{run_id}}}" in k for k in keys)
-    ttl = r.ttl(single.store.keys(run_id).history)
+    ttl = redis_client.ttl(single.store.keys(run_id).history)
     assert 6 * 24 * 3600 < ttl <= 7 * 24 * 3600
 
 
-def test_a_failed_run_is_kept_without_expiry(r: redis.Redis) -> None:
+def test_a_failed_run_is_kept_without_expiry(redis_client: redis.Redis) -> None:
     run_id = trip.start({"fail_at": "car", "fail_compensation": "flight"})
     assert finished(trip, run_id).status is Status.FAILED
-    assert r.ttl(trip.store.keys(run_id).history) == -1
+    assert redis_client.ttl(trip.store.keys(run_id).history) == -1
 
 
 def test_events_carry_run_id_version_time_and_step() -> None:
@@ -270,24 +307,27 @@ def test_no_pickle_anywhere() -> None:
     assert json.loads(json.dumps(app.conf.result_accept_content)) == ["json"]
 
 
-@pytest.mark.skipif(not os.environ["SAGA_BROKER_URL"].startswith("redis"),
-                    reason="reads the queue as a Redis list: needs the Redis broker")
-def test_dedicated_queues_are_opt_in(r: redis.Redis, redis_url: str) -> None:
-    from saga import Settings
+@pytest.mark.skipif(
+    not get_settings().broker_url.startswith("redis"),
+    reason="reads the queue as a Redis list: needs the Redis broker",
+)
+def test_dedicated_queues_are_opt_in(redis_client: redis.Redis, settings: Settings) -> None:
+    # a registry of its own: the suite's watchdog passes never see this saga
+    queued = Saga("queued", app=app, registry=Registry(settings.replace(step_queue="saga-steps-only")))
 
-    queued = Saga("queued", app=app, settings=Settings(redis_url=redis_url, step_queue="saga-steps-only"))
-    queued.step(name="only")(lambda payload, ctx: None)
+    @queued.step(name="only")
+    def only(payload: dict[str, Any], ctx: StepContext) -> None:
+        return None
+
     run_id = queued.start({"n": 1})
     # the plain worker consumes Celery's default queue only; the step waits on its own queue
-    [message] = r.lrange("saga-steps-only", 0, -1)
+    [message] = redis_client.lrange("saga-steps-only", 0, -1)
     body = json.loads(message)
     assert body["headers"]["task"] == "saga.queued.only" and body["headers"]["argsrepr"].startswith(f"('{run_id}'")
-    r.delete("saga-steps-only")
+    redis_client.delete("saga-steps-only")
 
 
 def test_log_lines_about_a_run_carry_its_id_saga_and_step(caplog: pytest.LogCaptureFixture) -> None:
-    import logging
-
     caplog.set_level(logging.INFO, logger="saga")
     run_id = trip.start({"fail_at": "car", "flaky": {"hotel": 1}})
     finished(trip, run_id)
@@ -295,3 +335,42 @@ def test_log_lines_about_a_run_carry_its_id_saga_and_step(caplog: pytest.LogCapt
     steps = {(rec.saga, rec.step) for rec in mine}  # type: ignore[attr-defined]
     assert ("trip", "hotel") in steps and ("trip", "car") in steps  # a retry, a give-up
     assert all(f"[run={run_id} saga=trip step=" in rec.getMessage() for rec in mine)
+
+
+def test_a_state_is_plain_json_and_each_reader_gets_a_copy_of_its_own() -> None:
+    # Given a finished run, read as a web handler would
+    run_id = trip.start({"trip": "json", "items": [1, 2]})
+    state = finished(trip, run_id)
+    # Then its payload is a plain JSON object: it serialises as it is, alone or in the whole state
+    assert type(state.payload) is dict
+    assert json.loads(json.dumps(state.payload)) == state.payload
+    assert json.loads(json.dumps(state.to_dict())) == state.to_dict()
+    # When a caller changes the dict it received, deep inside too
+    state.payload["trip"] = "changed"
+    state.payload["items"].append(3)
+    # Then nothing stored changed, and no other reader's copy
+    again = trip.get(run_id)
+    assert again.payload["trip"] == "json" and again.payload["items"] == [1, 2]
+    history = trip.history(run_id)
+    history[0].payload["items"].append(99)
+    assert history[1].payload["items"] == [1, 2]
+    assert [s.payload["items"] for s in trip.history(run_id)] == [[1, 2]] * len(history)
+
+
+def test_a_step_that_changes_its_payload_in_place_changes_nothing_stored() -> None:
+    # Each body gets a copy of its own: only what it returns reaches the run
+    run_id = trip.start({"scribble": []})
+    state = finished(trip, run_id)
+    assert state.status is Status.COMPLETED
+    assert state.payload["scribble"] == []
+    assert all(s.payload["scribble"] == [] for s in trip.history(run_id))
+
+
+def test_a_second_saga_with_a_declared_name_is_refused() -> None:
+    with pytest.raises(SagaDefinitionError, match="'trip' is already declared"):
+        Saga("trip", app=app)
+    # the first declaration stays the one the process runs
+    assert default_registry().get("trip") is trip
+    # another registry is another namespace
+    elsewhere = Saga("trip", app=app, registry=Registry(default_registry().settings))
+    assert elsewhere.registry.get("trip") is elsewhere

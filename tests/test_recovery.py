@@ -7,27 +7,40 @@ The in-process worker runs no watchdog of its own; these tests drive one pass at
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from typing import Any, cast
 
 import pytest
 import redis
 
-from saga import Status, dead_letters
-from saga import state as sm
-from saga.recovery import Watchdog
-from tests.conftest import wait_for
+from saga import RedisStore, Saga, Settings, Status, StepContext, create_app, dead_letters, decide
+from saga.registry import Registry, default_registry
+from saga.state import Transition
+from saga.testing import wait_for
+from saga.watchdog import Watchdog
 from tests.sagas import app, ledger, trip
 
 pytestmark = pytest.mark.usefixtures("worker")
 
 # one watchdog, as in one worker: a second one would wait for the first one's election lock
-watchdog = Watchdog(interval=1, lease_seconds=2)
+watchdog = default_registry().watchdog()
+
+
+def create(t: Transition, fingerprint: str = "") -> None:
+    """Write a run as ``start()`` would, without sending its first step (a crash in between)."""
+    assert trip.store.create("trip", fingerprint or trip.shape.fingerprint, t, None, check_at=time.time() + 30)
+
+
+def only(payload: dict[str, Any], ctx: StepContext) -> None:
+    """A one-step saga's step."""
+    return None
 
 
 @pytest.fixture(autouse=True)
-def open_election(r: redis.Redis) -> None:
+def open_election(redis_client: redis.Redis) -> None:
     """Workers of other test modules (subprocesses with real watchdogs) may have held the lock."""
-    r.delete(f"{trip.store.prefix}:watchdog")
+    redis_client.delete(trip.store.global_keys.watchdog)
 
 
 def resumes(run_id: str) -> list[dict[str, object]]:
@@ -43,8 +56,8 @@ def scan_until_resumed(run_id: str) -> None:
 def test_a_run_whose_next_step_was_never_published_is_resumed() -> None:
     # Given a run written to the store an hour ago but never dispatched (a crash between commit and
     # publish), so well past SAGA_DISPATCH_TIMEOUT
-    t = sm.decide_start(str(uuid.uuid4()), "trip", {"lost": True}, at="2026-01-01T00:00:00.000000Z")
-    assert trip.store.create("trip", trip.shape.fingerprint, t, None)
+    t = decide.decide_start(str(uuid.uuid4()), "trip", {"lost": True}, at="2026-01-01T00:00:00.000000Z")
+    create(t)
     # When the watchdog finds it past its deadline
     scan_until_resumed(t.state.id)
     # Then it resumes from version 1 and completes
@@ -56,69 +69,73 @@ def test_a_run_whose_next_step_was_never_published_is_resumed() -> None:
 
 
 def test_a_step_sent_moments_ago_is_not_resent_while_it_may_still_be_queued() -> None:
-    t = sm.decide_start(str(uuid.uuid4()), "trip", {"queued": True})
-    assert trip.store.create("trip", trip.shape.fingerprint, t, None)
+    t = decide.decide_start(str(uuid.uuid4()), "trip", {"queued": True})
+    create(t)
     trip.store.schedule(t.state.id, 0)
     watchdog.scan()
     assert not resumes(t.state.id)
-    score = trip.store.client.zscore(trip.store.active_key, t.state.id)
-    assert score is not None and score > __import__("time").time() + 10  # looked at again later
+    score = trip.store.client.zscore(trip.store.global_keys.active, t.state.id)
+    assert score is not None and score > time.time() + 10  # looked at again later
     trip.store.forget_active(t.state.id)
 
 
-def test_a_step_whose_lease_expired_is_resumed_and_the_late_attempt_is_discarded(r: redis.Redis) -> None:
+def test_a_step_whose_lease_expired_is_resumed_and_the_late_attempt_is_discarded(redis_client: redis.Redis) -> None:
     # Given a step that hangs (a paused or partitioned worker) ...
     gate = f"gate:{uuid.uuid4()}"
     run_id = trip.start({"block": {"hotel": gate}})
     wait_for(lambda: "forward:hotel" in ledger(run_id), what="hotel to start")
     # ... and loses its lease
-    r.delete(trip.store.keys(run_id).lease)
+    redis_client.delete(trip.store.keys(run_id).lease)
     # When the watchdog resumes the run, a second attempt of hotel starts
     scan_until_resumed(run_id)
     wait_for(lambda: ledger(run_id).count("forward:hotel") == 2, what="the second attempt")
     # and both attempts are let go (BLPOP wakes the first waiter first)
-    r.rpush(gate, "go", "go")
+    redis_client.rpush(gate, "go", "go")
     state = trip.wait(run_id, timeout=30)
-    wait_for(lambda: r.llen(gate) == 0, what="both attempts to finish")
+    wait_for(lambda: redis_client.llen(gate) == 0, what="both attempts to finish")
     # Then exactly one result of hotel was committed, the run completed once, and the late
     # attempt's commit was refused
     assert state.status is Status.COMPLETED
     assert trip.get(run_id) == state
     assert [e["name"] for e in trip.events(run_id) if e["type"] == "step.succeeded"] == [
-        "flight", "hotel", "car", "pay"]
+        "flight",
+        "hotel",
+        "car",
+        "pay",
+    ]
     reasons = [e["reason"] for e in trip.events(run_id) if e["type"] == "saga.resumed"]
     assert reasons == ["lease expired"]
 
 
-def test_a_slow_step_keeps_its_lease_through_the_heartbeat(r: redis.Redis) -> None:
+def test_a_slow_step_keeps_its_lease_through_the_heartbeat(redis_client: redis.Redis) -> None:
     # the suite's lease is 2 s; this step outlives several leases
     gate = f"gate:{uuid.uuid4()}"
     run_id = trip.start({"block": {"car": gate}})
     wait_for(lambda: "forward:car" in ledger(run_id), what="car to start")
     token = trip.store.lease(run_id)
-    wait_for(lambda: r.pttl(trip.store.keys(run_id).lease) > 1900, timeout=5, what="a renewal")
-    ttl_seen = r.pttl(trip.store.keys(run_id).lease)
+    wait_for(lambda: redis_client.pttl(trip.store.keys(run_id).lease) > 1900, timeout=5, what="a renewal")
+    ttl_seen = redis_client.pttl(trip.store.keys(run_id).lease)
     # a watchdog pass past the deadline leaves it alone: the lease is live
     trip.store.schedule(run_id, 0)
     watchdog.scan()
     assert not resumes(run_id)
     assert trip.store.lease(run_id) == token and ttl_seen > 0
-    r.rpush(gate, "go")
+    redis_client.rpush(gate, "go")
     assert trip.wait(run_id, timeout=30).status is Status.COMPLETED
     assert not any(e["type"] == "saga.resumed" for e in trip.events(run_id))
 
 
-def test_a_checkpoint_that_does_not_verify_is_never_resumed(r: redis.Redis) -> None:
+def test_a_checkpoint_that_does_not_verify_is_never_resumed(redis_client: redis.Redis) -> None:
     # Given a run stalled after two committed steps ...
     gate = f"gate:{uuid.uuid4()}"
     run_id = trip.start({"block": {"car": gate}})
     wait_for(lambda: "forward:car" in ledger(run_id), what="car to start")
     keys = trip.store.keys(run_id)
-    r.delete(keys.lease)
+    redis_client.delete(keys.lease)
     # ... whose stored payload was altered after its checkpoint
-    snap = json.loads(r.lindex(keys.history, -1))
+    snap = json.loads(cast(str, redis_client.lindex(keys.history, -1)))
     snap["payload"]["hotel"] = "tampered"
-    r.lset(keys.history, -1, json.dumps(snap))
+    redis_client.lset(keys.history, -1, json.dumps(snap))
     # When the watchdog looks at it
     trip.store.schedule(run_id, 0)
     watchdog.scan()
@@ -128,15 +145,15 @@ def test_a_checkpoint_that_does_not_verify_is_never_resumed(r: redis.Redis) -> N
     assert state.error is not None and state.error.type == "CheckpointCorrupted"
     assert "hash" in state.error.message
     assert [d["error_type"] for d in dead_letters() if d["run_id"] == run_id] == ["CheckpointCorrupted"]
-    r.rpush(gate, "go")  # the hung attempt's result is refused (the run moved on)
-    wait_for(lambda: r.llen(gate) == 0, what="the hung attempt to finish")
+    redis_client.rpush(gate, "go")  # the hung attempt's result is refused (the run moved on)
+    wait_for(lambda: redis_client.llen(gate) == 0, what="the hung attempt to finish")
     assert "forward:pay" not in ledger(run_id)
 
 
 def test_a_worker_with_a_different_definition_refuses_the_run() -> None:
     # Given a run recorded under another definition of "trip"
-    t = sm.decide_start(str(uuid.uuid4()), "trip", {"n": 1})
-    assert trip.store.create("trip", "0123456789abcdef", t, None)
+    t = decide.decide_start(str(uuid.uuid4()), "trip", {"n": 1})
+    create(t, fingerprint="0123456789abcdef")
     # When this worker gets its first step
     trip.steps[0].task.apply_async(args=(t.state.id,))
     # Then it fails the run instead of running another sequence
@@ -148,46 +165,48 @@ def test_a_worker_with_a_different_definition_refuses_the_run() -> None:
     assert [e["type"] for e in trip.events(t.state.id)][-2:] == ["saga.dead_lettered", "saga.failed"]
 
 
-def test_an_unreachable_broker_at_start_keeps_the_run_for_the_watchdog(caplog: pytest.LogCaptureFixture) -> None:
-    from saga import Saga, create_app
-
-    nobroker = Saga("nobroker", app=create_app("nobroker", broker_url="redis://127.0.0.1:1/0",
-                                                broker_connection_max_retries=0))
-    nobroker.step(name="only")(lambda payload, ctx: None)
+def test_an_unreachable_broker_at_start_keeps_the_run_for_the_watchdog(
+    caplog: pytest.LogCaptureFixture, settings: Settings
+) -> None:
+    unreachable = create_app("nobroker", broker_url="redis://127.0.0.1:1/0", broker_connection_max_retries=0)
+    nobroker = Saga("nobroker", app=unreachable, registry=Registry(settings))
+    nobroker.step(name="only")(only)
     run_id = nobroker.start({"n": 1})
     state = nobroker.get(run_id)
     assert (state.status, state.version) == (Status.PENDING, 1)
-    assert nobroker.store.client.zscore(nobroker.store.active_key, run_id) is not None
+    assert nobroker.store.client.zscore(nobroker.store.global_keys.active, run_id) is not None
     assert any("watchdog will send it" in rec.getMessage() for rec in caplog.records)
 
 
-def test_one_unreachable_store_does_not_stop_the_watchdog_watching_the_others() -> None:
-    from saga import RedisStore, Saga
-
-    elsewhere = Saga("elsewhere", app=app, store=RedisStore("redis://127.0.0.1:1/0", retries=0))
-    elsewhere.step(name="only")(lambda payload, ctx: None)
-    t = sm.decide_start(str(uuid.uuid4()), "trip", {"lost": True}, at="2026-01-01T00:00:00.000000Z")
-    assert trip.store.create("trip", trip.shape.fingerprint, t, None)
-    scan_until_resumed(t.state.id)
+def test_one_unreachable_store_does_not_stop_the_watchdog_watching_the_others(settings: Settings) -> None:
+    elsewhere = Saga(
+        "elsewhere", app=app, store=RedisStore("redis://127.0.0.1:1/0", retries=0), registry=Registry(settings)
+    )
+    elsewhere.step(name="only")(only)
+    both = Watchdog(lambda: [elsewhere.runtime(), *default_registry().runtimes()], interval=1, dispatch_timeout=30)
+    t = decide.decide_start(str(uuid.uuid4()), "trip", {"lost": True}, at="2026-01-01T00:00:00.000000Z")
+    create(t)
+    trip.store.schedule(t.state.id, 0)
+    assert both.scan() == 1
     assert trip.wait(t.state.id, timeout=30).status is Status.COMPLETED
 
 
-def test_several_watchdogs_elect_one_scanner_and_another_takes_over_when_it_dies(r: redis.Redis) -> None:
+def test_several_watchdogs_elect_one_scanner_and_another_takes_over_when_it_dies(redis_client: redis.Redis) -> None:
     # Given two workers' watchdogs and a stalled run
-    first, second = Watchdog(interval=0.2, lease_seconds=2), Watchdog(interval=0.2, lease_seconds=2)
-    t = sm.decide_start(str(uuid.uuid4()), "trip", {"lost": True}, at="2026-01-01T00:00:00.000000Z")
-    assert trip.store.create("trip", trip.shape.fingerprint, t, None)
+    first, second = default_registry().watchdog(), default_registry().watchdog()
+    t = decide.decide_start(str(uuid.uuid4()), "trip", {"lost": True}, at="2026-01-01T00:00:00.000000Z")
+    create(t)
     trip.store.schedule(t.state.id, 0)
     # When both scan, only the elected one acts
     first.scan()
     assert len(resumes(t.state.id)) == 1
     trip.store.schedule(t.state.id, 0)
     assert second.scan() == 0
-    assert r.get(f"{trip.store.prefix}:watchdog") == first.owner
+    assert redis_client.get(trip.store.global_keys.watchdog) == first.owner
     assert trip.wait(t.state.id, timeout=30).status is Status.COMPLETED
     assert [e["type"] for e in trip.events(t.state.id)].count("saga.resumed") == 1
     # Then, once the elected one is gone (its lock lapses), the other one scans
-    r.delete(f"{trip.store.prefix}:watchdog")
+    redis_client.delete(trip.store.global_keys.watchdog)
     second.scan()
-    assert r.get(f"{trip.store.prefix}:watchdog") == second.owner
-    r.delete(f"{trip.store.prefix}:watchdog")  # leave the election open for the next test
+    assert redis_client.get(trip.store.global_keys.watchdog) == second.owner
+    redis_client.delete(trip.store.global_keys.watchdog)  # leave the election open for the next test

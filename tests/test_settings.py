@@ -10,7 +10,9 @@ from saga import Settings, SettingsError
 def test_broker_defaults_to_the_redis_url() -> None:
     s = Settings.from_env({"SAGA_REDIS_URL": "redis://h:1/2"})
     assert s.broker_url == "redis://h:1/2"
-    assert Settings.from_env({"SAGA_REDIS_URL": "redis://h:1/2", "SAGA_BROKER_URL": "amqp://x"}).broker_url == "amqp://x"
+    assert (
+        Settings.from_env({"SAGA_REDIS_URL": "redis://h:1/2", "SAGA_BROKER_URL": "amqp://x"}).broker_url == "amqp://x"
+    )
 
 
 def test_values_are_typed() -> None:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import pytest
 import redis
 
-from saga import RedisStore, StoreUnavailable
-from saga import state as sm
-from saga.state import Direction, Shape, Status
+from saga import RedisStore, StoreUnavailable, decide
+from saga.schema import Begin, CommitOptions, CommitResult
+from saga.state import Direction, SagaState, Shape, Status, Transition
 
 SHAPE = Shape(("a", "b"), (True, True))
 
@@ -20,16 +21,32 @@ def store(redis_url: str) -> RedisStore:
     return RedisStore(redis_url, prefix=f"t{uuid.uuid4().hex[:6]}")
 
 
-def new_run(store: RedisStore) -> sm.SagaState:
-    t = sm.decide_start(str(uuid.uuid4()), "s", {"n": 1})
-    assert store.create("s", SHAPE.fingerprint, t, None)
+def new_run(store: RedisStore) -> SagaState:
+    t = decide.decide_start(str(uuid.uuid4()), "s", {"n": 1})
+    assert store.create("s", SHAPE.fingerprint, t, None, check_at=time.time() + 30)
     return t.state
 
 
-def begin(store: RedisStore, state: sm.SagaState, index: int = 0, attempt: int = 1,
-          direction: Direction = Direction.FORWARD, fingerprint: str = SHAPE.fingerprint):
-    started = sm.started_event(state.id, SHAPE, direction, index)
-    return store.begin(state.id, direction.value, index, attempt, 5000, fingerprint, started)
+def begin(
+    store: RedisStore,
+    state: SagaState,
+    index: int = 0,
+    attempt: int = 1,
+    direction: Direction = Direction.FORWARD,
+    fingerprint: str = SHAPE.fingerprint,
+) -> Begin:
+    started = decide.started_event(state.id, SHAPE, direction, index)
+    return store.begin(
+        state.id, direction, index, attempt=attempt, lease_ms=5000, fingerprint=fingerprint, started=started
+    )
+
+
+def commit(
+    store: RedisStore, before: SagaState, transition: Transition, token: str = "", release: bool = False
+) -> CommitResult:
+    """Commit as the engine does for step 0 of a run that goes on (watchdog due a lease later)."""
+    options = CommitOptions(token=token, dedup_mark="forward:0" if token else "", release=release)
+    return store.commit(before, transition, options, check_at=time.time() + 6)
 
 
 def test_begin_takes_the_lease_and_refuses_a_second_delivery(store: RedisStore) -> None:
@@ -45,11 +62,11 @@ def test_only_one_of_racing_commits_on_one_version_applies(store: RedisStore) ->
     state = new_run(store)
     results: dict[int, bool] = {}
 
-    def commit(i: int) -> None:
-        moved = sm.decide_step_succeeded(state, SHAPE, 0, {"winner": i})
-        results[i] = store.commit(state, moved).applied
+    def race(i: int) -> None:
+        moved = decide.decide_step_succeeded(state, SHAPE, 0, {"winner": i})
+        results[i] = commit(store, state, moved).applied
 
-    threads = [threading.Thread(target=commit, args=(i,)) for i in range(8)]
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:
@@ -71,10 +88,10 @@ def test_an_attempt_that_lost_its_lease_cannot_commit(store: RedisStore, redis_u
     two = begin(store, state)
     assert two.outcome == "run" and two.token != one.token
     # Then attempt 1's late result is refused, attempt 2's is applied
-    done = sm.decide_step_succeeded(state, SHAPE, 0, {"a": 1})
-    late = store.commit(state, done, token=one.token, done_field="forward:0", release=True)
+    done = decide.decide_step_succeeded(state, SHAPE, 0, {"a": 1})
+    late = commit(store, state, done, one.token, release=True)
     assert (late.applied, late.reason) == (False, "fenced")
-    assert store.commit(state, done, token=two.token, done_field="forward:0", release=True).applied
+    assert commit(store, state, done, two.token, release=True).applied
     assert store.get(state.id).checkpoints[0].name == "a"
 
 
@@ -82,19 +99,19 @@ def test_a_zombie_is_fenced_out_even_when_nobody_holds_the_lease_any_more(store:
     state = new_run(store)
     one = begin(store, state)
     redis.Redis.from_url(redis_url).delete(store.keys(state.id).lease)
-    ok, token = store.note(state.id, [], fence=True)  # what a resume does
+    ok, token = store.note_events(state.id, [], fence=True)  # what a resume does
     assert ok and token != one.token
-    done = sm.decide_step_succeeded(state, SHAPE, 0, None)
-    assert store.commit(state, done, token=one.token, done_field="forward:0").reason == "fenced"
+    done = decide.decide_step_succeeded(state, SHAPE, 0, None)
+    assert commit(store, state, done, one.token).reason == "fenced"
 
 
 def test_a_commit_retried_after_a_lost_reply_is_recognised_not_doubled(store: RedisStore) -> None:
     state = new_run(store)
     b = begin(store, state)
     assert begin(store, state).outcome == "busy"  # the lease is b's
-    done = sm.decide_step_succeeded(state, SHAPE, 0, None)
-    assert store.commit(state, done, token=b.token, done_field="forward:0", release=True).reason == "ok"
-    again = store.commit(state, done, token=b.token, done_field="forward:0", release=True)
+    done = decide.decide_step_succeeded(state, SHAPE, 0, None)
+    assert commit(store, state, done, b.token, release=True).reason == "ok"
+    again = commit(store, state, done, b.token, release=True)
     assert (again.applied, again.reason) == (True, "again")
     assert len(store.history(state.id)) == 2
 
@@ -102,36 +119,39 @@ def test_a_commit_retried_after_a_lost_reply_is_recognised_not_doubled(store: Re
 def test_a_committed_step_is_reported_done_to_any_later_delivery(store: RedisStore) -> None:
     state = new_run(store)
     b = begin(store, state)
-    done = sm.decide_step_succeeded(state, SHAPE, 0, None)
-    store.commit(state, done, token=b.token, done_field="forward:0", release=True)
+    done = decide.decide_step_succeeded(state, SHAPE, 0, None)
+    commit(store, state, done, b.token, release=True)
     again = begin(store, state, index=0)
-    assert again.outcome == "done" and again.extra == "1"  # nothing holds the run: caller re-dispatches
+    assert again.outcome == "done" and again.idle  # nothing holds the run: caller re-dispatches
     assert begin(store, state, index=1, direction=Direction.COMPENSATION).outcome == "stale"
 
 
 def test_a_run_started_under_another_definition_is_refused(store: RedisStore) -> None:
     state = new_run(store)
     drift = begin(store, state, fingerprint=Shape(("a", "x"), (True, True)).fingerprint)
-    assert drift.outcome == "drift" and drift.extra == SHAPE.fingerprint
+    assert drift.outcome == "drift" and drift.stored_fingerprint == SHAPE.fingerprint
 
 
 def test_creating_the_same_run_twice_writes_once(store: RedisStore) -> None:
-    t = sm.decide_start("fixed-id", "s", {"n": 1})
-    assert store.create("s", SHAPE.fingerprint, t, "k")
-    assert not store.create("s", SHAPE.fingerprint, sm.decide_start("fixed-id", "s", {"n": 2}), "k")
+    t = decide.decide_start("fixed-id", "s", {"n": 1})
+    assert store.create("s", SHAPE.fingerprint, t, "k", check_at=time.time() + 30)
+    again = decide.decide_start("fixed-id", "s", {"n": 2})
+    assert not store.create("s", SHAPE.fingerprint, again, "k", check_at=time.time() + 30)
     assert store.get("fixed-id").payload["n"] == 1 and len(store.events("fixed-id")) == 1
 
 
 def test_retry_hands_the_lease_to_the_next_attempt_only(store: RedisStore) -> None:
     state = new_run(store)
     b = begin(store, state)
-    event = sm.decide_retry(state, SHAPE, Direction.FORWARD, 0, 1, OSError("x"), 0.0)
-    assert store.record(state.id, b.token, [event], "backoff:2", 5000)
+    event = decide.decide_retry(state, SHAPE, Direction.FORWARD, 0, 1, OSError("x"), 0.0)
+    assert store.record_retry(state.id, b.token, [event], "backoff:2", 5000)
     assert begin(store, state, attempt=1).outcome == "busy"  # a stray copy of attempt 1
     nxt = begin(store, state, attempt=2)
     assert nxt.outcome == "run" and nxt.attempt == 2
     assert [(e["type"], e["attempt"]) for e in store.events(state.id)[-2:]] == [
-        ("step.retrying", 1), ("step.started", 2)]
+        ("step.retrying", 1),
+        ("step.started", 2),
+    ]
 
 
 def test_an_unreachable_redis_is_one_clear_line() -> None:
@@ -152,6 +172,6 @@ def test_scripts_forgotten_by_redis_are_loaded_again(store: RedisStore, redis_ur
     state = new_run(store)
     b = begin(store, state)
     redis.Redis.from_url(redis_url).script_flush()
-    done = sm.decide_step_succeeded(state, SHAPE, 0, None)
-    assert store.commit(state, done, token=b.token, done_field="forward:0").applied
+    done = decide.decide_step_succeeded(state, SHAPE, 0, None)
+    assert commit(store, state, done, b.token).applied
     assert store.get(state.id).status is Status.RUNNING

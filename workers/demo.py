@@ -20,9 +20,12 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from saga.settings import DEFAULT_REDIS_URL, get_settings
+from saga.registry import default_registry
+from saga.settings import DEFAULT_REDIS_URL, Settings
 from saga.state import parse_iso
-from saga.testing import RedisServer, answers, start_worker_process, stop_process_group
+from saga.testing import RedisServer, answers, point_at_broker, start_worker_process, stop_process_group, worker_env
+from workers.app import app
+from workers.orders import order
 
 ROOT = Path(__file__).resolve().parents[1]
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -40,7 +43,7 @@ def start_worker(env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
     return start_worker_process("workers", env, name=name, loglevel="ERROR", cwd=ROOT)
 
 
-def view(rows: list[tuple[str, str]], order: Any) -> Table:
+def view(rows: list[tuple[str, str]]) -> Table:
     """The live progress table."""
     table = Table(title="saga demo: the order saga (reserve_inventory -> charge_payment -> create_shipment)")
     for col in ("order", "scenario", "status", "step", "version", "last event"):
@@ -50,12 +53,18 @@ def view(rows: list[tuple[str, str]], order: Any) -> Table:
         last = order.events(run_id)[-1]
         step = order.steps[state.current_step].name if state.current_step < len(order.steps) else "-"
         colour = {"completed": "green", "compensated": "yellow", "failed": "red"}.get(state.status.value, "cyan")
-        table.add_row(str(state.payload["order_id"]), scenario, f"[{colour}]{state.status.value}[/]", step,
-                      str(state.version), f"{last['type']} {last.get('name', '')}")
+        table.add_row(
+            str(state.payload["order_id"]),
+            scenario,
+            f"[{colour}]{state.status.value}[/]",
+            step,
+            str(state.version),
+            f"{last['type']} {last.get('name', '')}",
+        )
     return table
 
 
-def timeline(order: Any, run_id: str) -> None:
+def timeline(run_id: str) -> None:
     """Print a run's events, one a line."""
     events = order.events(run_id)
     t0 = events[0]["at"]
@@ -82,18 +91,15 @@ def main() -> int:
         console.print(f"No Redis answers at SAGA_REDIS_URL; started an embedded one at {url}")
     else:
         console.print(f"Using the Redis at {url}")
-    lease = os.environ.get("SAGA_LEASE_SECONDS", "3")
-    env = {**os.environ, "SAGA_REDIS_URL": url, "SAGA_BROKER_URL": os.environ.get("SAGA_BROKER_URL", url),
-           "SAGA_LEASE_SECONDS": lease, "SAGA_METRICS_PORT": os.environ.get("SAGA_METRICS_PORT", "0")}
-    os.environ.update({k: env[k] for k in ("SAGA_REDIS_URL", "SAGA_BROKER_URL", "SAGA_LEASE_SECONDS",
-                                          "SAGA_METRICS_PORT")})
-    # `python -m workers.demo` imported the workers package, and so read the settings, before
-    # the Redis was chosen: read them again and point the app's publishing at it
-    get_settings.cache_clear()
-    from workers.app import app
-    from workers.orders import order
-
-    app.conf.broker_url = env["SAGA_BROKER_URL"]
+    # the demo's defaults (a short lease, no metrics port), under what the environment says
+    demo_defaults = {"SAGA_LEASE_SECONDS": "3", "SAGA_METRICS_PORT": "0"}
+    settings = Settings.from_env({**demo_defaults, **os.environ, "SAGA_REDIS_URL": url})
+    lease = settings.lease_seconds
+    # `python -m workers.demo` imported the workers package, and so made its app, before the
+    # Redis was chosen: configure the registry and point the app's publishing at it
+    default_registry().configure(settings)
+    point_at_broker(app, settings.broker_url)
+    env = worker_env(settings)
 
     workers = [start_worker(env, "demo1")]
     rows: list[tuple[str, str]] = []
@@ -104,34 +110,40 @@ def main() -> int:
             killed_at = None
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
-                live.update(view(rows, order))
+                live.update(view(rows))
                 victim = order.get(rows[3][1])
                 if killed_at is None and victim.current_step == 1 and victim.status.value == "running":
                     time.sleep(0.5)  # let charge_payment get well under way
                     stop_process_group(workers.pop(), signal.SIGKILL)
                     killed_at = time.monotonic()
-                    live.console.print(f"[red]SIGKILLed the worker while order 104 was in charge_payment; "
-                                       f"a new worker resumes it once the {lease}s lease expires[/]")
+                    live.console.print(
+                        f"[red]SIGKILLed the worker while order 104 was in charge_payment; "
+                        f"a new worker resumes it once the {lease}s lease expires[/]"
+                    )
                     workers.append(start_worker(env, "demo2"))
                 if all(order.get(rid).status.terminal for _, rid in rows):
-                    live.update(view(rows, order))
+                    live.update(view(rows))
                     break
                 time.sleep(0.1)
             else:
                 console.print("[red]the demo timed out waiting for the runs to finish[/]")
                 return 1
         for _, run_id in rows:
-            timeline(order, run_id)
+            timeline(run_id)
         console.print("\n[bold]Dead-letter queue[/]")
         for entry in order.store.dead_letters():
             if entry["run_id"] in {rid for _, rid in rows}:
-                console.print(f"  {entry['id']}  {entry['kind']:<12} {entry['step']:<16} "
-                              f"{entry['error_type']}: {entry['error_message']} ({entry['attempts']} attempts)")
+                console.print(
+                    f"  {entry['id']}  {entry['kind']:<12} {entry['step']:<16} "
+                    f"{entry['error_type']}: {entry['error_message']} ({entry['attempts']} attempts)"
+                )
         console.print("\n[bold]Look further[/] (with Redis running at SAGA_REDIS_URL):")
         note = "   # the embedded one stops with the demo" if embedded else ""
         console.print(f"  export SAGA_REDIS_URL={url}{note}")
-        console.print(f"  .venv/bin/saga list\n  .venv/bin/saga show {rows[3][1]}\n"
-                      f"  .venv/bin/saga events {rows[1][1]}\n  .venv/bin/saga dlq list")
+        console.print(
+            f"  .venv/bin/saga list\n  .venv/bin/saga show {rows[3][1]}\n"
+            f"  .venv/bin/saga events {rows[1][1]}\n  .venv/bin/saga dlq list"
+        )
         console.print("  .venv/bin/celery -A workers flower --basic-auth=$FLOWER_USER:$FLOWER_PASSWORD")
         return 0
     finally:

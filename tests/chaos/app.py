@@ -9,14 +9,13 @@ its effect, so a kill can land between effect and commit).
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from typing import Any
 
 import redis
 
-from saga import PermanentError, Saga, StepContext, create_app
+from saga import PermanentError, Saga, StepContext, create_app, get_settings
 
 app = create_app("chaos")
 chaos = Saga("chaos", app=app)
@@ -28,8 +27,12 @@ _client: redis.Redis | None = None
 def ledger() -> redis.Redis:
     global _client
     if _client is None:
-        _client = redis.Redis.from_url(os.environ["SAGA_REDIS_URL"], decode_responses=True,
-                                       retry_on_error=[redis.ConnectionError], socket_connect_timeout=2)
+        _client = redis.Redis.from_url(
+            get_settings().redis_url,
+            decode_responses=True,
+            retry_on_error=[redis.ConnectionError],
+            socket_connect_timeout=2,
+        )
     return _client
 
 

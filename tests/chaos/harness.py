@@ -11,12 +11,22 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 
+from saga import SagaError, Settings
+from saga.registry import default_registry
 from saga.state import parse_iso
-from saga.testing import RedisServer, start_worker_process, stop_process_group
+from saga.testing import (
+    RedisServer,
+    configured,
+    process_children,
+    start_worker_process,
+    stop_process_group,
+    worker_env,
+)
+from tests.chaos.app import STEPS, app, chaos
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,12 +45,17 @@ class Figures:
     recover_seconds: list[float] = field(default_factory=list)
 
     def report(self) -> str:
-        rec = (f"median {statistics.median(self.recover_seconds):.1f}s, max {max(self.recover_seconds):.1f}s"
-               if self.recover_seconds else "n/a")
-        return (f"chaos: {self.runs} runs ({self.completed} completed, {self.compensated} compensated); "
-                f"kills: {self.kills_worker} workers + {self.kills_child} pool children; "
-                f"{self.redis_restarts} Redis restart(s); raw executions {self.raw_executions} vs effects "
-                f"{self.effects}; resumes {self.resumes}; time from kill to resume: {rec}")
+        rec = (
+            f"median {statistics.median(self.recover_seconds):.1f}s, max {max(self.recover_seconds):.1f}s"
+            if self.recover_seconds
+            else "n/a"
+        )
+        return (
+            f"chaos: {self.runs} runs ({self.completed} completed, {self.compensated} compensated); "
+            f"kills: {self.kills_worker} workers + {self.kills_child} pool children; "
+            f"{self.redis_restarts} Redis restart(s); raw executions {self.raw_executions} vs effects "
+            f"{self.effects}; resumes {self.resumes}; time from kill to resume: {rec}"
+        )
 
 
 class Cluster:
@@ -54,12 +69,19 @@ class Cluster:
         self.next_id = 0
         self.logdir = Path(self.redis.dir)
 
+    @property
+    def settings(self) -> Settings:
+        """What the workers and the driving process run with."""
+        return Settings(
+            redis_url=self.redis.url,
+            lease_seconds=self.lease,
+            watchdog_interval=0.5,
+            dispatch_timeout=15,
+            metrics_port=0,
+        )
+
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SAGA_")}
-        env.update(SAGA_REDIS_URL=self.redis.url, SAGA_BROKER_URL=self.redis.url,
-                   SAGA_LEASE_SECONDS=str(self.lease), SAGA_WATCHDOG_INTERVAL="0.5",
-                   SAGA_DISPATCH_TIMEOUT="15", SAGA_METRICS_PORT="0", PYTHONPATH=str(ROOT))
-        return env
+        return worker_env(self.settings, PYTHONPATH=str(ROOT))
 
     def start(self) -> None:
         self.redis.start()
@@ -69,8 +91,9 @@ class Cluster:
     def add_worker(self) -> int:
         wid = self.next_id
         self.next_id += 1
-        self.procs[wid] = start_worker_process("tests.chaos.app", self.env(), name=f"chaos{wid}", cwd=ROOT,
-                                               log=self.logdir / f"worker{wid}.log")
+        self.procs[wid] = start_worker_process(
+            "tests.chaos.app", self.env(), name=f"chaos{wid}", cwd=ROOT, log=self.logdir / f"worker{wid}.log"
+        )
         return wid
 
     def kill_worker(self) -> None:
@@ -82,7 +105,7 @@ class Cluster:
     def kill_child(self) -> bool:
         """SIGKILL one pool child of a worker; its parent replaces it."""
         for wid in random.sample(sorted(self.procs), len(self.procs)):
-            children = _children(self.procs[wid].pid)
+            children = process_children(self.procs[wid].pid)
             if children:
                 os.kill(random.choice(children), signal.SIGKILL)
                 return True
@@ -95,33 +118,34 @@ class Cluster:
         self.redis.close()
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return found
-
-
 def run_chaos(seconds: float, rate: float = 2.0, seed: int | None = None) -> Figures:
     """Start runs for ``seconds`` while killing workers and restarting Redis; check every run.
 
     Raises AssertionError with a precise message on the first broken invariant.
     """
-    rng = random.Random(seed)
     cluster = Cluster()
-    figures = Figures()
     cluster.start()
-    from saga import RedisStore, SagaError
-    from tests.chaos.app import STEPS, app, chaos
+    try:
+        # this process only starts and inspects runs, against the cluster's Redis
+        with configured(default_registry(), cluster.settings, app):
+            return _drive(cluster, seconds, rate, random.Random(seed))
+    finally:
+        cluster.stop()
 
-    # this process only starts and inspects runs: point the saga's store and app at the cluster
-    saved = (chaos._store, app.conf.broker_url)
-    app.conf.broker_url = cluster.redis.url
-    app._after_fork()  # forget pooled broker connections
-    chaos._store = RedisStore(cluster.redis.url, dispatch_timeout=15)
+
+def _start(payload: dict[str, Any], key: str) -> str:
+    """Start a run; a start that fails (Redis restarting) is retried with its key."""
+    for _ in range(50):
+        try:
+            return chaos.start(payload, key=key)
+        except (SagaError, OSError, ConnectionError) as exc:
+            last = exc
+            time.sleep(0.2)
+    raise AssertionError(f"could not start a run: {last}")
+
+
+def _drive(cluster: Cluster, seconds: float, rate: float, rng: random.Random) -> Figures:
+    figures = Figures()
     plan: list[tuple[float, str]] = sorted(
         [(seconds * f, "kill_worker") for f in (0.2, 0.5, 0.8)]
         + [(seconds * f, "kill_child") for f in (0.35, 0.65)]
@@ -129,52 +153,44 @@ def run_chaos(seconds: float, rate: float = 2.0, seed: int | None = None) -> Fig
     )
     kills: list[float] = []
     started: dict[str, dict[str, Any]] = {}
-    try:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < seconds:
-            payload: dict[str, Any] = {"p_transient": 0.15, "max_sleep": 0.4}
-            if rng.random() < 0.15:
-                payload["permanent_at"] = rng.choice(STEPS)
-            key = f"chaos-{len(started)}"
-            for _ in range(50):  # a start that fails (Redis restarting) is retried with its key
-                try:
-                    run_id = chaos.start(payload, key=key)
-                    break
-                except (SagaError, OSError, ConnectionError) as exc:
-                    last = exc
-                    time.sleep(0.2)
-            else:
-                raise AssertionError(f"could not start a run: {last}")
-            started[run_id] = payload
-            while plan and time.monotonic() - t0 >= plan[0][0]:
-                _, action = plan.pop(0)
-                if action == "kill_worker":
-                    cluster.kill_worker()
-                    figures.kills_worker += 1
-                    kills.append(time.time())
-                elif action == "kill_child" and cluster.kill_child():
-                    figures.kills_child += 1
-                    kills.append(time.time())
-                elif action == "restart_redis":
-                    cluster.redis.restart()
-                    figures.redis_restarts += 1
-            time.sleep(rng.expovariate(rate))
-        deadline = time.monotonic() + 90
-        for run_id in started:
-            left = deadline - time.monotonic()
-            state = chaos.wait(run_id, timeout=max(left, 0.1))
-            assert state.status.value in ("completed", "compensated"), f"{run_id} ended {state.status.value}"
-        _check(chaos, started, STEPS, cluster, figures, kills)
-        return figures
-    finally:
-        cluster.stop()
-        chaos._store, app.conf.broker_url = saved
-        app._after_fork()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        payload: dict[str, Any] = {"p_transient": 0.15, "max_sleep": 0.4}
+        if rng.random() < 0.15:
+            payload["permanent_at"] = rng.choice(STEPS)
+        run_id = _start(payload, key=f"chaos-{len(started)}")
+        started[run_id] = payload
+        while plan and time.monotonic() - t0 >= plan[0][0]:
+            _, action = plan.pop(0)
+            if action == "kill_worker":
+                cluster.kill_worker()
+                figures.kills_worker += 1
+                kills.append(time.time())
+            elif action == "kill_child" and cluster.kill_child():
+                figures.kills_child += 1
+                kills.append(time.time())
+            elif action == "restart_redis":
+                cluster.redis.restart()
+                figures.redis_restarts += 1
+        time.sleep(rng.expovariate(rate))
+    deadline = time.monotonic() + 90
+    for run_id in started:
+        left = deadline - time.monotonic()
+        state = chaos.wait(run_id, timeout=max(left, 0.1))
+        assert state.status.value in ("completed", "compensated"), f"{run_id} ended {state.status.value}"
+    _check(chaos, started, STEPS, cluster, figures, kills)
+    return figures
 
 
-def _check(chaos: Any, started: dict[str, dict[str, Any]], steps: tuple[str, ...], cluster: Cluster,
-           figures: Figures, kills: list[float]) -> None:
-    r = redis.Redis.from_url(cluster.redis.url, decode_responses=True)
+def _check(
+    chaos: Any,
+    started: dict[str, dict[str, Any]],
+    steps: tuple[str, ...],
+    cluster: Cluster,
+    figures: Figures,
+    kills: list[float],
+) -> None:
+    fx = redis.Redis.from_url(cluster.redis.url, decode_responses=True)
     dead = {d["run_id"]: d for d in chaos.store.dead_letters()}
     figures.runs = len(started)
     for run_id, payload in started.items():
@@ -182,8 +198,8 @@ def _check(chaos: Any, started: dict[str, dict[str, Any]], steps: tuple[str, ...
         assert chaos.rebuild(run_id) == state, f"{run_id}: rebuild differs from the stored state"
         versions = [s.version for s in chaos.history(run_id)]
         assert versions == list(range(1, state.version + 1)), f"{run_id}: versions {versions}"
-        raw = {k: int(v) for k, v in r.hgetall(f"raw:{run_id}").items()}
-        order = r.lrange(f"fxorder:{run_id}", 0, -1)
+        raw = {k: int(v) for k, v in fx.hgetall(f"raw:{run_id}").items()}
+        order = cast(list[str], fx.lrange(f"fxorder:{run_id}", 0, -1))
         figures.raw_executions += sum(raw.values())
         figures.effects += len(order)
         assert len(order) == len(set(order)), f"{run_id}: an effect applied twice: {order}"

@@ -1,0 +1,255 @@
+"""What happens next to a run: given a state and what just happened, the events to append and
+the state they produce (a :class:`~saga.state.Transition`, always ``fold(state, events)``).
+Pure functions, no I/O; the choices that lead here (retry or give up, resume or wait) are in
+:mod:`saga.policy`. Tested without Redis or Celery (``tests/test_state.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .state import (
+    Direction,
+    Event,
+    EventType,
+    JSONObject,
+    SagaState,
+    Shape,
+    Status,
+    Transition,
+    describe_error,
+    fold,
+    now_iso,
+    payload_hash,
+)
+
+# --- building events -------------------------------------------------------------------------
+
+
+class _Builder:
+    """Collects the events of one transition, stamping run id, version and time."""
+
+    def __init__(self, state: SagaState | None, run_id: str, *, bump: bool, at: str | None) -> None:
+        self.run_id = run_id
+        self.version = (state.version if state else 0) + (1 if bump else 0)
+        self.at = at or now_iso()
+        self.events: list[Event] = []
+
+    def add(self, kind: EventType, **fields: Any) -> None:
+        self.events.append({"type": kind, "run_id": self.run_id, "version": self.version, "at": self.at, **fields})
+
+    def transition(self, state: SagaState | None) -> Transition:
+        return Transition(fold(state, self.events), self.events)
+
+
+def _step(shape: Shape, index: int) -> dict[str, Any]:
+    return {"step": index, "name": shape.steps[index]}
+
+
+# --- transitions -----------------------------------------------------------------------------
+
+
+def decide_start(run_id: str, saga: str, payload: JSONObject, at: str | None = None) -> Transition:
+    """A new run: version 1, pending, cursor on step 0."""
+    b = _Builder(None, run_id, bump=True, at=at)
+    b.add(EventType.SAGA_STARTED, saga=saga, payload=payload)
+    return b.transition(None)
+
+
+def started_event(run_id: str, shape: Shape, direction: Direction, index: int, at: str | None = None) -> Event:
+    """The ``step.started`` / ``compensation.started`` event of an attempt, without the two fields
+    only the store knows when it takes the lease: ``attempt`` and ``version``. It changes nothing
+    in the snapshot."""
+    kind = EventType.STEP_STARTED if direction is Direction.FORWARD else EventType.COMPENSATION_STARTED
+    return {"type": kind, "run_id": run_id, "at": at or now_iso(), **_step(shape, index)}
+
+
+def note_event(state: SagaState, kind: EventType, at: str | None = None, **fields: Any) -> Event:
+    """An event that changes nothing in the snapshot (a resume, an operator's note), at the
+    state's version."""
+    b = _Builder(state, state.id, bump=False, at=at)
+    b.add(kind, **fields)
+    return b.events[0]
+
+
+def resumed_event(state: SagaState, shape: Shape, reason: str, at: str | None = None) -> Event:
+    """``saga.resumed``: the run goes on at its cursor from this version."""
+    return note_event(
+        state,
+        EventType.SAGA_RESUMED,
+        at,
+        **_step(shape, state.current_step),
+        direction=state.direction.value,
+        reason=reason,
+        from_version=state.version,
+    )
+
+
+def decide_step_succeeded(
+    state: SagaState, shape: Shape, index: int, output: JSONObject | None, at: str | None = None
+) -> Transition:
+    """Step ``index`` committed: merge its output, checkpoint, move on (a pending run becomes
+    running) or complete."""
+    b = _Builder(state, state.id, bump=True, at=at)
+    out = output or {}
+    digest = payload_hash({**state.payload, **out})
+    last = index + 1 == len(shape.steps)
+    moves: dict[str, Any] = {"current_step": index + 1}
+    if state.status is Status.PENDING and not last:
+        moves["status"] = Status.RUNNING.value
+    b.add(EventType.STEP_SUCCEEDED, **_step(shape, index), output=out, hash=digest, **moves)
+    if last:
+        b.add(EventType.SAGA_COMPLETED, status=Status.COMPLETED.value)
+    return b.transition(state)
+
+
+def decide_retry(
+    state: SagaState,
+    shape: Shape,
+    direction: Direction,
+    index: int,
+    attempt: int,
+    error: BaseException,
+    delay: float,
+    *,
+    at: str | None = None,
+) -> Event:
+    """An attempt failed and will be tried again after ``delay`` seconds (an event only: the
+    snapshot does not change). Compensation retries are ``step.retrying`` events too, with
+    ``direction: compensation``."""
+    error_type, message = describe_error(error)
+    b = _Builder(state, state.id, bump=False, at=at)
+    b.add(
+        EventType.STEP_RETRYING,
+        **_step(shape, index),
+        direction=direction.value,
+        attempt=attempt,
+        delay=round(delay, 3),
+        error_type=error_type,
+        error_message=message,
+    )
+    return b.events[0]
+
+
+def dead_letter_entry(
+    state: SagaState, name: str, direction: Direction, index: int, error: BaseException, attempts: int, at: str
+) -> JSONObject:
+    """The dead-letter entry recorded when a step or compensation gives up.
+
+    Its id is ``<run id>.<version that records it>``: unique, and stable if the commit is retried.
+    """
+    error_type, message = describe_error(error)
+    return {
+        "id": f"{state.id}.{state.version + 1}",
+        "run_id": state.id,
+        "saga": state.saga,
+        "step": name,
+        "index": index,
+        "kind": direction.value,
+        "error_type": error_type,
+        "error_message": message,
+        "attempts": attempts,
+        "at": at,
+    }
+
+
+def _error_of(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``error`` field of a state, from the dead-letter entry of the same failure."""
+    return {
+        "step": entry["index"],
+        "name": entry["step"],
+        "type": entry["error_type"],
+        "message": entry["error_message"],
+        "attempts": entry["attempts"],
+    }
+
+
+def next_compensation(state: SagaState, shape: Shape, below: int) -> int | None:
+    """The highest committed step under ``below`` that defines a compensation, if any."""
+    for index in sorted(state.committed_steps, reverse=True):
+        if index < below and shape.compensable[index]:
+            return index
+    return None
+
+
+def _unwind(b: _Builder, state: SagaState, shape: Shape, below: int, kind: EventType, **fields: Any) -> None:
+    """Add ``kind`` and start unwinding the committed steps under ``below`` (or end compensated)."""
+    target = next_compensation(state, shape, below=below)
+    if target is None:
+        b.add(kind, **fields)
+        b.add(EventType.SAGA_COMPENSATED, status=Status.COMPENSATED.value)
+    else:
+        b.add(kind, **fields, status=Status.COMPENSATING.value, current_step=target)
+
+
+def decide_step_gave_up(
+    state: SagaState, shape: Shape, index: int, error: BaseException, attempts: int, at: str | None = None
+) -> tuple[Transition, JSONObject]:
+    """Step ``index`` gave up: dead-letter it, then unwind (or end compensated if nothing to undo)."""
+    b = _Builder(state, state.id, bump=True, at=at)
+    entry = dead_letter_entry(state, shape.steps[index], Direction.FORWARD, index, error, attempts, b.at)
+    b.add(EventType.STEP_FAILED, **_step(shape, index), error=_error_of(entry))
+    _unwind(b, state, shape, index, EventType.SAGA_DEAD_LETTERED, **_step(shape, index), entry=entry)
+    return b.transition(state), entry
+
+
+def decide_compensation_succeeded(state: SagaState, shape: Shape, index: int, at: str | None = None) -> Transition:
+    """Compensation ``index`` committed: move to the next one down, or end compensated."""
+    b = _Builder(state, state.id, bump=True, at=at)
+    target = next_compensation(state, shape, below=index)
+    if target is None:
+        b.add(EventType.COMPENSATION_SUCCEEDED, **_step(shape, index))
+        b.add(EventType.SAGA_COMPENSATED, status=Status.COMPENSATED.value)
+    else:
+        b.add(EventType.COMPENSATION_SUCCEEDED, **_step(shape, index), current_step=target)
+    return b.transition(state)
+
+
+def decide_compensation_gave_up(
+    state: SagaState, shape: Shape, index: int, error: BaseException, attempts: int, at: str | None = None
+) -> tuple[Transition, JSONObject]:
+    """Compensation ``index`` gave up: the unwind is stuck; the run fails and waits for an operator."""
+    b = _Builder(state, state.id, bump=True, at=at)
+    entry = dead_letter_entry(state, shape.steps[index], Direction.COMPENSATION, index, error, attempts, b.at)
+    b.add(EventType.COMPENSATION_FAILED, **_step(shape, index), error=_error_of(entry))
+    b.add(EventType.SAGA_DEAD_LETTERED, **_step(shape, index), entry=entry)
+    b.add(EventType.SAGA_FAILED, status=Status.FAILED.value)
+    return b.transition(state), entry
+
+
+def decide_fail(
+    state: SagaState, step_name: str, error: BaseException, at: str | None = None
+) -> tuple[Transition, JSONObject]:
+    """The run cannot be trusted to move (corrupt checkpoint, definition drift): it fails and is
+    dead-lettered, so an operator sees it."""
+    b = _Builder(state, state.id, bump=True, at=at)
+    entry = dead_letter_entry(state, step_name, state.direction, state.current_step, error, 0, b.at)
+    b.add(EventType.SAGA_DEAD_LETTERED, step=state.current_step, name=step_name, entry=entry)
+    b.add(EventType.SAGA_FAILED, status=Status.FAILED.value, error=_error_of(entry))
+    return b.transition(state), entry
+
+
+def decide_cancel(state: SagaState, shape: Shape, reason: str, at: str | None = None) -> Transition:
+    """An operator cancels a pending or running run: unwind the committed steps."""
+    b = _Builder(state, state.id, bump=True, at=at)
+    _unwind(b, state, shape, state.current_step, EventType.SAGA_CANCELLED, reason=reason)
+    return b.transition(state)
+
+
+def decide_retry_compensation(
+    state: SagaState, shape: Shape, index: int, entry_id: str, at: str | None = None
+) -> Transition:
+    """An operator retries a stuck compensation: the failed run unwinds again from ``index``."""
+    b = _Builder(state, state.id, bump=True, at=at)
+    b.add(
+        EventType.SAGA_RESUMED,
+        **_step(shape, index),
+        direction=Direction.COMPENSATION.value,
+        reason="dead letter retried",
+        entry_id=entry_id,
+        from_version=state.version,
+        status=Status.COMPENSATING.value,
+        current_step=index,
+    )
+    return b.transition(state)

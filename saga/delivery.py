@@ -1,0 +1,171 @@
+"""One delivered message: what a worker does with a step or compensation task of one run.
+
+A :class:`Delivery` goes: ``begin`` (dedup mark, lease, fencing token) -> the body, its lease
+renewed by the heartbeat -> the transition :mod:`saga.decide` chooses -> one commit
+(:func:`saga.engine.commit_and_follow`) -> the next task sent. A failed attempt is retried as
+:func:`saga.policy.retry_policy` says: a ``step.retrying`` event and the same task sent again
+with a countdown, or, once it gives up, a dead letter and the unwind.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from . import decide, metrics, policy
+from .engine import Runtime, StepDefinition, commit_and_follow, dispatch, fail_run, send_step
+from .errors import DefinitionMismatch, InvalidPayload, PermanentError
+from .schema import BeginOutcome, CommitOptions
+from .state import Direction, JSONObject, SagaState, Status, StepContext, json_copy, require_json_object
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What ``begin`` granted a delivery: the run as it is, the fencing token, the attempt number."""
+
+    state: SagaState
+    token: str
+    number: int
+
+
+class Delivery:
+    """One delivered message: step ``step`` of run ``run_id`` in ``direction``, as attempt
+    ``attempt`` says the message. :meth:`run` never raises for a business failure: every
+    outcome is committed to the store (or the commit is refused and logged)."""
+
+    def __init__(self, rt: Runtime, step: StepDefinition, direction: Direction, run_id: str, attempt: int) -> None:
+        self.rt = rt
+        self.step = step
+        self.direction = direction
+        self.run_id = run_id
+        self.attempt = attempt
+        self.log = rt.log(str(run_id), step.name)
+
+    def run(self) -> None:
+        """Begin, run the body, commit what happened."""
+        if not isinstance(self.run_id, str) or not isinstance(self.attempt, int):
+            self.log.error(
+                "malformed message %r (attempt %r): expected a run id string; dropped to the log",
+                self.run_id,
+                self.attempt,
+            )
+            return
+        granted = self._begin()
+        if granted is None:
+            return
+        if granted.state.status is Status.PENDING and granted.number == 1:
+            metrics.run_started(self.rt.name)
+        rt, step = self.rt, self.step
+        ctx = StepContext(
+            self.run_id,
+            rt.name,
+            step.name,
+            step.index,
+            granted.number,
+            f"{self.run_id}:{step.name}:{self.direction.value}",
+            self.direction,
+        )
+        rt.heartbeat.hold(rt.store, self.run_id, granted.token, rt.lease_ms, self.log)
+        began = time.perf_counter()
+        try:
+            output = self._body(json_copy(granted.state.payload), ctx)
+        except Exception as exc:  # every failure of user code is recorded; none escapes to Celery
+            rt.heartbeat.release(self.run_id, granted.token)
+            self._failed(granted, exc, time.perf_counter() - began)
+            return
+        rt.heartbeat.release(self.run_id, granted.token)
+        metrics.step_finished(rt.name, step.name, self.direction.value, time.perf_counter() - began, "succeeded")
+        self._succeeded(granted, output)
+
+    def _begin(self) -> Attempt | None:
+        rt = self.rt
+        shape = rt.definition.shape
+        begin = rt.store.begin(
+            self.run_id,
+            self.direction,
+            self.step.index,
+            attempt=self.attempt,
+            lease_ms=rt.lease_ms,
+            fingerprint=shape.fingerprint,
+            started=decide.started_event(self.run_id, shape, self.direction, self.step.index),
+        )
+        state = begin.state
+        if begin.outcome is BeginOutcome.MISSING or state is None:
+            self.log.error("no such run (expired or never started); message ignored")
+            return None
+        if begin.outcome is BeginOutcome.DONE:
+            self.log.info("already committed: skipping the body (duplicate delivery)")
+            if begin.idle and not state.status.terminal:
+                dispatch(rt, state)  # make sure the run moves on; a duplicate is deduplicated too
+            return None
+        if begin.outcome in (BeginOutcome.BUSY, BeginOutcome.STALE):
+            self.log.info("%s: another attempt holds the run or its cursor moved on; skipping", begin.outcome)
+            return None
+        if begin.outcome is BeginOutcome.DRIFT:
+            mismatch = DefinitionMismatch(
+                f"run {self.run_id} was started with definition {begin.stored_fingerprint} of saga {rt.name!r}, "
+                f"this worker has {shape.fingerprint}; deploy the same definition everywhere"
+            )
+            fail_run(rt, state, self.step.name, mismatch)
+            return None
+        return Attempt(state, begin.token, begin.attempt)
+
+    def _body(self, payload: dict[str, Any], ctx: StepContext) -> JSONObject | None:
+        step = self.step
+        if self.direction is Direction.COMPENSATION:
+            assert step.compensation is not None
+            step.compensation(payload, ctx)
+            return None
+        output = step.fn(payload, ctx)
+        if output is None:
+            return None
+        try:
+            return require_json_object(output, f"the return value of step {step.name!r}")
+        except InvalidPayload as exc:
+            raise PermanentError(str(exc)) from None
+
+    def _succeeded(self, granted: Attempt, output: JSONObject | None) -> None:
+        shape = self.rt.definition.shape
+        state, index = granted.state, self.step.index
+        if self.direction is Direction.FORWARD:
+            transition = decide.decide_step_succeeded(state, shape, index, output)
+        else:
+            transition = decide.decide_compensation_succeeded(state, shape, index)
+        mark = f"{self.direction.value}:{index}"
+        options = CommitOptions(token=granted.token, dedup_mark=mark, release=True)
+        result = commit_and_follow(self.rt, state, transition, options)
+        if not result.applied:
+            self.log.warning(
+                "commit refused (%s): this attempt lost its lease or was superseded; result discarded", result.reason
+            )
+
+    def _failed(self, granted: Attempt, exc: Exception, seconds: float) -> None:
+        rt, step = self.rt, self.step
+        state, n = granted.state, granted.number
+        verdict = policy.retry_policy(exc, n, step.retry_policy(rt.settings), rt.settings.lease_seconds)
+        retrying = isinstance(verdict, policy.Retry)
+        metrics.step_finished(rt.name, step.name, self.direction.value, seconds, "retrying" if retrying else "failed")
+        shape = rt.definition.shape
+        if isinstance(verdict, policy.Retry):
+            event = decide.decide_retry(state, shape, self.direction, step.index, n, exc, verdict.delay)
+            if not rt.store.record_retry(state.id, granted.token, [event], f"backoff:{n + 1}", verdict.hold_ms):
+                self.log.warning("lost the lease before recording a retry; leaving the run to its holder")
+                return
+            self.log.info("attempt %d failed (%s: %s); retrying in %.2fs", n, type(exc).__name__, exc, verdict.delay)
+            send_step(rt, step, self.direction, state.id, attempt=n + 1, countdown=verdict.delay)
+            return
+        self.log.error("gave up after %d attempt(s): %s: %s", n, type(exc).__name__, exc)
+        if self.direction is Direction.FORWARD:
+            transition, entry = decide.decide_step_gave_up(state, shape, step.index, exc, n)
+        else:
+            transition, entry = decide.decide_compensation_gave_up(state, shape, step.index, exc, n)
+        options = CommitOptions(token=granted.token, release=True, dead_entry=entry)
+        result = commit_and_follow(rt, state, transition, options)
+        if not result.applied:
+            self.log.warning("commit of the failure refused (%s); result discarded", result.reason)
+
+
+def deliver(rt: Runtime, step: StepDefinition, direction: Direction, run_id: str, attempt: int) -> None:
+    """Handle one delivered message (see :class:`Delivery`)."""
+    Delivery(rt, step, direction, run_id, attempt).run()

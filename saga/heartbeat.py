@@ -1,0 +1,58 @@
+"""The lease heartbeat: renews the leases of the step bodies running in this process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Protocol
+
+from .errors import StoreUnavailable
+
+
+class LeaseStore(Protocol):
+    """What the heartbeat needs of a store."""
+
+    def renew(self, run_id: str, token: str, lease_ms: int) -> bool:
+        """Extend the lease of ``run_id`` while it carries ``token``; False when it was lost."""
+        ...
+
+
+class Heartbeat:
+    """Renews every held lease each third of a lease, from one daemon thread per process
+    (started on first use, and again in a forked child, where threads do not survive)."""
+
+    def __init__(self) -> None:
+        self._held: dict[tuple[str, str], tuple[LeaseStore, int, logging.LoggerAdapter[logging.Logger]]] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pid = 0
+
+    def hold(
+        self, store: LeaseStore, run_id: str, token: str, lease_ms: int, log: logging.LoggerAdapter[logging.Logger]
+    ) -> None:
+        """Keep renewing ``run_id``'s lease while ``token`` holds it, until :meth:`release`."""
+        with self._lock:
+            self._held[(run_id, token)] = (store, lease_ms, log)
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                threading.Thread(target=self._loop, name="saga-heartbeat", daemon=True).start()
+
+    def release(self, run_id: str, token: str) -> None:
+        """Stop renewing."""
+        with self._lock:
+            self._held.pop((run_id, token), None)
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                held = list(self._held.items())
+            interval = min((ms for _, (_, ms, _) in held), default=3000) / 3000
+            for (run_id, token), (store, ms, log) in held:
+                try:
+                    if not store.renew(run_id, token, ms):
+                        log.warning("lease lost while the body runs; its commit will be refused")
+                        self.release(run_id, token)
+                except StoreUnavailable as exc:
+                    log.warning("heartbeat could not renew the lease: %s", exc)
+            self._wake.wait(interval)

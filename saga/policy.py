@@ -1,0 +1,211 @@
+"""The policies: pure answers to the questions the engine, the watchdog and operator actions ask.
+
+- retry or give up (:func:`retry_policy`);
+- what the watchdog does with a run that has not moved (:func:`triage`);
+- when the watchdog must look at a run next (:func:`next_check_at`, :func:`dispatch_check_at`);
+- how long a run's keys are kept (:func:`retention_ms`);
+- which dead-letter action applies (:func:`dead_letter_action`);
+- whether a run's records verify (:func:`checkpoint_problem`, :func:`verify_records`).
+
+The caller gathers the facts, asks here, and carries out the answer; no I/O happens here, so
+every policy is tested in milliseconds without Redis (``tests/test_policy.py``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import PermanentError
+from .state import Direction, SagaState, Status, parse_iso, payload_hash
+
+# --- retry or give up ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a step retries: ``max_retries`` after the first attempt, with full-jitter exponential
+    backoff ``uniform(0, min(backoff_max, backoff * 2**(attempt-1)))`` seconds."""
+
+    max_retries: int
+    backoff: float
+    backoff_max: float
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Try again after ``delay`` seconds; the lease is handed to the retry for ``hold_ms``."""
+
+    delay: float
+    hold_ms: int
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """No retry: dead-letter the step and unwind."""
+
+
+def retry_delay(attempt: int, backoff: float, backoff_max: float, rng: random.Random | None = None) -> float:
+    """Seconds to wait after failed attempt ``attempt`` (1-based): full jitter over
+    ``min(backoff_max, backoff * 2**(attempt-1))``."""
+    ceiling = min(backoff_max, backoff * 2 ** (attempt - 1))
+    return (rng or random).uniform(0, ceiling)
+
+
+def retry_policy(
+    error: BaseException, attempt: int, policy: RetryPolicy, lease_seconds: float, rng: random.Random | None = None
+) -> Retry | GiveUp:
+    """Whether failed attempt ``attempt`` (1-based) is retried: never after a
+    :class:`~saga.PermanentError`, else while ``attempt <= max_retries``. A retry holds the run's
+    lease through its backoff and one lease more, so nothing else takes the step meanwhile."""
+    if isinstance(error, PermanentError) or attempt > policy.max_retries:
+        return GiveUp()
+    delay = retry_delay(attempt, policy.backoff, policy.backoff_max, rng)
+    return Retry(delay=delay, hold_ms=int((delay + lease_seconds) * 1000))
+
+
+# --- the watchdog's questions ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Resume the run at its cursor now; ``reason`` goes into the ``saga.resumed`` event."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class LookAgain:
+    """Nothing to do yet: look at the run again at ``at`` (seconds since the epoch)."""
+
+    at: float
+
+
+@dataclass(frozen=True)
+class Forget:
+    """The run is finished (or gone): take it off the watchdog's list."""
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """What the watchdog knows of an unfinished run it is looking at."""
+
+    known: bool  # a saga of this name is defined in this process
+    lease_live: bool  # an attempt (or a retry's backoff) holds the run's lease
+    began: bool  # an attempt at the cursor began (it took the lease at least once)
+
+
+def triage(
+    state: SagaState | None, facts: Liveness, *, now: float, lease_seconds: float, dispatch_timeout: float
+) -> Resume | LookAgain | Forget:
+    """What the watchdog does with a run past its progress deadline.
+
+    - finished or expired: forget it;
+    - a saga this process does not define: look again after ``dispatch_timeout``;
+    - a live lease: something is moving it; look again a lease later;
+    - sent but never begun, less than ``dispatch_timeout`` ago: a queue may be long; look again
+      when that time is up;
+    - otherwise resume: ``lease expired`` (an attempt began and let its lease lapse) or
+      ``next step never started`` (the task was lost between commit and worker).
+    """
+    if state is None or state.status.terminal:
+        return Forget()
+    if not facts.known:
+        return LookAgain(now + dispatch_timeout)
+    if facts.lease_live:
+        return LookAgain(now + lease_seconds)
+    if not facts.began:
+        waited = now - parse_iso(state.updated_at)
+        if waited < dispatch_timeout:
+            return LookAgain(now + dispatch_timeout - waited)
+        return Resume("next step never started")
+    return Resume("lease expired")
+
+
+def next_check_at(status: Status, now: float, lease_seconds: float) -> float | None:
+    """When the watchdog must look at a run that just committed a transition to ``status``: once
+    the next attempt's lease could have lapsed; None for a finished run (off the list)."""
+    if status.terminal:
+        return None
+    return now + lease_seconds + 1
+
+
+def dispatch_check_at(now: float, dispatch_timeout: float) -> float:
+    """When the watchdog must look at a run whose step was just sent (at start, or on a resume)."""
+    return now + dispatch_timeout
+
+
+def retention_ms(status: Status, retention_seconds: int) -> int:
+    """How long a run's keys are kept after a transition to ``status``: ``retention_seconds`` for
+    completed and compensated runs; 0 (no expiry) otherwise — a failed run waits for an operator."""
+    if status in (Status.COMPLETED, Status.COMPENSATED):
+        return retention_seconds * 1000
+    return 0
+
+
+# --- operator questions ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ContinueUnwind:
+    """Retry a stuck compensation: the failed run unwinds again from step ``index``."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class StartAgain:
+    """A forward step gave up and the run was compensated: start a new run with its input."""
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """The entry cannot be retried while its run is as it is; ``reason`` says why."""
+
+    reason: str
+
+
+def dead_letter_action(entry: Mapping[str, Any], state: SagaState) -> ContinueUnwind | StartAgain | Refuse:
+    """Which action ``saga dlq retry`` takes for ``entry`` of the run in ``state``."""
+    if entry["kind"] == Direction.COMPENSATION.value and state.status is Status.FAILED:
+        return ContinueUnwind(int(entry["index"]))
+    if entry["kind"] == Direction.FORWARD.value and state.status is Status.COMPENSATED:
+        return StartAgain()
+    return Refuse(
+        f"entry {entry['id']} ({entry['kind']}) cannot be retried while run {state.id} is {state.status.value}"
+    )
+
+
+def checkpoint_problem(state: SagaState) -> str | None:
+    """Why the run's last checkpoint does not verify against its payload, or None if it does."""
+    if not state.checkpoints:
+        return None
+    last = state.checkpoints[-1]
+    actual = payload_hash(state.payload)
+    if last.hash != actual:
+        return (
+            f"checkpoint of step {last.step} ({last.name}) does not match its payload: hash "
+            f"{last.hash[:12]}… but the stored payload hashes to {actual[:12]}…"
+        )
+    return None
+
+
+def verify_records(stored: SagaState, rebuilt: SagaState, history: Sequence[SagaState]) -> list[str]:
+    """Problems with a run's records: [] when the state rebuilt from its events equals the stored
+    state, versions run 1..n without gaps, and every version matches its last checkpoint (only a
+    step's commit changes the payload)."""
+    problems: list[str] = []
+    if rebuilt != stored:
+        a, b = rebuilt.to_dict(), stored.to_dict()
+        fields = sorted(k for k in a if a[k] != b.get(k))
+        problems.append(f"state rebuilt from events differs from the stored state in: {', '.join(fields)}")
+    versions = [s.version for s in history]
+    if versions != list(range(1, len(history) + 1)):
+        problems.append(f"versions are not 1..{len(history)} without gaps: {versions}")
+    for snap in history:
+        problem = checkpoint_problem(snap)
+        if problem:
+            problems.append(f"at version {snap.version}, {problem}")
+    return problems

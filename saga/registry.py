@@ -1,0 +1,243 @@
+"""The registry: the one object that holds a process's mutable state.
+
+It owns the settings (read from ``SAGA_*`` variables on first use unless configured), the sagas
+declared in the process (by name; a second declaration of a name raises), one store per Redis
+URL and key prefix, the lease heartbeat, and the hooks that make each Celery app's workers run a
+watchdog and serve metrics. Sagas bind to the default registry unless given another one; tests
+and the CLI configure a registry explicitly (:meth:`Registry.configure`, :func:`use_registry`)
+instead of editing the environment.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+from . import metrics, tasks
+from .engine import Runtime, SagaDefinition
+from .errors import SagaDefinitionError
+from .heartbeat import Heartbeat
+from .settings import Settings
+from .store import RedisStore
+from .watchdog import Watchdog
+
+#: Connection retries of a store: an unreachable Redis is retried with backoff for a few seconds.
+STORE_RETRIES = 8
+
+
+class RegisteredSaga(SagaDefinition, Protocol):
+    """What the registry holds of a declared saga."""
+
+    @property
+    def app(self) -> Any:
+        """The Celery app the saga's tasks are registered on."""
+        ...
+
+    def runtime(self) -> Runtime:
+        """The saga bound to its store, settings and heartbeat."""
+        ...
+
+
+class Registry:
+    """A process's sagas, settings, stores and worker hooks.
+
+    Guarantees: one saga per name (declaring a name twice raises :class:`SagaDefinitionError`);
+    one store (one connection pool) per Redis URL and key prefix; each Celery app's workers are
+    hooked once, however many sagas it carries.
+    """
+
+    def __init__(self, settings: Settings | None = None, *, store_retries: int = STORE_RETRIES) -> None:
+        self._settings = settings
+        self._store_retries = store_retries
+        self._sagas: dict[str, RegisteredSaga] = {}
+        self._stores: dict[tuple[str, str, int], RedisStore] = {}
+        self._hooked: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._lock = threading.RLock()
+        self.heartbeat = Heartbeat()
+        #: Grows with every :meth:`configure`; sagas rebuild their runtime when it changes.
+        self.generation = 0
+
+    # --- settings and stores ---------------------------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        """The settings of this registry: as configured, else ``SAGA_*`` variables read once."""
+        with self._lock:
+            if self._settings is None:
+                self._settings = Settings.from_env()
+            return self._settings
+
+    def configure(self, settings: Settings | None = None, *, store_retries: int | None = None) -> Registry:
+        """Use ``settings`` from now on (None: read ``SAGA_*`` variables again on next use);
+        sagas without settings of their own follow. Returns the registry."""
+        with self._lock:
+            self._settings = settings
+            if store_retries is not None:
+                self._store_retries = store_retries
+            self.generation += 1
+        return self
+
+    def store_for(self, settings: Settings) -> RedisStore:
+        """The store ``settings`` name, shared by every saga that uses it."""
+        key = (settings.redis_url, settings.key_prefix, self._store_retries)
+        with self._lock:
+            store = self._stores.get(key)
+            if store is None:
+                store = RedisStore(settings.redis_url, prefix=settings.key_prefix, retries=self._store_retries)
+                self._stores[key] = store
+            return store
+
+    @property
+    def store(self) -> RedisStore:
+        """The store this registry's settings name: the one every operator action uses."""
+        return self.store_for(self.settings)
+
+    # --- sagas -----------------------------------------------------------------------------
+
+    def add(self, saga: RegisteredSaga) -> None:
+        """Register a newly declared saga and hook its app's workers; a name already declared
+        in this registry raises :class:`SagaDefinitionError`."""
+        with self._lock:
+            if saga.name in self._sagas:
+                raise SagaDefinitionError(
+                    f"a saga named {saga.name!r} is already declared in this process; give each saga its own name"
+                )
+            self._sagas[saga.name] = saga
+        self.hook_workers(saga.app)
+
+    def get(self, name: str) -> RegisteredSaga:
+        """The saga called ``name``; :class:`SagaDefinitionError` when this process has none."""
+        try:
+            return self._sagas[name]
+        except KeyError:
+            known = ", ".join(sorted(self._sagas)) or "none"
+            raise SagaDefinitionError(
+                f"saga {name!r} is not defined in this process (known: {known}); "
+                "import the module that defines it (e.g. --app workers)"
+            ) from None
+
+    def sagas(self) -> list[RegisteredSaga]:
+        """Every saga declared in this registry."""
+        return list(self._sagas.values())
+
+    def runtimes(self) -> list[Runtime]:
+        """Every saga bound to what it runs with (what the watchdog scans)."""
+        return [saga.runtime() for saga in self.sagas()]
+
+    def runtime_for(self, name: str) -> Runtime:
+        """Saga ``name`` bound to this registry's store: how operator actions reach it, so one
+        action uses exactly one store."""
+        runtime = self.get(name).runtime()
+        if runtime.store is self.store:
+            return runtime
+        return Runtime(runtime.definition, self.store, runtime.settings, runtime.heartbeat)
+
+    # --- workers ---------------------------------------------------------------------------
+
+    def watchdog(self) -> Watchdog:
+        """A watchdog over this registry's sagas (started by each worker; tests call ``scan()``)."""
+        s = self.settings
+        return Watchdog(self.runtimes, interval=s.watchdog_interval or 1.0, dispatch_timeout=s.dispatch_timeout)
+
+    def hook_workers(self, app: Any) -> None:
+        """Once per Celery app: its workers run a watchdog and serve metrics, as this registry's
+        settings say (``SAGA_WATCHDOG_INTERVAL``, ``SAGA_METRICS_PORT``; 0 turns either off)."""
+        with self._lock:
+            if app in self._hooked:
+                return
+            self._hooked.add(app)
+        folders: list[str] = []
+        dogs: list[Watchdog] = []
+
+        def on_init(**_: Any) -> None:  # before the pool forks
+            if self.settings.metrics_port:
+                folder = metrics.prepare_multiprocess()
+                if folder:
+                    folders.append(folder)
+
+        def on_ready(**_: Any) -> None:
+            s = self.settings
+            if s.watchdog_interval > 0:
+                dogs.append(self.watchdog())
+                dogs[-1].start()
+            if s.metrics_port:
+                metrics.serve(s.metrics_port, depth=lambda: self.store.dead_letter_depth())
+
+        def on_stop(**_: Any) -> None:
+            for dog in dogs:
+                dog.stop()
+
+        def on_child_exit(pid: int | None = None, **_: Any) -> None:
+            metrics.mark_child_dead(pid)
+
+        def on_shutdown(**_: Any) -> None:
+            while folders:
+                metrics.remove_folder(folders.pop())
+
+        tasks.on_worker_signal(app, "worker_init", on_init)
+        tasks.on_worker_signal(app, "worker_ready", on_ready)
+        tasks.on_process_signal("worker_shutting_down", on_stop)
+        tasks.on_process_signal("worker_process_shutdown", on_child_exit)
+        tasks.on_process_signal("worker_shutdown", on_shutdown)
+
+    def create_app(self, name: str = "saga", **overrides: Any) -> Any:
+        """A Celery app configured from this registry's settings (see :func:`celery_config`)."""
+        return tasks.create_app(name, self.settings, **overrides)
+
+
+# The default is the one module-level object: a settable slot, as dramatiq's global broker.
+_default: Registry | None = None
+_default_lock = threading.Lock()
+
+
+def default_registry() -> Registry:
+    """The registry sagas bind to unless given another one (made on first use)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Registry()
+        return _default
+
+
+def set_default_registry(registry: Registry | None) -> Registry | None:
+    """Make ``registry`` the default for sagas declared from now on (None: a fresh one on next
+    use); returns the previous default."""
+    global _default
+    with _default_lock:
+        previous, _default = _default, registry
+    return previous
+
+
+@contextmanager
+def use_registry(registry: Registry) -> Iterator[Registry]:
+    """``with use_registry(r):`` sagas declared inside bind to ``r``; the default is restored after."""
+    previous = set_default_registry(registry)
+    try:
+        yield registry
+    finally:
+        set_default_registry(previous)
+
+
+def get_settings() -> Settings:
+    """The settings of the default registry."""
+    return default_registry().settings
+
+
+def default_store() -> RedisStore:
+    """The store named by the default registry's settings."""
+    return default_registry().store
+
+
+def celery_config(settings: Settings | None = None) -> dict[str, Any]:
+    """The Celery settings saga tasks rely on: JSON only, late acks, one message prefetched,
+    tasks of a lost worker requeued, no result backend needed (``settings``: the default
+    registry's when not given)."""
+    return tasks.celery_config(settings or get_settings())
+
+
+def create_app(name: str = "saga", settings: Settings | None = None, **overrides: Any) -> Any:
+    """A Celery app configured by :func:`celery_config`, plus ``overrides``."""
+    return tasks.create_app(name, settings or get_settings(), **overrides)
