@@ -14,10 +14,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# the same checks as .pre-commit-config.yaml: lint, formatting, types (package and tests), layers
 lint: $(STAMP)
 	$(BIN)/ruff check saga workers tests bench
+	$(BIN)/ruff format --check saga workers tests bench
 	$(BIN)/mypy
 	$(BIN)/mypy bench
+	$(BIN)/python -m tests.lint_layers
 
 test: lint
 	$(BIN)/python -m pytest tests
