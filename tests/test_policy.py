@@ -1,0 +1,148 @@
+"""The policies on their own: pure functions, no Redis, no Celery, milliseconds."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from saga import PermanentError, decide, policy
+from saga.policy import (
+    ContinueUnwind,
+    Forget,
+    GiveUp,
+    Liveness,
+    LookAgain,
+    Refuse,
+    Resume,
+    Retry,
+    RetryPolicy,
+    StartAgain,
+)
+from saga.state import SagaState, Shape, Status, parse_iso
+
+SHAPE = Shape(("a", "b", "c"), (True, True, False))
+POLICY = RetryPolicy(max_retries=2, backoff=1.0, backoff_max=60.0)
+NOW = parse_iso("2026-01-01T00:10:00.000000Z")
+
+
+def state_at(status: Status = Status.RUNNING, updated_at: str = "2026-01-01T00:00:00.000000Z") -> SagaState:
+    start = decide.decide_start("r1", "s", {"n": 1}, at=updated_at).state
+    return SagaState.from_dict({**start.to_dict(), "status": status.value})
+
+
+# --- retry or give up ------------------------------------------------------------------------
+
+
+def test_a_transient_failure_is_retried_while_attempts_remain_and_holds_the_lease_through_the_backoff() -> None:
+    rng = random.Random(3)
+    for attempt in (1, 2):
+        verdict = policy.retry_policy(ConnectionError("flaky"), attempt, POLICY, lease_seconds=5, rng=rng)
+        assert isinstance(verdict, Retry)
+        assert 0 <= verdict.delay <= min(60.0, 2 ** (attempt - 1))
+        assert verdict.hold_ms == int((verdict.delay + 5) * 1000)
+    assert isinstance(policy.retry_policy(ConnectionError("flaky"), 3, POLICY, lease_seconds=5), GiveUp)
+
+
+def test_a_permanent_error_gives_up_at_once() -> None:
+    assert isinstance(policy.retry_policy(PermanentError("no"), 1, POLICY, lease_seconds=5), GiveUp)
+
+
+def test_no_retries_means_the_first_failure_gives_up() -> None:
+    none = RetryPolicy(max_retries=0, backoff=1.0, backoff_max=60.0)
+    assert isinstance(policy.retry_policy(ValueError("x"), 1, none, lease_seconds=5), GiveUp)
+
+
+def test_the_backoff_is_capped() -> None:
+    rng = random.Random(1)
+    capped = RetryPolicy(max_retries=50, backoff=1.0, backoff_max=60.0)
+    delays = [policy.retry_policy(OSError(), 40, capped, 5, rng) for _ in range(200)]
+    assert all(isinstance(d, Retry) and d.delay <= 60.0 for d in delays)
+
+
+# --- the watchdog's triage -------------------------------------------------------------------
+
+
+def triage(state: SagaState | None, known: bool = True, lease_live: bool = False, began: bool = True) -> object:
+    return policy.triage(state, Liveness(known, lease_live, began), now=NOW, lease_seconds=5, dispatch_timeout=30)
+
+
+def test_a_finished_or_expired_run_is_forgotten() -> None:
+    assert isinstance(triage(None), Forget)
+    for status in (Status.COMPLETED, Status.COMPENSATED, Status.FAILED):
+        assert isinstance(triage(state_at(status)), Forget)
+
+
+def test_a_run_of_a_saga_this_process_does_not_define_is_looked_at_later() -> None:
+    assert triage(state_at(), known=False) == LookAgain(NOW + 30)
+
+
+def test_a_run_with_a_live_lease_is_looked_at_a_lease_later() -> None:
+    assert triage(state_at(), lease_live=True) == LookAgain(NOW + 5)
+
+
+def test_an_attempt_that_began_and_holds_no_lease_is_resumed() -> None:
+    assert triage(state_at(), began=True) == Resume("lease expired")
+
+
+def test_a_step_never_begun_waits_out_the_dispatch_timeout_then_is_resumed() -> None:
+    sent_10s_ago = state_at(updated_at="2026-01-01T00:09:50.000000Z")
+    verdict = triage(sent_10s_ago, began=False)
+    assert isinstance(verdict, LookAgain) and verdict.at == pytest.approx(NOW + 20)
+    sent_long_ago = state_at(updated_at="2026-01-01T00:00:00.000000Z")
+    assert triage(sent_long_ago, began=False) == Resume("next step never started")
+
+
+# --- deadlines and retention ------------------------------------------------------------------
+
+
+def test_the_watchdog_looks_once_the_next_lease_could_have_lapsed_and_never_at_a_finished_run() -> None:
+    assert policy.next_check_at(Status.RUNNING, NOW, lease_seconds=5) == NOW + 6
+    assert policy.next_check_at(Status.COMPENSATING, NOW, lease_seconds=2) == NOW + 3
+    for status in (Status.COMPLETED, Status.COMPENSATED, Status.FAILED):
+        assert policy.next_check_at(status, NOW, lease_seconds=5) is None
+    assert policy.dispatch_check_at(NOW, 30) == NOW + 30
+
+
+def test_finished_runs_expire_after_retention_but_a_failed_or_moving_run_is_kept() -> None:
+    assert policy.retention_ms(Status.COMPLETED, 3600) == policy.retention_ms(Status.COMPENSATED, 3600) == 3_600_000
+    for status in (Status.FAILED, Status.RUNNING, Status.PENDING, Status.COMPENSATING):
+        assert policy.retention_ms(status, 3600) == 0
+
+
+# --- dead-letter actions -------------------------------------------------------------------------
+
+
+def entry(kind: str, index: int = 1) -> dict[str, object]:
+    return {"id": "r1.5", "kind": kind, "index": index}
+
+
+def test_a_stuck_compensation_of_a_failed_run_unwinds_again_from_that_step() -> None:
+    assert policy.dead_letter_action(entry("compensation", 1), state_at(Status.FAILED)) == ContinueUnwind(1)
+
+
+def test_a_forward_entry_of_a_compensated_run_starts_the_run_again() -> None:
+    assert policy.dead_letter_action(entry("forward"), state_at(Status.COMPENSATED)) == StartAgain()
+
+
+@pytest.mark.parametrize(
+    ("kind", "status"),
+    [("forward", Status.RUNNING), ("forward", Status.FAILED), ("compensation", Status.COMPENSATED)],
+)
+def test_any_other_entry_is_refused_saying_why(kind: str, status: Status) -> None:
+    verdict = policy.dead_letter_action(entry(kind), state_at(status))
+    assert isinstance(verdict, Refuse) and f"while run r1 is {status.value}" in verdict.reason
+
+
+# --- verification ----------------------------------------------------------------------------
+
+
+def test_records_that_agree_verify_and_a_tampered_payload_does_not() -> None:
+    v1 = decide.decide_start("r1", "s", {"n": 1}).state
+    v2 = decide.decide_step_succeeded(v1, SHAPE, 0, {"a": 1}).state
+    assert policy.verify_records(v2, v2, [v1, v2]) == []
+    tampered = SagaState.from_dict({**v2.to_dict(), "payload": {"n": 1, "a": 2}})
+    problems = policy.verify_records(tampered, v2, [v1, tampered])
+    assert any("differs from the stored state in: payload" in p for p in problems)
+    assert any("at version 2" in p and "does not match its payload" in p for p in problems)
+    assert any("without gaps" in p for p in policy.verify_records(v2, v2, [v2]))
