@@ -130,25 +130,45 @@ def _event_details(event: Mapping[str, Any]) -> str:
     return escape(" ".join(parts))
 
 
-def print_runs(runs: Sequence[SagaState]) -> None:
-    """The runs table of ``saga list`` (or ``no runs``)."""
+def print_runs(runs: Sequence[SagaState], parked: Mapping[str, str] | None = None) -> None:
+    """The runs table of ``saga list`` (or ``no runs``); with ``parked`` (run id -> reason), a
+    column says why each run waits."""
     out = console()
     if not runs:
         out.print("no runs")
         return
-    table = _table("run", "saga", "status", "step", "version", "updated", "last checkpoint", "error")
+    columns = ["run", "saga", "v", "status", "step", "version", "updated", "last checkpoint", "error"]
+    table = _table(*columns, *(["parked because"] if parked is not None else []))
     for s in runs:
         last = s.checkpoints[-1].name if s.checkpoints else "-"
-        table.add_row(
+        row = [
             s.id,
             escape(s.saga),
+            str(s.definition_version),
             _status(s.status),
             str(s.current_step),
             str(s.version),
             _when(s.updated_at),
             escape(last),
             escape(error_text(s)),
-        )
+        ]
+        if parked is not None:
+            row.append(escape(parked.get(s.id, "")))
+        table.add_row(*row)
+    out.print(table)
+
+
+def print_stats(rows: Sequence[Mapping[str, Any]]) -> None:
+    """``saga stats``: runs per saga version and status."""
+    out = console()
+    if not rows:
+        out.print("no runs")
+        return
+    statuses = [s.value for s in Status]
+    table = _table("saga", "version", *statuses, "parked", "unfinished")
+    for row in rows:
+        counts = [str(row[k]) for k in (*statuses, "parked", "unfinished")]
+        table.add_row(escape(str(row["saga"])), str(row["version"]), *counts)
     out.print(table)
 
 

@@ -9,10 +9,13 @@ message saying what the run is and what can be done instead.
 from __future__ import annotations
 
 import importlib
+from collections import Counter
+from dataclasses import dataclass
 
 from . import decide, engine, policy
 from .errors import ActionRefused, RunNotFound, SagaError
 from .registry import Registry, default_registry
+from .schema import CommitReason
 from .state import EventType, JSONObject, SagaState, Status, rebuild
 
 
@@ -28,23 +31,76 @@ def _registry(registry: Registry | None) -> Registry:
     return registry if registry is not None else default_registry()
 
 
+@dataclass(frozen=True)
+class RunFilter:
+    """Which runs a listing shows: by status, saga name, definition version."""
+
+    status: str | None = None
+    saga: str | None = None
+    version: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.status is not None and self.status not in {s.value for s in Status}:
+            raise SagaError(f"unknown status {self.status!r}; one of: {', '.join(s.value for s in Status)}")
+
+    def matches(self, state: SagaState) -> bool:
+        """Whether ``state`` passes every filter given."""
+        return (
+            (self.status is None or state.status.value == self.status)
+            and (self.saga is None or state.saga == self.saga)
+            and (self.version is None or state.definition_version == self.version)
+        )
+
+
 def list_runs(
-    *, status: str | None = None, saga: str | None = None, limit: int = 50, registry: Registry | None = None
+    *,
+    status: str | None = None,
+    saga: str | None = None,
+    version: int | None = None,
+    parked: bool = False,
+    limit: int = 50,
+    registry: Registry | None = None,
 ) -> list[SagaState]:
-    """Runs, newest first, filtered by status and saga name; at most ``limit``."""
+    """Runs, newest first (parked ones: longest parked first), filtered by status, saga name and
+    definition version; at most ``limit``."""
     store = _registry(registry).store
-    if status is not None and status not in {s.value for s in Status}:
-        raise SagaError(f"unknown status {status!r}; one of: {', '.join(s.value for s in Status)}")
+    wanted = RunFilter(status, saga, version)
+    ids = [p.run_id for p in store.parked(limit=10_000)] if parked else store.run_ids()
     found: list[SagaState] = []
+    for start in range(0, len(ids), 500):
+        for state in store.snapshots(ids[start : start + 500]):
+            if state is not None and wanted.matches(state):
+                found.append(state)
+                if len(found) >= limit:
+                    return found
+    return found
+
+
+def parked_reasons(registry: Registry | None = None) -> dict[str, str]:
+    """Run id -> why it is parked, for the parked runs."""
+    return {p.run_id: p.reason for p in _registry(registry).store.parked(limit=10_000)}
+
+
+def stats(registry: Registry | None = None) -> list[dict[str, object]]:
+    """How many runs each saga version has, by status, and how many of them are parked: rows of
+    ``saga``, ``version``, one count per status, ``parked`` and ``unfinished`` (a version whose
+    ``unfinished`` is 0 has no run left to drain)."""
+    store = _registry(registry).store
+    counts: Counter[tuple[str, int, str]] = Counter()
     ids = store.run_ids()
     for start in range(0, len(ids), 500):
         for state in store.snapshots(ids[start : start + 500]):
-            if state is None or (status and state.status.value != status) or (saga and state.saga != saga):
-                continue
-            found.append(state)
-            if len(found) >= limit:
-                return found
-    return found
+            if state is not None:
+                counts[(state.saga, state.definition_version, state.status.value)] += 1
+    parked = Counter((p.saga, p.definition_version) for p in store.parked(limit=10_000))
+    rows: list[dict[str, object]] = []
+    for saga, version in sorted({(s, v) for s, v, _ in counts}):
+        row: dict[str, object] = {"saga": saga, "version": version}
+        row.update({status.value: counts[(saga, version, status.value)] for status in Status})
+        row["parked"] = parked[(saga, version)]
+        row["unfinished"] = sum(counts[(saga, version, s.value)] for s in Status if not s.terminal)
+        rows.append(row)
+    return rows
 
 
 def verify(run_id: str, *, registry: Registry | None = None) -> list[str]:
@@ -60,11 +116,17 @@ def resume(run_id: str, *, reason: str = "operator", registry: Registry | None =
     state = reg.store.get(run_id)
     if state.status.terminal:
         raise ActionRefused(f"run {run_id} is {state.status.value}; only an unfinished run can be resumed")
-    if engine.resume(reg.runtime_for(state.saga), run_id, reason) is None:
+    parked = reg.store.progress(run_id).parked
+    if parked and reg.find(state.saga, state.definition_version) is None:
+        raise ActionRefused(f"run {run_id} stays parked: {parked}")
+    if engine.resume(reg.runtime_for(state.saga, state.definition_version), run_id, reason) is None:
         after = reg.store.get(run_id)
         if after.status is Status.FAILED:
             message = after.error.message if after.error else ""
             raise ActionRefused(f"run {run_id} could not be resumed and failed: {message}")
+        parked = reg.store.progress(run_id).parked
+        if parked:
+            raise ActionRefused(f"run {run_id} stays parked: {parked}")
         raise ActionRefused(f"run {run_id} is being run right now (its lease is live); nothing to resume")
     return reg.store.get(run_id)
 
@@ -79,9 +141,52 @@ def cancel(run_id: str, *, reason: str = "operator", registry: Registry | None =
     state = reg.store.get(run_id)
     if state.status is not Status.PENDING and state.status is not Status.RUNNING:
         raise ActionRefused(f"run {run_id} is {state.status.value}; only a pending or running run can be cancelled")
-    if not engine.cancel_now(reg.runtime_for(state.saga), state, reason):
+    if not engine.cancel_now(reg.runtime_for(state.saga, state.definition_version), state, reason):
         reg.store.request_cancel(run_id, reason)
     return reg.store.get(run_id)
+
+
+def compensate(run_id: str, *, reason: str = "operator", registry: Registry | None = None) -> SagaState:
+    """Unwind an unfinished, parked or failed run: compensate exactly its committed steps not
+    compensated yet, newest first, each through its compensation task by name and once (dedup
+    marks as for any compensation); the run ends ``compensated``.
+
+    The compensations may come from any loaded version of the saga (a step's compensation is
+    found by the step's name), so a run whose own version was removed can still be unwound.
+    Refused, naming them, when a compensation the run needs is in no loaded definition; and
+    while an attempt holds the run's lease.
+    """
+    reg = _registry(registry)
+    store = reg.store
+    state = store.get(run_id)
+    if state.status in (Status.COMPLETED, Status.COMPENSATED):
+        raise ActionRefused(
+            f"run {run_id} is {state.status.value}; only an unfinished, parked or failed run can be compensated"
+        )
+    own = reg.find(state.saga, state.definition_version)
+    shape = store.shape(run_id) or (own.shape if own is not None else None)
+    if shape is None:
+        raise ActionRefused(
+            f"run {run_id} recorded no definition and version {state.definition_version} of saga {state.saga!r} "
+            "is not loaded; import the module that defines it with --app"
+        )
+    missing = [
+        name for name in decide.compensations_due(state, shape) if reg.compensation_named(state.saga, name) is None
+    ]
+    if missing:
+        raise ActionRefused(
+            f"run {run_id} cannot be compensated here: no loaded definition of saga {state.saga!r} has a "
+            f"compensation for step(s) {', '.join(missing)}; import the module that defines them with --app"
+        )
+    result = engine.compensate(reg.stored_runtime(state.saga, state.definition_version, shape), state, reason)
+    if not result.applied:
+        if result.reason is CommitReason.LEASED:
+            raise ActionRefused(
+                f"run {run_id} is being run right now (its lease is live); `saga cancel` unwinds it after that "
+                "step, or compensate it once the attempt ends"
+            )
+        raise ActionRefused(f"run {run_id} changed meanwhile ({result.reason}); try again")
+    return store.get(run_id)
 
 
 def dead_letters(registry: Registry | None = None) -> list[JSONObject]:
@@ -105,7 +210,7 @@ def retry_dead_letter(entry_id: str, *, registry: Registry | None = None) -> str
     action = policy.dead_letter_action(entry, state)
     if isinstance(action, policy.Refuse):
         raise ActionRefused(action.reason)
-    rt = reg.runtime_for(state.saga)
+    rt = reg.runtime_for(state.saga, state.definition_version)
     if isinstance(action, policy.ContinueUnwind):
         if not engine.retry_compensation(rt, state, action.index, entry_id):
             raise ActionRefused(f"run {state.id} changed meanwhile; try again")
@@ -136,12 +241,16 @@ def drop_dead_letter(entry_id: str, *, reason: str, registry: Registry | None = 
 
 
 __all__ = [
+    "RunFilter",
     "cancel",
+    "compensate",
     "dead_letters",
     "drop_dead_letter",
     "list_runs",
     "load_app",
+    "parked_reasons",
     "resume",
     "retry_dead_letter",
+    "stats",
     "verify",
 ]

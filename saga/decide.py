@@ -50,10 +50,13 @@ def _step(shape: Shape, index: int) -> dict[str, Any]:
 # --- transitions -----------------------------------------------------------------------------
 
 
-def decide_start(run_id: str, saga: str, payload: JSONObject, at: str | None = None) -> Transition:
-    """A new run: version 1, pending, cursor on step 0."""
+def decide_start(
+    run_id: str, saga: str, payload: JSONObject, at: str | None = None, *, definition_version: int = 1
+) -> Transition:
+    """A new run of ``saga`` under its definition ``definition_version``: version 1, pending,
+    cursor on step 0."""
     b = _Builder(None, run_id, bump=True, at=at)
-    b.add(EventType.SAGA_STARTED, saga=saga, payload=payload)
+    b.add(EventType.SAGA_STARTED, saga=saga, payload=payload, definition_version=definition_version)
     return b.transition(None)
 
 
@@ -166,9 +169,9 @@ def _error_of(entry: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def next_compensation(state: SagaState, shape: Shape, below: int) -> int | None:
-    """The highest committed step under ``below`` that defines a compensation, if any."""
+    """The highest committed step under ``below`` that defines a compensation not yet committed."""
     for index in sorted(state.committed_steps, reverse=True):
-        if index < below and shape.compensable[index]:
+        if index < below and shape.compensable[index] and index not in state.compensated:
             return index
     return None
 
@@ -186,11 +189,17 @@ def _unwind(b: _Builder, state: SagaState, shape: Shape, below: int, kind: Event
 def decide_step_gave_up(
     state: SagaState, shape: Shape, index: int, error: BaseException, attempts: int, at: str | None = None
 ) -> tuple[Transition, JSONObject]:
-    """Step ``index`` gave up: dead-letter it, then unwind (or end compensated if nothing to undo)."""
+    """Step ``index`` gave up: dead-letter it, then unwind — from the step itself when it is
+    undone also on its own failure (it may have acted), else from the step below — or end
+    compensated if there is nothing to undo."""
     b = _Builder(state, state.id, bump=True, at=at)
     entry = dead_letter_entry(state, shape.steps[index], Direction.FORWARD, index, error, attempts, b.at)
     b.add(EventType.STEP_FAILED, **_step(shape, index), error=_error_of(entry))
-    _unwind(b, state, shape, index, EventType.SAGA_DEAD_LETTERED, **_step(shape, index), entry=entry)
+    lettered = {**_step(shape, index), "entry": entry}
+    if shape.undo_own_failure(index):
+        b.add(EventType.SAGA_DEAD_LETTERED, **lettered, status=Status.COMPENSATING.value, current_step=index)
+    else:
+        _unwind(b, state, shape, index, EventType.SAGA_DEAD_LETTERED, **lettered)
     return b.transition(state), entry
 
 
@@ -235,6 +244,29 @@ def decide_cancel(state: SagaState, shape: Shape, reason: str, at: str | None = 
     b = _Builder(state, state.id, bump=True, at=at)
     _unwind(b, state, shape, state.current_step, EventType.SAGA_CANCELLED, reason=reason)
     return b.transition(state)
+
+
+def decide_compensate(state: SagaState, shape: Shape, reason: str, at: str | None = None) -> Transition:
+    """An operator unwinds an unfinished, parked or failed run: compensate exactly its committed
+    steps not compensated yet, newest first (or end compensated if there are none)."""
+    b = _Builder(state, state.id, bump=True, at=at)
+    fields = {"reason": reason, "from_status": state.status.value}
+    _unwind(b, state, shape, len(shape.steps), EventType.SAGA_COMPENSATION_REQUESTED, **fields)
+    return b.transition(state)
+
+
+def compensations_due(state: SagaState, shape: Shape) -> list[str]:
+    """Names of the committed steps an operator's unwind would compensate, newest first."""
+    return [
+        shape.steps[i]
+        for i in sorted(state.committed_steps, reverse=True)
+        if shape.compensable[i] and i not in state.compensated
+    ]
+
+
+def parked_event(state: SagaState, reason: str, at: str | None = None) -> Event:
+    """``saga.parked``: the run waits, untouched, for a worker with the definition it needs."""
+    return note_event(state, EventType.SAGA_PARKED, at, reason=reason, definition_version=state.definition_version)
 
 
 def decide_retry_compensation(

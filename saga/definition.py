@@ -2,19 +2,21 @@
 optional compensating task, plus the calls that start and inspect its runs.
 
 Declaring registers: a saga with its :class:`~saga.registry.Registry` (the default one unless
-given), a step's task (and its compensation's) on the saga's Celery app. Running is the
-engine's (:mod:`saga.engine`); this module only declares and delegates.
+given), by name and version; a step's task (and its compensation's) on the saga's Celery app,
+once per name whatever the versions. Declaring also checks each body: it must be callable as
+``(payload, ctx)`` (``async def`` bodies are awaited on the worker). Running is the engine's
+(:mod:`saga.engine`); this module only declares and delegates.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 import time
 from collections.abc import Callable
 from typing import Any, overload
 
 from . import engine, tasks
-from .delivery import deliver
 from .errors import SagaDefinitionError, SagaTimeout
 from .policy import RetryPolicy
 from .registry import Registry, default_registry
@@ -34,6 +36,23 @@ from .store import RedisStore
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 
 
+def _check_body(fn: object, what: str) -> None:
+    """Refuse, at declaration, a body that cannot be called as ``(payload, ctx)``."""
+    if not callable(fn):
+        raise SagaDefinitionError(f"{what} must be a function taking (payload, ctx), got {type(fn).__name__}")
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin without a signature: let it be
+        return
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        raise SagaDefinitionError(
+            f"{what} cannot be called as (payload, ctx): its signature is {signature}; "
+            "give it two parameters, the payload and the StepContext"
+        ) from None
+
+
 class Step:
     """One step of a saga: a forward function and, optionally, its compensation.
 
@@ -41,30 +60,22 @@ class Step:
     Calling it calls the forward function directly (handy in unit tests).
     """
 
-    def __init__(self, saga: Saga, index: int, name: str, fn: StepFunction, retry: dict[str, Any]) -> None:
+    def __init__(
+        self, saga: Saga, index: int, name: str, fn: StepFunction, retry: dict[str, Any], compensate_on_failure: bool
+    ) -> None:
         self.saga = saga
         self.index = index
         self.name = name
         self.fn = fn
         self.compensation: CompensationFunction | None = None
+        self.compensate_on_failure = compensate_on_failure
         self._retry = retry
-        self.task_name = f"saga.{saga.name}.{name}"
-        self.compensation_task_name = f"{self.task_name}.compensate"
-        self.task: Any = self._register(Direction.FORWARD)
+        self.task_name = tasks.task_name(saga.name, name, Direction.FORWARD)
+        self.compensation_task_name = tasks.task_name(saga.name, name, Direction.COMPENSATION)
+        self.task: Any = saga.registry.task_for(saga.app, saga.name, name, Direction.FORWARD)
         self.compensation_task: Any = None
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
-
-    def _register(self, direction: Direction) -> Any:
-        saga = self.saga
-        forward = direction is Direction.FORWARD
-        name = self.task_name if forward else self.compensation_task_name
-        what = "Step" if forward else "Compensation of step"
-
-        def handle(run_id: str, attempt: int) -> None:
-            deliver(saga.runtime(), self, direction, run_id, attempt)
-
-        return tasks.register_task(saga.app, name, handle, f"{what} {self.name!r} of saga {saga.name!r}.")
 
     def retry_policy(self, settings: Settings) -> RetryPolicy:
         """This step's retry policy: its own values, ``settings``' defaults for the rest."""
@@ -90,20 +101,26 @@ class Step:
         return self.retry_policy(self.saga.settings).backoff_max
 
     def compensate(self, fn: CompensationFunction) -> CompensationFunction:
-        """Declare the compensation of this step; it runs if a later step gives up."""
+        """Declare the compensation of this step; it runs if a later step gives up (and, with
+        ``compensate_on_failure``, if this step does). It must tolerate "nothing to undo": it
+        may run for a step whose effect never happened, and may run more than once (hand
+        ``ctx.idempotency_key`` to the API it calls)."""
+        saga = self.saga
         if self.compensation is not None:
-            raise SagaDefinitionError(f"step {self.name!r} of saga {self.saga.name!r} already has a compensation")
+            raise SagaDefinitionError(f"step {self.name!r} of saga {saga.name!r} already has a compensation")
+        _check_body(fn, f"compensation of step {self.name!r} of saga {saga.name!r}")
         self.compensation = fn
-        self.compensation_task = self._register(Direction.COMPENSATION)
-        self.saga._shape = None
+        self.compensation_task = saga.registry.task_for(saga.app, saga.name, self.name, Direction.COMPENSATION)
+        saga._shape = None
         return fn
 
     def task_for(self, direction: Direction) -> Any:
         """The Celery task that runs this step in ``direction``."""
         return self.task if direction is Direction.FORWARD else self.compensation_task
 
-    def __call__(self, payload: dict[str, Any], ctx: Any) -> dict[str, Any] | None:
-        """Call the forward body directly (no run, no commit): for unit tests of the body."""
+    def __call__(self, payload: dict[str, Any], ctx: Any) -> Any:
+        """Call the forward body directly (no run, no commit): for unit tests of the body (an
+        ``async def`` body returns its coroutine)."""
         return self.fn(payload, ctx)
 
     def __repr__(self) -> str:
@@ -114,10 +131,15 @@ class Saga:
     """A named, ordered list of steps registered as Celery tasks on ``app``.
 
     Steps run in declaration order. Declare every step (in every process: clients and workers)
-    before starting runs: a run records the definition's fingerprint and refuses to move under
-    another one. A saga binds to ``registry`` (the default registry unless given); a second
-    saga of the same name in one registry raises :class:`~saga.SagaDefinitionError`.
-    ``settings`` and ``store`` override the registry's for this saga only.
+    before starting runs. A run records the definition's ``version`` and shape when it starts,
+    and is moved to its end by that version only: to change a saga, declare the new definition
+    beside the old one with a higher ``version`` (same name), and keep the old one until its runs
+    drain. A worker without a run's version parks the run, never fails it. ``start()`` starts
+    runs under the highest version declared in the process.
+
+    A saga binds to ``registry`` (the default registry unless given); declaring a name and
+    version twice in one registry raises :class:`~saga.SagaDefinitionError`. ``settings`` and
+    ``store`` override the registry's for this saga only.
     """
 
     def __init__(
@@ -128,10 +150,14 @@ class Saga:
         store: RedisStore | None = None,
         settings: Settings | None = None,
         registry: Registry | None = None,
+        version: int = 1,
     ) -> None:
         if not _NAME.match(name):
             raise SagaDefinitionError(f"saga name {name!r} must be letters, digits, '_' or '-'")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise SagaDefinitionError(f"saga version must be a whole number from 1, got {version!r}")
         self.name = name
+        self.version = version
         self.app: Any = app if app is not None else tasks.current_app()
         self.registry = registry if registry is not None else default_registry()
         self._settings = settings
@@ -157,7 +183,9 @@ class Saga:
         makes it anew)."""
         if self._shape is None:
             self._shape = Shape(
-                tuple(s.name for s in self.steps), tuple(s.compensation is not None for s in self.steps)
+                tuple(s.name for s in self.steps),
+                tuple(s.compensation is not None for s in self.steps),
+                tuple(s.compensate_on_failure for s in self.steps),
             )
         return self._shape
 
@@ -184,6 +212,7 @@ class Saga:
         max_retries: int | None = None,
         retry_backoff: float | None = None,
         retry_backoff_max: float | None = None,
+        compensate_on_failure: bool = False,
     ) -> Callable[[StepFunction], Step]: ...
 
     def step(
@@ -195,11 +224,15 @@ class Saga:
         max_retries: int | None = None,
         retry_backoff: float | None = None,
         retry_backoff_max: float | None = None,
+        compensate_on_failure: bool = False,
     ) -> Step | Callable[[StepFunction], Step]:
         """Declare the next step. Its return value (a JSON object, or None) is merged into the payload.
 
         Any exception but :class:`~saga.PermanentError` is retried ``max_retries`` times with
         full-jitter exponential backoff ``min(retry_backoff_max, retry_backoff * 2**(n-1))``.
+        With ``compensate_on_failure``, the step's own compensation runs first when the step
+        gives up (it may have acted before failing, e.g. timed out against an API that applied
+        the change), then the steps before it, newest first.
         """
         if max_retries is not None and max_retries < 0:
             raise SagaDefinitionError("max_retries must be >= 0")
@@ -212,7 +245,8 @@ class Saga:
                 raise SagaDefinitionError(f"step name {step_name!r} must be letters, digits, '_' or '-'")
             if any(s.name == step_name for s in self.steps):
                 raise SagaDefinitionError(f"saga {self.name!r} already has a step named {step_name!r}")
-            s = Step(self, len(self.steps), step_name, f, retry)
+            _check_body(f, f"step {step_name!r} of saga {self.name!r}")
+            s = Step(self, len(self.steps), step_name, f, retry, compensate_on_failure)
             self.steps.append(s)
             self._shape = None
             return s
@@ -222,13 +256,15 @@ class Saga:
     # --- running ---------------------------------------------------------------------------
 
     def start(self, payload: JSONObject, *, key: str | None = None) -> str:
-        """Start a run and return its id.
+        """Start a run under the highest version of this saga declared in the process, and
+        return its id.
 
         With ``key``, the run id is derived from (saga, key): starting again with the same key
-        returns the same id and starts nothing, also when processes race. A payload that is not a
-        JSON object raises :class:`~saga.InvalidPayload` before anything is written.
+        and payload returns the same id and starts nothing, also when processes race; the same
+        key with another payload raises :class:`~saga.KeyConflict`. A payload that is not a JSON
+        object raises :class:`~saga.InvalidPayload` before anything is written.
         """
-        return engine.start_run(self.runtime(), payload, key)
+        return engine.start_run(self.registry.get(self.name).runtime(), payload, key)
 
     def get(self, run_id: str) -> SagaState:
         """The run's latest snapshot; :class:`~saga.RunNotFound` for an unknown id."""
@@ -264,12 +300,16 @@ class Saga:
         """The run's state computed from its events alone; equal to :meth:`get`."""
         return rebuild(self.store.events(run_id))
 
+    def find_step(self, name: str) -> Step | None:
+        """The step called ``name``, if there is one."""
+        return next((s for s in self.steps if s.name == name), None)
+
     def step_named(self, name: str) -> Step:
-        """The step called ``name``."""
-        for s in self.steps:
-            if s.name == name:
-                return s
-        raise SagaDefinitionError(f"saga {self.name!r} has no step {name!r}")
+        """The step called ``name``; :class:`~saga.SagaDefinitionError` if there is none."""
+        found = self.find_step(name)
+        if found is None:
+            raise SagaDefinitionError(f"saga {self.name!r} has no step {name!r}")
+        return found
 
     def __repr__(self) -> str:
-        return f"<Saga {self.name} steps={[s.name for s in self.steps]}>"
+        return f"<Saga {self.name} v{self.version} steps={[s.name for s in self.steps]}>"

@@ -1,23 +1,71 @@
 """One delivered message: what a worker does with a step or compensation task of one run.
 
-A :class:`Delivery` goes: ``begin`` (dedup mark, lease, fencing token) -> the body, its lease
-renewed by the heartbeat -> the transition :mod:`saga.decide` chooses -> one commit
-(:func:`saga.engine.commit_and_follow`) -> the next task sent. A failed attempt is retried as
-:func:`saga.policy.retry_policy` says: a ``step.retrying`` event and the same task sent again
-with a countdown, or, once it gives up, a dead letter and the unwind.
+A :class:`Delivery` goes: ``begin`` (dedup mark, lease, fencing token; the run's watchdog
+deadline moves a lease ahead) -> the body, its lease renewed by the heartbeat -> the transition
+:mod:`saga.decide` chooses -> one commit (:func:`saga.engine.commit_and_follow`) -> the next task
+sent. A failed attempt is retried as :func:`saga.policy.retry_policy` says: a ``step.retrying``
+event and the same task sent again with a countdown, or, once it gives up, a dead letter and the
+unwind. A run started under another definition is parked, never failed.
+
+An ``async def`` body is awaited on an event loop of the worker thread's own, kept from one call
+to the next (so clients bound to a loop can be reused); a sync body is called as it is.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import os
+import threading
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from . import decide, metrics, policy
-from .engine import Runtime, StepDefinition, commit_and_follow, dispatch, fail_run, send_step
-from .errors import DefinitionMismatch, InvalidPayload, PermanentError
+from .engine import Runtime, commit_and_follow, dispatch, park, send_step
+from .errors import InvalidOutput, InvalidPayload
 from .schema import BeginOutcome, CommitOptions
-from .state import Direction, JSONObject, SagaState, Status, StepContext, json_copy, require_json_object
+from .settings import Settings
+from .state import (
+    CompensationFunction,
+    Direction,
+    JSONObject,
+    SagaState,
+    Status,
+    StepContext,
+    StepFunction,
+    json_copy,
+    require_json_object,
+)
+
+
+class StepDefinition(Protocol):
+    """What a delivery needs of a declared step: its bodies and its retry policy."""
+
+    @property
+    def name(self) -> str:
+        """The step's name, unique in its saga."""
+        ...
+
+    @property
+    def index(self) -> int:
+        """The step's 0-based position in its saga."""
+        ...
+
+    @property
+    def fn(self) -> StepFunction:
+        """The forward body."""
+        ...
+
+    @property
+    def compensation(self) -> CompensationFunction | None:
+        """The compensation body, if the step can be undone."""
+        ...
+
+    def retry_policy(self, settings: Settings) -> policy.RetryPolicy:
+        """The step's retry policy, its own overrides over ``settings``' defaults."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -29,17 +77,50 @@ class Attempt:
     number: int
 
 
+class _Loops(threading.local):
+    """One event loop per worker thread (and process), made on first use."""
+
+    loop: asyncio.AbstractEventLoop | None = None
+    pid: int = 0
+
+
+_loops = _Loops()
+
+
+def _await(awaitable: Awaitable[Any]) -> Any:
+    """Run an async body to its end on this thread's event loop."""
+    if _loops.loop is None or _loops.loop.is_closed() or _loops.pid != os.getpid():
+        _loops.loop, _loops.pid = asyncio.new_event_loop(), os.getpid()
+    return _loops.loop.run_until_complete(awaitable)
+
+
 class Delivery:
     """One delivered message: step ``step`` of run ``run_id`` in ``direction``, as attempt
     ``attempt`` says the message. :meth:`run` never raises for a business failure: every
-    outcome is committed to the store (or the commit is refused and logged)."""
+    outcome is committed to the store (or the commit is refused and logged).
 
-    def __init__(self, rt: Runtime, step: StepDefinition, direction: Direction, run_id: str, attempt: int) -> None:
+    ``by_name``: a compensation run for an operator's unwind under another version's step of
+    the same name; ``rt`` then holds the run's own recorded definition.
+    """
+
+    def __init__(
+        self,
+        rt: Runtime,
+        step: StepDefinition,
+        direction: Direction,
+        run_id: str,
+        attempt: int,
+        *,
+        by_name: bool = False,
+    ) -> None:
         self.rt = rt
         self.step = step
         self.direction = direction
         self.run_id = run_id
         self.attempt = attempt
+        self.by_name = by_name
+        steps = rt.definition.shape.steps
+        self.index = steps.index(step.name) if by_name and step.name in steps else step.index
         self.log = rt.log(str(run_id), step.name)
 
     def run(self) -> None:
@@ -61,7 +142,7 @@ class Delivery:
             self.run_id,
             rt.name,
             step.name,
-            step.index,
+            self.index,
             granted.number,
             f"{self.run_id}:{step.name}:{self.direction.value}",
             self.direction,
@@ -84,11 +165,12 @@ class Delivery:
         begin = rt.store.begin(
             self.run_id,
             self.direction,
-            self.step.index,
+            self.index,
             attempt=self.attempt,
             lease_ms=rt.lease_ms,
-            fingerprint=shape.fingerprint,
-            started=decide.started_event(self.run_id, shape, self.direction, self.step.index),
+            fingerprint="" if self.by_name else shape.fingerprint,
+            started=decide.started_event(self.run_id, shape, self.direction, self.index),
+            check_at=policy.lease_check_at(time.time(), rt.settings.lease_seconds),
         )
         state = begin.state
         if begin.outcome is BeginOutcome.MISSING or state is None:
@@ -103,11 +185,13 @@ class Delivery:
             self.log.info("%s: another attempt holds the run or its cursor moved on; skipping", begin.outcome)
             return None
         if begin.outcome is BeginOutcome.DRIFT:
-            mismatch = DefinitionMismatch(
-                f"run {self.run_id} was started with definition {begin.stored_fingerprint} of saga {rt.name!r}, "
-                f"this worker has {shape.fingerprint}; deploy the same definition everywhere"
-            )
-            fail_run(rt, state, self.step.name, mismatch)
+            if self.by_name:
+                why = policy.missing_reason(rt.name, state.definition_version, [])
+            else:
+                why = policy.drift_reason(
+                    rt.name, state.definition_version, begin.stored_fingerprint, shape.fingerprint
+                )
+            park(rt.store, state, why, self.log)
             return None
         return Attempt(state, begin.token, begin.attempt)
 
@@ -115,19 +199,26 @@ class Delivery:
         step = self.step
         if self.direction is Direction.COMPENSATION:
             assert step.compensation is not None
-            step.compensation(payload, ctx)
+            done = step.compensation(payload, ctx)
+            if inspect.isawaitable(done):
+                _await(done)
             return None
-        output = step.fn(payload, ctx)
+        output: Any = step.fn(payload, ctx)
+        if inspect.isawaitable(output):
+            output = _await(output)
         if output is None:
             return None
         try:
             return require_json_object(output, f"the return value of step {step.name!r}")
         except InvalidPayload as exc:
-            raise PermanentError(str(exc)) from None
+            raise InvalidOutput(
+                f"{exc}; the body ran to its end, so its effect may have happened "
+                "(declare the step with compensate_on_failure=True to undo it)"
+            ) from None
 
     def _succeeded(self, granted: Attempt, output: JSONObject | None) -> None:
         shape = self.rt.definition.shape
-        state, index = granted.state, self.step.index
+        state, index = granted.state, self.index
         if self.direction is Direction.FORWARD:
             transition = decide.decide_step_succeeded(state, shape, index, output)
         else:
@@ -142,30 +233,32 @@ class Delivery:
 
     def _failed(self, granted: Attempt, exc: Exception, seconds: float) -> None:
         rt, step = self.rt, self.step
-        state, n = granted.state, granted.number
+        state, n, index = granted.state, granted.number, self.index
         verdict = policy.retry_policy(exc, n, step.retry_policy(rt.settings), rt.settings.lease_seconds)
         retrying = isinstance(verdict, policy.Retry)
         metrics.step_finished(rt.name, step.name, self.direction.value, seconds, "retrying" if retrying else "failed")
         shape = rt.definition.shape
         if isinstance(verdict, policy.Retry):
-            event = decide.decide_retry(state, shape, self.direction, step.index, n, exc, verdict.delay)
+            event = decide.decide_retry(state, shape, self.direction, index, n, exc, verdict.delay)
             if not rt.store.record_retry(state.id, granted.token, [event], f"backoff:{n + 1}", verdict.hold_ms):
                 self.log.warning("lost the lease before recording a retry; leaving the run to its holder")
                 return
             self.log.info("attempt %d failed (%s: %s); retrying in %.2fs", n, type(exc).__name__, exc, verdict.delay)
-            send_step(rt, step, self.direction, state.id, attempt=n + 1, countdown=verdict.delay)
+            send_step(rt, state, index, self.direction, attempt=n + 1, countdown=verdict.delay)
             return
         self.log.error("gave up after %d attempt(s): %s: %s", n, type(exc).__name__, exc)
         if self.direction is Direction.FORWARD:
-            transition, entry = decide.decide_step_gave_up(state, shape, step.index, exc, n)
+            transition, entry = decide.decide_step_gave_up(state, shape, index, exc, n)
         else:
-            transition, entry = decide.decide_compensation_gave_up(state, shape, step.index, exc, n)
+            transition, entry = decide.decide_compensation_gave_up(state, shape, index, exc, n)
         options = CommitOptions(token=granted.token, release=True, dead_entry=entry)
         result = commit_and_follow(rt, state, transition, options)
         if not result.applied:
             self.log.warning("commit of the failure refused (%s); result discarded", result.reason)
 
 
-def deliver(rt: Runtime, step: StepDefinition, direction: Direction, run_id: str, attempt: int) -> None:
+def deliver(
+    rt: Runtime, step: StepDefinition, direction: Direction, run_id: str, attempt: int, *, by_name: bool = False
+) -> None:
     """Handle one delivered message (see :class:`Delivery`)."""
-    Delivery(rt, step, direction, run_id, attempt).run()
+    Delivery(rt, step, direction, run_id, attempt, by_name=by_name).run()

@@ -1,12 +1,15 @@
 """The engine: every commit a run goes through, and the task that follows it.
 
-Starting, resuming, cancelling and failing a run, and each step's result (:mod:`saga.delivery`),
-go through one function, :func:`commit_and_follow`: commit the transition :mod:`saga.decide`
-chose, with the retention and watchdog deadline :mod:`saga.policy` gives, then send the next
-task or count the run as finished.
+Starting, resuming, cancelling, failing, parking and unwinding a run, and each step's result
+(:mod:`saga.delivery`), go through one function, :func:`commit_and_follow`: commit the
+transition :mod:`saga.decide` chose, with the retention and watchdog deadline :mod:`saga.policy`
+gives, then send the next task or count the run as finished.
 
 The engine runs any saga definition that looks like :class:`SagaDefinition`; it never imports
-the definition API, which sits above it.
+the definition API, which sits above it. It needs a definition's name, version, shape and Celery
+app only, and sends every task by name (``saga.<saga>.<step>[.compensate]``), so a run can also
+be moved under the shape it recorded when it started (:class:`StoredDefinition`), e.g. unwound
+by an operator after its definition was removed.
 """
 
 from __future__ import annotations
@@ -14,31 +17,16 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from . import decide, metrics, policy, tasks
-from .errors import (
-    BrokerUnavailable,
-    CheckpointCorrupted,
-    DefinitionMismatch,
-    SagaDefinitionError,
-)
+from .errors import BrokerUnavailable, CheckpointCorrupted, KeyConflict, SagaDefinitionError
 from .heartbeat import Heartbeat
 from .log import RunLog, run_logger
-from .schema import PLAIN_COMMIT, CommitOptions, CommitResult
+from .schema import PLAIN_COMMIT, CommitOptions, CommitResult, CreateOutcome, ParkOutcome
 from .settings import Settings
-from .state import (
-    CompensationFunction,
-    Direction,
-    SagaState,
-    Shape,
-    Status,
-    StepFunction,
-    Transition,
-    require_json_object,
-)
+from .state import Direction, SagaState, Shape, Status, Transition, require_json_object
 from .store import RedisStore
 
 logger = logging.getLogger(__name__)
@@ -47,55 +35,39 @@ logger = logging.getLogger(__name__)
 _KEY_NAMESPACE = uuid.UUID("5a6a0000-0000-4000-8000-000000000000")
 
 
-class StepDefinition(Protocol):
-    """What the engine needs of a declared step."""
-
-    @property
-    def name(self) -> str:
-        """The step's name, unique in its saga."""
-        ...
-
-    @property
-    def index(self) -> int:
-        """The step's 0-based position in its saga."""
-        ...
-
-    @property
-    def fn(self) -> StepFunction:
-        """The forward body."""
-        ...
-
-    @property
-    def compensation(self) -> CompensationFunction | None:
-        """The compensation body, if the step can be undone."""
-        ...
-
-    def task_for(self, direction: Direction) -> Any:
-        """The Celery task that runs this step in ``direction``."""
-        ...
-
-    def retry_policy(self, settings: Settings) -> policy.RetryPolicy:
-        """The step's retry policy, its own overrides over ``settings``' defaults."""
-        ...
-
-
 class SagaDefinition(Protocol):
-    """What the engine needs of a declared saga."""
+    """What the engine needs of a saga definition."""
 
     @property
     def name(self) -> str:
-        """The saga's name, unique in its registry."""
+        """The saga's name."""
         ...
 
     @property
-    def steps(self) -> Sequence[StepDefinition]:
-        """The steps, in the order they run."""
+    def version(self) -> int:
+        """The definition's version; a run is moved by the version it started with."""
         ...
 
     @property
     def shape(self) -> Shape:
         """Step names and which can be undone (what a run's fingerprint is taken over)."""
         ...
+
+    @property
+    def app(self) -> Any:
+        """The Celery app that sends the saga's tasks."""
+        ...
+
+
+@dataclass(frozen=True)
+class StoredDefinition:
+    """A run's definition as the run recorded it: enough to decide and send its tasks by name,
+    with no step bodies (those come from whichever loaded version has a step of that name)."""
+
+    name: str
+    version: int
+    shape: Shape
+    app: Any
 
 
 @dataclass(frozen=True)
@@ -120,8 +92,8 @@ class Runtime:
 
     def step_name(self, index: int) -> str:
         """The name of step ``index``, or '' past the last step."""
-        steps = self.definition.steps
-        return steps[index].name if 0 <= index < len(steps) else ""
+        steps = self.definition.shape.steps
+        return steps[index] if 0 <= index < len(steps) else ""
 
     def log(self, run_id: str, step: str = "") -> RunLog:
         """A logger whose lines carry the run's identity."""
@@ -131,15 +103,18 @@ class Runtime:
 # --- sending and committing ------------------------------------------------------------------
 
 
-def send_step(rt: Runtime, step: StepDefinition, direction: Direction, run_id: str, **options: Any) -> bool:
-    """Send one task message of ``step``; a broker that cannot be reached is logged, not raised: the run is
-    saved, and the watchdog sends its step once ``SAGA_DISPATCH_TIMEOUT`` passes."""
+def send_step(rt: Runtime, state: SagaState, index: int, direction: Direction, **options: Any) -> bool:
+    """Send the task of step ``index`` in ``direction`` for the run in ``state`` (carrying the
+    run's definition version). A broker that cannot be reached is logged, not raised: the run
+    is saved, and the watchdog sends its step once ``SAGA_DISPATCH_TIMEOUT`` passes."""
     s = rt.settings
+    step = rt.step_name(index)
     queue = s.step_queue if direction is Direction.FORWARD else s.compensation_queue
+    name = tasks.task_name(rt.name, step, direction)
     try:
-        tasks.send(step.task_for(direction), run_id, queue=queue, **options)
+        tasks.send(rt.definition.app, name, state.id, version=state.definition_version, queue=queue, **options)
     except BrokerUnavailable as exc:
-        rt.log(run_id, step.name).error(
+        rt.log(state.id, step).error(
             "could not send the next task (%s); the run is saved and a worker's watchdog will send it "
             "once the broker answers",
             exc,
@@ -153,7 +128,7 @@ def dispatch(rt: Runtime, state: SagaState) -> bool:
     is finished. Returns whether a task was sent."""
     if state.status.terminal:
         return False
-    return send_step(rt, rt.definition.steps[state.current_step], state.direction, state.id)
+    return send_step(rt, state, state.current_step, state.direction)
 
 
 def commit_and_follow(
@@ -187,18 +162,24 @@ def commit_and_follow(
 
 
 def start_run(rt: Runtime, payload: object, key: str | None) -> str:
-    """Write version 1 of a new run and send its first step; returns the run id.
+    """Write version 1 of a new run under ``rt``'s definition and send its first step; returns
+    the run id.
 
-    With ``key`` the run id is derived from (saga, key), so a second start with the same key
-    writes nothing and returns the same id, also when processes race.
+    With ``key`` the run id is derived from (saga, key), so a second start with the same key and
+    payload writes nothing and returns the same id, also when processes race; with another
+    payload it raises :class:`~saga.errors.KeyConflict`.
     """
-    if not rt.definition.steps:
+    shape = rt.definition.shape
+    if not shape.steps:
         raise SagaDefinitionError(f"saga {rt.name!r} has no steps; declare them with @saga.step")
     body = require_json_object(payload, "the saga payload")
     run_id = str(uuid.uuid5(_KEY_NAMESPACE, f"{rt.name}\0{key}")) if key is not None else str(uuid.uuid4())
-    start = decide.decide_start(run_id, rt.name, body)
+    start = decide.decide_start(run_id, rt.name, body, definition_version=rt.definition.version)
     check_at = policy.dispatch_check_at(time.time(), rt.settings.dispatch_timeout)
-    if rt.store.create(rt.name, rt.definition.shape.fingerprint, start, key, check_at=check_at):
+    outcome = rt.store.create(shape, start, key, check_at=check_at)
+    if outcome is CreateOutcome.CONFLICT:
+        raise KeyConflict(rt.name, key or "", run_id)
+    if outcome is CreateOutcome.CREATED:
         dispatch(rt, start.state)
     return run_id
 
@@ -211,6 +192,17 @@ def fail_run(rt: Runtime, state: SagaState, step_name: str, error: Exception) ->
     return result.applied
 
 
+def park(store: RedisStore, state: SagaState, reason: str, log: logging.LoggerAdapter[logging.Logger]) -> bool:
+    """Park a run this process cannot move (its definition is missing or differs): it waits,
+    untouched, with a ``saga.parked`` event saying why, until a worker with its definition
+    resumes it. True when it was parked now."""
+    outcome = store.park(state, decide.parked_event(state, reason), reason)
+    if outcome is ParkOutcome.PARKED:
+        metrics.run_parked(state.saga)
+        log.warning("parked: %s", reason)
+    return outcome is ParkOutcome.PARKED
+
+
 def cancel_now(rt: Runtime, state: SagaState, reason: str) -> bool:
     """Commit the cancellation of a run no attempt is running, and send its first compensation.
     False when an attempt holds a live lease (or the run moved meanwhile)."""
@@ -219,6 +211,18 @@ def cancel_now(rt: Runtime, state: SagaState, reason: str) -> bool:
     if result.applied:
         rt.log(state.id).warning("cancelled: %s", reason)
     return result.applied
+
+
+def compensate(rt: Runtime, state: SagaState, reason: str) -> CommitResult:
+    """An operator's unwind: compensate the run's committed steps not compensated yet, newest
+    first, through their compensation tasks by name; refused while an attempt holds a lease."""
+    transition = decide.decide_compensate(state, rt.definition.shape, reason)
+    options = CommitOptions(refuse_while_leased=True, operator_unwind=True)
+    result = commit_and_follow(rt, state, transition, options)
+    if result.applied:
+        rt.store.forget_parked([state.id])
+        rt.log(state.id).warning("compensation requested by an operator: %s", reason)
+    return result
 
 
 def retry_compensation(rt: Runtime, state: SagaState, index: int, entry_id: str) -> bool:
@@ -231,10 +235,11 @@ def retry_compensation(rt: Runtime, state: SagaState, index: int, entry_id: str)
 def resume(rt: Runtime, run_id: str, reason: str) -> SagaState | None:
     """Resume ``run_id`` at its cursor, unless something is moving it already.
 
-    Verifies the last checkpoint's hash first (a corrupt one fails the run, with a dead letter),
-    refuses a run started under another definition, appends ``saga.resumed`` with a new fencing
-    token (so a late attempt of the old lease cannot commit), then sends the task at the
-    cursor. Returns the state resumed from, or None when the run was not resumed.
+    A run started under another definition than ``rt``'s is parked, not moved. A last checkpoint
+    whose hash does not verify fails the run, with a dead letter. Otherwise ``saga.resumed`` is
+    appended with a new fencing token (so a late attempt of the old lease cannot commit), the
+    run leaves the parked runs, and the task at the cursor is sent. Returns the state resumed
+    from, or None when the run was not resumed.
     """
     store = rt.store
     state = store.get(run_id)
@@ -244,23 +249,19 @@ def resume(rt: Runtime, run_id: str, reason: str) -> SagaState | None:
     step_name = rt.step_name(state.current_step)
     log = rt.log(run_id, step_name)
     shape = rt.definition.shape
-    if store.meta(run_id).get("fingerprint") != shape.fingerprint:
-        fail_run(
-            rt,
-            state,
-            step_name,
-            DefinitionMismatch(
-                f"run {run_id} was started under another definition of saga {rt.name!r}; "
-                "deploy the same definition everywhere"
-            ),
-        )
+    stored = store.progress(run_id).fingerprint
+    if stored != shape.fingerprint:
+        why = policy.drift_reason(rt.name, state.definition_version, stored, shape.fingerprint)
+        park(store, state, why, log)
         return None
     problem = policy.checkpoint_problem(state)
     if problem:
         fail_run(rt, state, step_name, CheckpointCorrupted(problem + "; not resumed"))
         return None
     event = decide.resumed_event(state, shape, reason)
-    ok, detail = store.note_events(run_id, [event], expected_version=state.version, require_idle=True, fence=True)
+    ok, detail = store.note_events(
+        run_id, [event], expected_version=state.version, require_idle=True, fence=True, unpark=True
+    )
     if not ok:
         log.info("not resumed (%s): the run is moving", detail)
         return None

@@ -4,6 +4,7 @@
     ├── SagaDefinitionError     a saga or step declared wrongly (bad name, no steps, ...)
     ├── SettingsError           a SAGA_* environment variable that cannot be used
     ├── InvalidPayload          a payload or step output that is not a JSON object
+    ├── KeyConflict             start() with a key already used by a run with another payload
     ├── RunNotFound             no run with that id (never started, or past retention)
     ├── EntryNotFound           no dead-letter entry with that id
     ├── StoreUnavailable        Redis cannot be reached
@@ -13,6 +14,7 @@
     ├── SagaTimeout             wait() ran out of time (also a builtin TimeoutError)
     ├── ActionRefused           an operator action that does not apply to the run as it is now
     └── PermanentError          raised by step code: give up now, do not retry
+        └── InvalidOutput       a step returned, but what it returned cannot be used
 
 Every message is one line that says what to do about it.
 """
@@ -34,6 +36,24 @@ class SettingsError(SagaError):
 
 class InvalidPayload(SagaError):
     """A payload or a step's return value is not a JSON object."""
+
+
+class KeyConflict(SagaError):
+    """``start()`` was given a key that an existing run was started with, and another payload.
+
+    The same key with the same payload returns the existing run's id and starts nothing; a key
+    names one business operation, so a different payload under it is a mistake to fix.
+    """
+
+    def __init__(self, saga: str, key: str, run_id: str) -> None:
+        super().__init__(saga, key, run_id)
+        self.saga, self.key, self.run_id = saga, key, run_id
+
+    def __str__(self) -> str:
+        return (
+            f"saga {self.saga!r} already has run {self.run_id} started with key {self.key!r} and another "
+            "payload; use a new key for a new operation, or the same payload to get that run back"
+        )
 
 
 class RunNotFound(SagaError):
@@ -88,3 +108,9 @@ class PermanentError(SagaError):
 
     A step that raises it goes straight to the dead-letter queue and its saga compensates.
     """
+
+
+class InvalidOutput(PermanentError):
+    """A step's body returned, but its return value cannot be merged into the payload (not a
+    JSON object). The body ran to its end, so its effect may have happened: a step declared
+    with ``compensate_on_failure=True`` has its own compensation run for it."""

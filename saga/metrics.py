@@ -9,8 +9,10 @@ metric                                 type       labels                      me
                                                   outcome                     (succeeded, retrying, failed)
 ``saga_step_retries_total``            counter    saga, step, direction       attempts that will be retried
 ``saga_resumes_total``                 counter    saga, reason                runs the watchdog or an operator resumed
+``saga_runs_parked_total``             counter    saga                        runs parked: no worker had the definition
 ``saga_dead_letters``                  gauge      (none)                      entries waiting in the dead-letter queue,
                                                                               read from Redis at scrape time
+``saga_parked_runs``                   gauge      (none)                      runs parked now, read at scrape time
 =====================================  =========  ==========================  ===================================
 
 A worker serves them on ``SAGA_METRICS_PORT`` (0 turns it off); the registry wires the calls
@@ -26,7 +28,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +48,7 @@ class _Metrics:
     step_duration: Histogram
     retries: Counter
     resumes: Counter
+    parked: Counter
 
 
 # Made on first use: prometheus_client picks its value class (in-memory or multiprocess) when a
@@ -67,6 +70,7 @@ def _get() -> _Metrics:
             ),
             Counter("saga_step_retries_total", "Attempts that will be retried.", ["saga", "step", "direction"]),
             Counter("saga_resumes_total", "Runs resumed by the watchdog or an operator.", ["saga", "reason"]),
+            Counter("saga_runs_parked_total", "Runs parked: no worker had their definition.", ["saga"]),
         )
     return _metrics
 
@@ -105,22 +109,35 @@ def resumed(saga: str, reason: str) -> None:
     _safely(lambda: _get().resumes.labels(saga, reason).inc())
 
 
-class DeadLetterDepth(Collector):
-    """``saga_dead_letters``, read at scrape time through ``depth`` (left out when it raises,
-    e.g. while Redis is down)."""
+def run_parked(saga: str) -> None:
+    """Count a parked run."""
+    _safely(lambda: _get().parked.labels(saga).inc())
 
-    def __init__(self, depth: Callable[[], int]) -> None:
-        self._depth = depth
+
+#: The gauges read from the store at scrape time: name -> help.
+STORE_GAUGES = {
+    "saga_dead_letters": "Entries waiting in the dead-letter queue.",
+    "saga_parked_runs": "Runs parked, waiting for a worker with their definition.",
+}
+
+
+class StoreGauges(Collector):
+    """The :data:`STORE_GAUGES`, each read at scrape time through its function in ``reads``
+    (one left out when its read raises, e.g. while Redis is down)."""
+
+    def __init__(self, reads: Mapping[str, Callable[[], int]]) -> None:
+        self._reads = dict(reads)
 
     def collect(self) -> Iterator[Metric]:
-        """The gauge, read now; nothing when the read fails."""
-        try:
-            value = self._depth()
-        except Exception:
-            return
-        gauge = GaugeMetricFamily("saga_dead_letters", "Entries waiting in the dead-letter queue.")
-        gauge.add_metric([], value)
-        yield gauge
+        """The gauges, read now."""
+        for name, read in self._reads.items():
+            try:
+                value = read()
+            except Exception:
+                continue
+            gauge = GaugeMetricFamily(name, STORE_GAUGES[name])
+            gauge.add_metric([], value)
+            yield gauge
 
 
 def prepare_multiprocess() -> str | None:
@@ -137,14 +154,14 @@ def prepare_multiprocess() -> str | None:
     return folder
 
 
-def serve(port: int, depth: Callable[[], int], addr: str = "0.0.0.0") -> bool:
-    """Serve every process's metrics (this one's and its pool children's) on ``port``; False
-    (and one log line) when the port cannot be used."""
+def serve(port: int, reads: Mapping[str, Callable[[], int]], addr: str = "0.0.0.0") -> bool:
+    """Serve every process's metrics (this one's and its pool children's), and the store
+    gauges ``reads`` gives, on ``port``; False (and one log line) when the port cannot be used."""
     registry = REGISTRY
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    registry.register(DeadLetterDepth(depth))
+    registry.register(StoreGauges(reads))
     try:
         start_http_server(port, addr=addr, registry=registry)
     except OSError as exc:

@@ -1,7 +1,8 @@
 """The policies: pure answers to the questions the engine, the watchdog and operator actions ask.
 
 - retry or give up (:func:`retry_policy`);
-- what the watchdog does with a run that has not moved (:func:`triage`);
+- what the watchdog does with a run that has not moved (:func:`triage`), and why a run is
+  parked (:func:`missing_reason`, :func:`drift_reason`);
 - when the watchdog must look at a run next (:func:`next_check_at`, :func:`dispatch_check_at`);
 - how long a run's keys are kept (:func:`retention_ms`);
 - which dead-letter action applies (:func:`dead_letter_action`);
@@ -89,39 +90,82 @@ class Forget:
 
 
 @dataclass(frozen=True)
+class Park:
+    """The run would be resumed, but this process lacks its definition: park it, saying why."""
+
+    reason: str
+
+
+#: How long after a lease could have ended the watchdog looks at its run: a renewal or commit
+#: sent just before the end still lands first.
+LEASE_MARGIN = 0.25
+
+
+@dataclass(frozen=True)
 class Liveness:
     """What the watchdog knows of an unfinished run it is looking at."""
 
-    known: bool  # a saga of this name is defined in this process
+    missing: str  # why this process cannot move the run ('' when it has the run's definition)
     lease_live: bool  # an attempt (or a retry's backoff) holds the run's lease
     began: bool  # an attempt at the cursor began (it took the lease at least once)
+    parked: bool = False  # the run waits for a worker with its definition
+    lease_left: float = 0.0  # seconds the live lease has left
+
+    @property
+    def known(self) -> bool:
+        """This process has the definition the run needs."""
+        return not self.missing
 
 
 def triage(
     state: SagaState | None, facts: Liveness, *, now: float, lease_seconds: float, dispatch_timeout: float
-) -> Resume | LookAgain | Forget:
+) -> Resume | LookAgain | Forget | Park:
     """What the watchdog does with a run past its progress deadline.
 
     - finished or expired: forget it;
-    - a saga this process does not define: look again after ``dispatch_timeout``;
-    - a live lease: something is moving it; look again a lease later;
+    - parked: resume it (``definition available``) once this process has its definition and no
+      attempt holds it; else look again after ``dispatch_timeout``;
+    - a live lease: something is moving it; look again just after that lease could end;
     - sent but never begun, less than ``dispatch_timeout`` ago: a queue may be long; look again
       when that time is up;
-    - otherwise resume: ``lease expired`` (an attempt began and let its lease lapse) or
-      ``next step never started`` (the task was lost between commit and worker).
+    - otherwise it must be resumed: ``lease expired`` (an attempt began and let its lease lapse)
+      or ``next step never started`` (the task was lost, or dropped by a worker that did not know
+      it) — or, when this process lacks the run's definition, parked, saying why.
     """
     if state is None or state.status.terminal:
         return Forget()
-    if not facts.known:
+    if facts.parked:
+        if facts.known and not facts.lease_live:
+            return Resume("definition available")
         return LookAgain(now + dispatch_timeout)
     if facts.lease_live:
-        return LookAgain(now + lease_seconds)
+        return LookAgain(now + min(facts.lease_left, lease_seconds) + LEASE_MARGIN)
     if not facts.began:
         waited = now - parse_iso(state.updated_at)
         if waited < dispatch_timeout:
             return LookAgain(now + dispatch_timeout - waited)
-        return Resume("next step never started")
-    return Resume("lease expired")
+    if not facts.known:
+        return Park(facts.missing)
+    return Resume("lease expired" if facts.began else "next step never started")
+
+
+def missing_reason(saga: str, version: int, versions_here: Sequence[int]) -> str:
+    """Why a process cannot move a run of ``saga`` started under definition ``version``."""
+    if not versions_here:
+        return f"no worker here defines saga {saga!r}; start a worker that imports it"
+    have = ", ".join(str(v) for v in sorted(versions_here))
+    return (
+        f"no worker here has version {version} of saga {saga!r} (here: {have}); deploy version {version} "
+        f"beside the new one until its runs drain, or unwind the run with `saga compensate`"
+    )
+
+
+def drift_reason(saga: str, version: int, stored: str, here: str) -> str:
+    """Why a run started under definition fingerprint ``stored`` is not moved by one with ``here``."""
+    return (
+        f"run started under version {version} of saga {saga!r} with definition {stored}, but version "
+        f"{version} here is {here}: a changed definition needs a new version number (Saga(..., version=N))"
+    )
 
 
 def next_check_at(status: Status, now: float, lease_seconds: float) -> float | None:
@@ -129,7 +173,13 @@ def next_check_at(status: Status, now: float, lease_seconds: float) -> float | N
     the next attempt's lease could have lapsed; None for a finished run (off the list)."""
     if status.terminal:
         return None
-    return now + lease_seconds + 1
+    return lease_check_at(now, lease_seconds)
+
+
+def lease_check_at(now: float, lease_seconds: float) -> float:
+    """When the watchdog must look at a run whose attempt just took its lease: once that lease
+    could have lapsed (the heartbeat renews it while the body runs)."""
+    return now + lease_seconds + LEASE_MARGIN
 
 
 def dispatch_check_at(now: float, dispatch_timeout: float) -> float:

@@ -1,28 +1,36 @@
 """The registry: the one object that holds a process's mutable state.
 
 It owns the settings (read from ``SAGA_*`` variables on first use unless configured), the sagas
-declared in the process (by name; a second declaration of a name raises), one store per Redis
-URL and key prefix, the lease heartbeat, and the hooks that make each Celery app's workers run a
-watchdog and serve metrics. Sagas bind to the default registry unless given another one; tests
-and the CLI configure a registry explicitly (:meth:`Registry.configure`, :func:`use_registry`)
-instead of editing the environment.
+declared in the process (by name and version; a second declaration of both raises), the Celery
+task of each step name (one per app, shared by every version), one store per Redis URL and key
+prefix, the lease heartbeat, and the hooks that make each Celery app's workers run a watchdog
+and serve metrics. Each delivered message is routed here to the version its run started with.
+Sagas bind to the default registry unless given another one; tests and the CLI configure a
+registry explicitly (:meth:`Registry.configure`, :func:`use_registry`) instead of editing the
+environment.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from . import metrics, tasks
-from .engine import Runtime, SagaDefinition
-from .errors import SagaDefinitionError
+from . import metrics, policy, tasks
+from .delivery import StepDefinition, deliver
+from .engine import Runtime, SagaDefinition, StoredDefinition, park
+from .errors import RunNotFound, SagaDefinitionError
 from .heartbeat import Heartbeat
+from .log import run_logger
 from .settings import Settings
+from .state import Direction, Shape
 from .store import RedisStore
 from .watchdog import Watchdog
+
+logger = logging.getLogger(__name__)
 
 #: Connection retries of a store: an unreachable Redis is retried with backoff for a few seconds.
 STORE_RETRIES = 8
@@ -40,11 +48,16 @@ class RegisteredSaga(SagaDefinition, Protocol):
         """The saga bound to its store, settings and heartbeat."""
         ...
 
+    def find_step(self, name: str) -> StepDefinition | None:
+        """The step called ``name``, if this definition has one."""
+        ...
+
 
 class Registry:
     """A process's sagas, settings, stores and worker hooks.
 
-    Guarantees: one saga per name (declaring a name twice raises :class:`SagaDefinitionError`);
+    Guarantees: one saga per name and version (declaring both twice raises
+    :class:`SagaDefinitionError`); one Celery task per step name and app, whatever the versions;
     one store (one connection pool) per Redis URL and key prefix; each Celery app's workers are
     hooked once, however many sagas it carries.
     """
@@ -52,7 +65,8 @@ class Registry:
     def __init__(self, settings: Settings | None = None, *, store_retries: int = STORE_RETRIES) -> None:
         self._settings = settings
         self._store_retries = store_retries
-        self._sagas: dict[str, RegisteredSaga] = {}
+        self._sagas: dict[str, dict[int, RegisteredSaga]] = {}
+        self._tasks: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
         self._stores: dict[tuple[str, str, int], RedisStore] = {}
         self._hooked: weakref.WeakSet[Any] = weakref.WeakSet()
         self._lock = threading.RLock()
@@ -98,49 +112,133 @@ class Registry:
     # --- sagas -----------------------------------------------------------------------------
 
     def add(self, saga: RegisteredSaga) -> None:
-        """Register a newly declared saga and hook its app's workers; a name already declared
-        in this registry raises :class:`SagaDefinitionError`."""
+        """Register a newly declared saga and hook its app's workers; a name and version already
+        declared in this registry raise :class:`SagaDefinitionError`."""
         with self._lock:
-            if saga.name in self._sagas:
+            versions = self._sagas.setdefault(saga.name, {})
+            if saga.version in versions:
                 raise SagaDefinitionError(
-                    f"a saga named {saga.name!r} is already declared in this process; give each saga its own name"
+                    f"version {saga.version} of saga {saga.name!r} is already declared in this process; give each "
+                    "saga its own name, and a changed definition a new version (Saga(..., version=N))"
                 )
-            self._sagas[saga.name] = saga
+            versions[saga.version] = saga
         self.hook_workers(saga.app)
 
-    def get(self, name: str) -> RegisteredSaga:
-        """The saga called ``name``; :class:`SagaDefinitionError` when this process has none."""
-        try:
-            return self._sagas[name]
-        except KeyError:
-            known = ", ".join(sorted(self._sagas)) or "none"
+    def find(self, name: str, version: int | None = None) -> RegisteredSaga | None:
+        """Version ``version`` of saga ``name`` (the highest declared when None), or None."""
+        versions = self._sagas.get(name, {})
+        if not versions:
+            return None
+        return versions.get(max(versions) if version is None else version)
+
+    def get(self, name: str, version: int | None = None) -> RegisteredSaga:
+        """Like :meth:`find`, but :class:`SagaDefinitionError` when this process has none."""
+        found = self.find(name, version)
+        if found is not None:
+            return found
+        if name in self._sagas:
+            have = ", ".join(str(v) for v in self.versions(name))
             raise SagaDefinitionError(
-                f"saga {name!r} is not defined in this process (known: {known}); "
+                f"version {version} of saga {name!r} is not defined in this process (versions here: {have}); "
                 "import the module that defines it (e.g. --app workers)"
-            ) from None
+            )
+        known = ", ".join(sorted(self._sagas)) or "none"
+        raise SagaDefinitionError(
+            f"saga {name!r} is not defined in this process (known: {known}); "
+            "import the module that defines it (e.g. --app workers)"
+        )
+
+    def versions(self, name: str) -> list[int]:
+        """The versions of saga ``name`` declared here, lowest first."""
+        return sorted(self._sagas.get(name, {}))
 
     def sagas(self) -> list[RegisteredSaga]:
-        """Every saga declared in this registry."""
-        return list(self._sagas.values())
+        """Every saga (every version) declared in this registry."""
+        return [saga for versions in self._sagas.values() for saga in versions.values()]
 
     def runtimes(self) -> list[Runtime]:
         """Every saga bound to what it runs with (what the watchdog scans)."""
         return [saga.runtime() for saga in self.sagas()]
 
-    def runtime_for(self, name: str) -> Runtime:
-        """Saga ``name`` bound to this registry's store: how operator actions reach it, so one
-        action uses exactly one store."""
-        runtime = self.get(name).runtime()
+    def runtime_for(self, name: str, version: int | None = None) -> Runtime:
+        """Version ``version`` (the highest when None) of saga ``name`` bound to this registry's
+        store: how operator actions reach it, so one action uses exactly one store."""
+        runtime = self.get(name, version).runtime()
         if runtime.store is self.store:
             return runtime
         return Runtime(runtime.definition, self.store, runtime.settings, runtime.heartbeat)
+
+    def compensation_named(self, saga: str, step: str) -> StepDefinition | None:
+        """The step called ``step`` with a compensation, from the highest version of ``saga``
+        that has one: how a run is unwound by name when its own version is not loaded."""
+        for version in reversed(self.versions(saga)):
+            found = self._sagas[saga][version].find_step(step)
+            if found is not None and found.compensation is not None:
+                return found
+        return None
+
+    def stored_runtime(self, name: str, version: int, shape: Shape) -> Runtime:
+        """A run's recorded definition (``shape``), bound like the highest declared version of
+        ``name`` and to this registry's store: what an operator's unwind by name runs under."""
+        rt = self.get(name).runtime()
+        return Runtime(StoredDefinition(name, version, shape, rt.definition.app), self.store, rt.settings, rt.heartbeat)
+
+    # --- tasks -----------------------------------------------------------------------------
+
+    def task_for(self, app: Any, saga: str, step: str, direction: Direction) -> Any:
+        """The Celery task of step ``step`` of ``saga`` in ``direction`` on ``app``, registered
+        on first use; its messages are routed by :meth:`deliver`, whatever the version."""
+        name = tasks.task_name(saga, step, direction)
+        with self._lock:
+            known = self._tasks.setdefault(app, {})
+            if name not in known:
+                what = "Step" if direction is Direction.FORWARD else "Compensation of step"
+
+                def handle(run_id: str, attempt: int, version: int) -> None:
+                    self.deliver(saga, step, direction, run_id, attempt, version)
+
+                known[name] = tasks.register_task(app, name, handle, f"{what} {step!r} of saga {saga!r}.")
+            return known[name]
+
+    def deliver(self, saga: str, step: str, direction: Direction, run_id: str, attempt: int, version: int) -> None:
+        """Route one delivered message to the definition its run started with (``version``).
+
+        Without that definition here, a compensation may still run by name for an operator's
+        unwind (under the shape the run recorded); any other message parks the run.
+        """
+        log = run_logger(logger, str(run_id), saga, step)
+        if not isinstance(run_id, str) or not isinstance(version, int) or isinstance(version, bool):
+            log.error(
+                "malformed message %r (version %r): expected a run id string; dropped to the log", run_id, version
+            )
+            return
+        definition = self.find(saga, version)
+        found = definition.find_step(step) if definition is not None else None
+        if definition is not None and found is not None:
+            deliver(definition.runtime(), found, direction, run_id, attempt)
+            return
+        rt = self.get(saga).runtime()
+        try:
+            state = rt.store.get(run_id)
+        except RunNotFound:
+            log.error("no such run (expired or never started); message ignored")
+            return
+        by_name = self.compensation_named(saga, step) if direction is Direction.COMPENSATION else None
+        shape = rt.store.shape(run_id) if by_name is not None else None
+        if by_name is not None and shape is not None:
+            deliver(self.stored_runtime(saga, version, shape), by_name, direction, run_id, attempt, by_name=True)
+            return
+        why = policy.missing_reason(saga, version, self.versions(saga))
+        if definition is not None:
+            stored = rt.store.progress(run_id).fingerprint
+            why = policy.drift_reason(saga, version, stored, definition.shape.fingerprint)
+        park(rt.store, state, why, log)
 
     # --- workers ---------------------------------------------------------------------------
 
     def watchdog(self) -> Watchdog:
         """A watchdog over this registry's sagas (started by each worker; tests call ``scan()``)."""
-        s = self.settings
-        return Watchdog(self.runtimes, interval=s.watchdog_interval or 1.0, dispatch_timeout=s.dispatch_timeout)
+        return Watchdog(self.runtimes, self.settings)
 
     def hook_workers(self, app: Any) -> None:
         """Once per Celery app: its workers run a watchdog and serve metrics, as this registry's
@@ -164,7 +262,8 @@ class Registry:
                 dogs.append(self.watchdog())
                 dogs[-1].start()
             if s.metrics_port:
-                metrics.serve(s.metrics_port, depth=lambda: self.store.dead_letter_depth())
+                reads = {"saga_dead_letters": self.store.dead_letter_depth, "saga_parked_runs": self.store.parked_depth}
+                metrics.serve(s.metrics_port, reads)
 
         def on_stop(**_: Any) -> None:
             for dog in dogs:

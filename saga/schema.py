@@ -7,8 +7,10 @@ run's keys share one slot and every script below touches one slot only). :class:
 ==========================  ======  ==========================================================
 key                         type    holds
 ==========================  ======  ==========================================================
-``P:{R}:meta``              hash    saga, fingerprint, version, status, cursor, fence, attempt,
-                                    dups (suppressed duplicate deliveries), key, cancel, and the
+``P:{R}:meta``              hash    saga, sv (definition version), fingerprint, shape (JSON),
+                                    input (start payload hash), version, status, cursor, fence,
+                                    attempt, dups (suppressed duplicate deliveries), key, cancel,
+                                    parked (why the run waits), unwind (``operator``), and the
                                     dedup marks ``d:forward:i`` / ``d:compensation:i`` ->
                                     ``version:token``
 ``P:{R}:history``           list    every snapshot, version ``n`` at index ``n-1``
@@ -17,6 +19,7 @@ key                         type    holds
 ``P:{R}:dead``              list    this run's dead-letter entries
 ``P:runs``                  zset    run id -> start time (the listing index)
 ``P:active``                zset    unfinished run id -> time by which it must show progress
+``P:parked``                zset    parked run id -> time it was parked
 ``P:watchdog``              string  id of the worker whose watchdog scans ``P:active`` now
 ``P:dlq``                   hash    dead-letter entry id -> entry
 ``P:dlq:index``             zset    dead-letter entry id -> time
@@ -58,11 +61,13 @@ class GlobalKeys:
     watchdog: str
     dlq: str
     dlq_index: str
+    parked: str
 
     @classmethod
     def under(cls, prefix: str) -> GlobalKeys:
         """The global keys under ``prefix``."""
-        return cls(f"{prefix}:runs", f"{prefix}:active", f"{prefix}:watchdog", f"{prefix}:dlq", f"{prefix}:dlq:index")
+        p = prefix
+        return cls(f"{p}:runs", f"{p}:active", f"{p}:watchdog", f"{p}:dlq", f"{p}:dlq:index", f"{p}:parked")
 
 
 class BeginOutcome(StrEnum):
@@ -74,6 +79,25 @@ class BeginOutcome(StrEnum):
     STALE = "stale"  # the run's cursor is elsewhere, or the run is finished: skip
     DRIFT = "drift"  # the run was started under another definition
     MISSING = "missing"  # no such run
+
+
+class CreateOutcome(StrEnum):
+    """What ``create.lua`` did with a new run."""
+
+    CREATED = "created"
+    EXISTS = "exists"  # a run with this id and the same start payload: nothing written
+    CONFLICT = "conflict"  # a run with this id and another start payload: nothing written
+
+
+class ParkOutcome(StrEnum):
+    """What ``park.lua`` did."""
+
+    PARKED = "parked"
+    ALREADY = "already"  # parked before: nothing written
+    LEASED = "leased"  # an attempt holds the run: someone with its definition moves it
+    MOVED = "moved"  # the run's version changed since it was read
+    FINISHED = "finished"
+    MISSING = "missing"
 
 
 class CommitReason(StrEnum):
@@ -117,6 +141,8 @@ class CommitOptions:
     dead_entry: dict[str, Any] | None = None
     #: refuse while an attempt holds a live lease (a retry's backoff hold does not count)
     refuse_while_leased: bool = False
+    #: an operator unwinds the run: its compensations may run by name, under any definition
+    operator_unwind: bool = False
 
 
 #: A commit by the coordinator itself (start, resume, cancel, an operator's action): no attempt's
@@ -138,7 +164,22 @@ class CommitResult:
 
 @dataclass(frozen=True)
 class Progress:
-    """What the store knows of an unfinished run's attempt: its lease, and its attempt count."""
+    """What the store knows of an unfinished run beyond its snapshot: its live lease, the attempt
+    count at its cursor, the definition fingerprint it started with, and why it is parked."""
 
     lease: str | None
+    lease_ms_left: int  # how long the live lease has left (0 without one)
     attempt: int
+    fingerprint: str
+    parked: str | None
+
+
+@dataclass(frozen=True)
+class ParkedRun:
+    """A parked run as the parked index and its meta show it."""
+
+    run_id: str
+    saga: str
+    definition_version: int
+    fingerprint: str
+    reason: str

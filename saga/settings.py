@@ -53,7 +53,7 @@ class Settings(BaseModel):
     #: How long a dispatched step may wait unstarted before the watchdog dispatches it again.
     dispatch_timeout: float = Field(default=30.0, gt=0)
     #: How often each worker's watchdog looks for runs to resume; 0 turns it off.
-    watchdog_interval: float = Field(default=1.0, ge=0)
+    watchdog_interval: float = Field(default=0.5, ge=0)
     #: Port of the workers' Prometheus metrics endpoint; 0 turns it off.
     metrics_port: int = Field(default=9808, ge=0, le=65535)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -73,6 +73,8 @@ class EventType(StrEnum):
     SAGA_CANCELLED = "saga.cancelled"
     SAGA_RETRIED = "saga.retried"
     SAGA_DEAD_LETTER_DROPPED = "saga.dead_letter_dropped"
+    SAGA_PARKED = "saga.parked"  # no worker here has the definition the run needs: it waits
+    SAGA_COMPENSATION_REQUESTED = "saga.compensation_requested"  # an operator unwinds the run
 
 
 #: Events whose ``error`` field becomes the run's error.
@@ -105,8 +107,10 @@ class SagaState:
     """A snapshot of one run at one version.
 
     ``version`` is 1 after ``start()`` and grows by one with every committed transition.
-    ``current_step`` is the 0-based index of the step being run (or compensated); it equals the
-    number of steps once a run has completed. ``payload`` is a plain JSON object (a ``dict``):
+    ``definition_version`` is the version of the saga's definition the run started with, and
+    runs under to its end. ``current_step`` is the 0-based index of the step being run (or
+    compensated); it equals the number of steps once a run has completed. ``compensated`` holds
+    the indexes of the steps whose compensation committed. ``payload`` is a plain JSON object (a ``dict``):
     ``json.dumps(state.payload)`` and ``json.dumps(state.to_dict())`` work. Every read of a run
     returns a state of its own, so changing the dict you received changes nothing stored and no
     other caller's copy.
@@ -122,6 +126,8 @@ class SagaState:
     error: StepError | None = None
     created_at: str = ""
     updated_at: str = ""
+    definition_version: int = 1
+    compensated: tuple[int, ...] = ()
 
     def to_dict(self) -> JSONObject:
         """The snapshot as a JSON object (the stored form); :meth:`from_dict` reads it back."""
@@ -136,6 +142,8 @@ class SagaState:
             "error": None if self.error is None else vars(self.error),
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+            "definition_version": self.definition_version,
+            "compensated": list(self.compensated),
         }
 
     @classmethod
@@ -153,6 +161,8 @@ class SagaState:
             error=None if error is None else StepError(**error),
             created_at=data.get("created_at", ""),
             updated_at=data.get("updated_at", ""),
+            definition_version=int(data.get("definition_version", 1)),
+            compensated=tuple(data.get("compensated", ())),
         )
 
     def __eq__(self, other: object) -> bool:
@@ -184,15 +194,39 @@ class Transition:
 
 @dataclass(frozen=True)
 class Shape:
-    """The part of a saga definition a run depends on: step names and which can be undone."""
+    """The part of a saga definition a run depends on: step names, which can be undone, and
+    which are undone also when they themselves give up (``compensate_on_failure``).
+
+    A run records its shape when it starts, so what it must undo is known from the run itself.
+    """
 
     steps: tuple[str, ...]
     compensable: tuple[bool, ...]
+    compensate_on_failure: tuple[bool, ...] = ()
+
+    def undo_own_failure(self, index: int) -> bool:
+        """Whether step ``index``'s compensation runs when that step itself gives up."""
+        flags = self.compensate_on_failure
+        return index < len(flags) and flags[index] and self.compensable[index]
+
+    def to_list(self) -> list[list[Any]]:
+        """The shape as JSON-able lists (the flag list only when a flag is set: a shape from
+        before the flag existed keeps its fingerprint)."""
+        lists: list[list[Any]] = [list(self.steps), list(self.compensable)]
+        if any(self.compensate_on_failure):
+            lists.append(list(self.compensate_on_failure))
+        return lists
+
+    @classmethod
+    def from_list(cls, lists: Sequence[Sequence[Any]]) -> Shape:
+        """Inverse of :meth:`to_list`."""
+        flags = tuple(bool(f) for f in lists[2]) if len(lists) > 2 else ()
+        return cls(tuple(lists[0]), tuple(bool(c) for c in lists[1]), flags)
 
     @cached_property
     def fingerprint(self) -> str:
-        """A stable digest of the shape; a run refuses to move under a different one."""
-        text = json.dumps([list(self.steps), list(self.compensable)], separators=(",", ":"))
+        """A stable digest of the shape; a run moves only under a definition of the same one."""
+        text = json.dumps(self.to_list(), separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -213,10 +247,11 @@ class StepContext:
     direction: Direction = Direction.FORWARD
 
 
-#: A step body: gets a copy of the payload, returns a JSON object to merge into it (or None).
-StepFunction = Callable[[dict[str, Any], StepContext], "dict[str, Any] | None"]
-#: A compensation body: gets a copy of the payload; its return value is ignored.
-CompensationFunction = Callable[[dict[str, Any], StepContext], None]
+#: A step body: gets a copy of the payload, returns a JSON object to merge into it (or None);
+#: an ``async def`` body is awaited.
+StepFunction = Callable[[dict[str, Any], StepContext], "dict[str, Any] | None | Awaitable[dict[str, Any] | None]"]
+#: A compensation body: gets a copy of the payload; its return value is ignored (awaited if async).
+CompensationFunction = Callable[[dict[str, Any], StepContext], "None | Awaitable[None]"]
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -283,6 +318,7 @@ def apply(state: SagaState | None, event: Mapping[str, Any]) -> SagaState:
             payload=dict(event["payload"]),
             created_at=event["at"],
             updated_at=event["at"],
+            definition_version=int(event.get("definition_version", 1)),
         )
     if state is None:
         raise ValueError(f"event {kind!r} before saga.started")
@@ -295,6 +331,8 @@ def apply(state: SagaState | None, event: Mapping[str, Any]) -> SagaState:
             *state.checkpoints,
             Checkpoint(event["step"], event["name"], event["at"], event["hash"]),
         )
+    if kind == EventType.COMPENSATION_SUCCEEDED:
+        changes["compensated"] = (*state.compensated, event["step"])
     if kind in _ERROR_EVENTS and "error" in event:
         changes["error"] = StepError(**event["error"])
     if "status" in event:

@@ -16,6 +16,7 @@ from kombu.exceptions import OperationalError
 
 from .errors import BrokerUnavailable
 from .settings import Settings
+from .state import Direction
 
 #: Celery options of every saga task: at-least-once delivery, no result backend.
 TASK_OPTIONS: dict[str, Any] = {
@@ -25,10 +26,17 @@ TASK_OPTIONS: dict[str, Any] = {
     "ignore_result": True,
     "max_retries": None,  # the saga counts attempts itself, across redeliveries too
     "serializer": "json",
+    "shared": False,  # a saga's tasks belong to its app, not to every app made later
 }
 
-#: A task handler: (run id, attempt) -> None.
-Handler = Callable[[str, int], None]
+#: A task handler: (run id, attempt, definition version) -> None.
+Handler = Callable[[str, int, int], None]
+
+
+def task_name(saga: str, step: str, direction: Direction) -> str:
+    """``saga.<saga>.<step>`` for a step, ``saga.<saga>.<step>.compensate`` for its compensation."""
+    name = f"saga.{saga}.{step}"
+    return name if direction is Direction.FORWARD else f"{name}.compensate"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -59,23 +67,36 @@ def create_app(name: str, settings: Settings, **overrides: Any) -> Celery:
 
 
 def current_app() -> Any:
-    """Celery's current app (a proxy), for sagas declared without an app."""
-    return _current_app
+    """Celery's current app, for sagas declared without an app."""
+    return _current_app._get_current_object()
 
 
 def register_task(app: Any, name: str, handler: Handler, doc: str) -> Any:
-    """Register task ``name`` on ``app``; a message ``(run_id, attempt=n)`` calls ``handler``."""
+    """Register task ``name`` on ``app``; a message ``(run_id, attempt=n, version=v)`` calls
+    ``handler(run_id, n, v)``. Keyword arguments it does not know are ignored, so a message from
+    a newer deployment still reaches an older worker."""
 
-    def run(task: Any, run_id: str, attempt: int = 1) -> None:
-        handler(run_id, attempt)
+    def run(task: Any, run_id: str, attempt: int = 1, version: int = 1, **_: Any) -> None:
+        handler(run_id, attempt, version)
 
     run.__name__ = name.replace(".", "_").replace("-", "_")
     run.__doc__ = doc
     return app.task(name=name, **TASK_OPTIONS)(run)
 
 
-def send(task: Any, run_id: str, *, attempt: int = 1, countdown: float | None = None, queue: str = "") -> None:
-    """Publish one message of ``task`` for a run (the run id first, so Flower finds it by id).
+def send(
+    app: Any,
+    name: str,
+    run_id: str,
+    *,
+    version: int = 1,
+    attempt: int = 1,
+    countdown: float | None = None,
+    queue: str = "",
+) -> None:
+    """Publish one message of task ``name`` for a run (the run id first, so Flower finds it by
+    id), through the task object when ``app`` has it (so eager mode applies), else by name.
+    ``attempt`` and the run's definition ``version`` travel as keyword arguments when not 1.
 
     Raises :class:`~saga.errors.BrokerUnavailable` when the broker cannot take it.
     """
@@ -84,9 +105,13 @@ def send(task: Any, run_id: str, *, attempt: int = 1, countdown: float | None = 
         options["queue"] = queue
     if countdown:
         options["countdown"] = countdown
-    kwargs = {"attempt": attempt} if attempt != 1 else {}
+    kwargs = {key: value for key, value in (("attempt", attempt), ("version", version)) if value != 1}
+    task = app.tasks.get(name)
     try:
-        task.apply_async(args=(run_id,), kwargs=kwargs, **options)
+        if task is not None:
+            task.apply_async(args=(run_id,), kwargs=kwargs, **options)
+        else:
+            app.send_task(name, args=(run_id,), kwargs=kwargs, **options)
     except (OperationalError, OSError) as exc:
         raise BrokerUnavailable(str(exc)) from exc
 

@@ -18,10 +18,15 @@ import uuid
 from collections.abc import Callable, Iterable
 
 from . import policy
-from .engine import Runtime, resume
+from .engine import Runtime, park, resume
 from .errors import SagaError, StoreUnavailable
+from .log import run_logger
+from .settings import Settings
 from .state import SagaState
 from .store import RedisStore
+
+#: (saga name, definition version) -> the runtime that moves its runs
+Known = dict[tuple[str, int], Runtime]
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +37,13 @@ class Watchdog:
     Runs as a daemon thread in each worker. Workers elect one scanner per store at a time
     through a lock in Redis that expires if its holder dies, so one worker alone recovers runs
     and several do not fight; each resume is itself atomic, so an overlap is harmless.
-    ``dispatch_timeout`` is how long a run of a saga this process does not define is left alone.
+    ``settings`` time the runs of sagas this process does not define (and the scan interval).
     """
 
-    def __init__(self, runtimes: Callable[[], Iterable[Runtime]], *, interval: float, dispatch_timeout: float) -> None:
+    def __init__(self, runtimes: Callable[[], Iterable[Runtime]], settings: Settings) -> None:
         self.runtimes = runtimes
-        self.interval = interval
-        self.dispatch_timeout = dispatch_timeout
+        self.settings = settings
+        self.interval = settings.watchdog_interval or 1.0
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -63,14 +68,16 @@ class Watchdog:
                 return
 
     def scan(self) -> int:
-        """One pass: resume every due run this process can resume. Returns how many it resumed."""
-        by_store: dict[int, tuple[RedisStore, dict[str, Runtime]]] = {}
+        """One pass: resume every parked run this process can now move, and, if elected, triage
+        every due run. Returns how many runs it resumed."""
+        by_store: dict[int, tuple[RedisStore, Known]] = {}
         for rt in self.runtimes():
-            by_store.setdefault(id(rt.store), (rt.store, {}))[1][rt.name] = rt
+            by_store.setdefault(id(rt.store), (rt.store, {}))[1][(rt.name, rt.definition.version)] = rt
         lock_ms = int(max(self.interval * 3, 2.0) * 1000)
         resumed = 0
         for store, known in by_store.values():
             try:  # one unreachable store must not keep the others from being watched
+                resumed += self._resume_parked(store, known)
                 if not store.hold_lock(store.global_keys.watchdog, self.owner, lock_ms):
                     continue
                 due = store.due(time.time())
@@ -80,20 +87,43 @@ class Watchdog:
                 logger.warning("watchdog: %s; will retry", exc)
         return resumed
 
-    def _check(self, store: RedisStore, known: dict[str, Runtime], run_id: str, state: SagaState | None) -> int:
-        rt = known.get(state.saga) if state is not None else None
-        facts = policy.Liveness(known=rt is not None, lease_live=False, began=False)
-        if rt is not None and state is not None and not state.status.terminal:
-            progress = store.progress(run_id)
-            facts = policy.Liveness(known=True, lease_live=progress.lease is not None, began=progress.attempt > 0)
-        settings = rt.settings if rt is not None else None
+    def _resume_parked(self, store: RedisStore, known: Known) -> int:
+        resumed = 0
+        for parked in store.parked():
+            rt = known.get((parked.saga, parked.definition_version))
+            if rt is None or rt.definition.shape.fingerprint != parked.fingerprint:
+                continue
+            try:
+                resumed += 1 if resume(rt, parked.run_id, "definition available") else 0
+            except SagaError as exc:
+                rt.log(parked.run_id).error("could not resume a parked run: %s", exc)
+        return resumed
+
+    def _check(self, store: RedisStore, known: Known, run_id: str, state: SagaState | None) -> int:
+        if state is None or state.status.terminal:
+            store.forget_active(run_id)
+            return 0
+        rt = known.get((state.saga, state.definition_version))
+        progress = store.progress(run_id)
+        if rt is None:
+            versions = [version for name, version in known if name == state.saga]
+            missing = policy.missing_reason(state.saga, state.definition_version, versions)
+        elif progress.fingerprint != rt.definition.shape.fingerprint:
+            here = rt.definition.shape.fingerprint
+            missing = policy.drift_reason(state.saga, state.definition_version, progress.fingerprint, here)
+        else:
+            missing = ""
+        facts = policy.Liveness(
+            missing,
+            lease_live=progress.lease is not None,
+            began=progress.attempt > 0,
+            parked=bool(progress.parked),
+            lease_left=progress.lease_ms_left / 1000,
+        )
+        settings = rt.settings if rt is not None else self.settings
         now = time.time()
         verdict = policy.triage(
-            state,
-            facts,
-            now=now,
-            lease_seconds=settings.lease_seconds if settings else self.dispatch_timeout,
-            dispatch_timeout=settings.dispatch_timeout if settings else self.dispatch_timeout,
+            state, facts, now=now, lease_seconds=settings.lease_seconds, dispatch_timeout=settings.dispatch_timeout
         )
         if isinstance(verdict, policy.Forget):
             store.forget_active(run_id)
@@ -101,7 +131,11 @@ class Watchdog:
         if isinstance(verdict, policy.LookAgain):
             store.schedule(run_id, verdict.at)
             return 0
-        assert rt is not None and state is not None  # triage resumes only a known, unfinished run
+        if isinstance(verdict, policy.Park):
+            park(store, state, verdict.reason, run_logger(logger, run_id, state.saga, ""))
+            store.schedule(run_id, now + settings.dispatch_timeout)
+            return 0
+        assert rt is not None  # triage resumes only a run this process can move
         try:
             return 1 if resume(rt, run_id, verdict.reason) else 0
         except SagaError as exc:

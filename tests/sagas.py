@@ -15,6 +15,8 @@ Behaviour is driven by payload flags:
 
 from __future__ import annotations
 
+import asyncio
+from decimal import Decimal
 from typing import Any, cast
 
 import redis
@@ -85,3 +87,60 @@ trip = make_saga("trip", ["flight", "hotel", "car", "pay"], compensable={"flight
 # "audit" has no compensation: the unwind passes over it.
 gaps = make_saga("gaps", ["a", "audit", "c", "d"], compensable={"a", "c"})
 single = make_saga("single", ["only"])
+
+
+# "charge" acts, then may fail: compensate_on_failure has its own compensation run first.
+# Payload: ``charge_returns``: "junk" (a Decimal: not JSON) or ``charge_times_out``: True.
+payments = Saga("payments", app=app)
+
+
+@payments.step(max_retries=1, retry_backoff=0.01, retry_backoff_max=0.02)
+def reserve(payload: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    _body(payload, ctx)
+    return {"reserved": True}
+
+
+reserve.compensate(_body)
+
+
+@payments.step(compensate_on_failure=True, max_retries=1, retry_backoff=0.01, retry_backoff_max=0.02)
+def charge(payload: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    _body(payload, ctx)  # the money moves ...
+    if payload.get("charge_times_out"):
+        raise TimeoutError("the bank did not answer in time")  # ... though the caller never hears so
+    if payload.get("charge_returns") == "junk":
+        return {"amount": Decimal("10.00")}  # ... and the body returns what JSON cannot hold
+    return {"charged": True}
+
+
+charge.compensate(_body)
+
+
+@payments.step
+def ship(payload: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    _body(payload, ctx)
+    return {"shipped": True}
+
+
+# Bodies written with async def are awaited on the worker.
+asyncs = Saga("asyncs", app=app)
+
+
+@asyncs.step(max_retries=0)
+async def fetch(payload: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    await asyncio.sleep(0.001)
+    _body(payload, ctx)
+    return {"fetched": ctx.attempt}
+
+
+@fetch.compensate
+async def unfetch(payload: dict[str, Any], ctx: StepContext) -> None:
+    await asyncio.sleep(0.001)
+    _body(payload, ctx)
+
+
+@asyncs.step(max_retries=0)
+async def keep(payload: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    await asyncio.sleep(0.001)
+    _body(payload, ctx)  # raises PermanentError for ``fail_at: keep``
+    return {"kept": True}

@@ -317,7 +317,7 @@ def test_cancel_of_a_run_blocked_in_a_slow_step_ends_compensated(order: Any) -> 
 def test_resume_sends_a_never_dispatched_run_on_its_way(order: Any) -> None:
     # Given a run written to the store whose first step was never sent (a crash in between)
     start = decide.decide_start(str(uuid.uuid4()), "order", {"order_id": 5, "amount": 7})
-    assert order.store.create("order", order.shape.fingerprint, start, None, check_at=time.time() + 30)
+    assert order.store.create(order.shape, start, None, check_at=time.time() + 30) == "created"
     # When an operator resumes it
     out = saga("resume", start.state.id, "--json")
     # Then it runs to the end

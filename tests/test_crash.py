@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from saga import Saga, Settings, Status
 from saga.registry import default_registry
+from saga.state import parse_iso
 from saga.testing import (
     RedisServer,
     configured,
@@ -91,6 +93,33 @@ def test_a_sigkilled_worker_is_resumed_by_another_and_the_run_completes(order: S
     assert resumed["reason"] == "lease expired" and resumed["name"] == "charge_payment"
     assert resumed["from_version"] == 2  # after reserve_inventory committed
     assert [c.name for c in state.checkpoints] == ["reserve_inventory", "charge_payment", "create_shipment"]
+
+
+def test_a_worker_killed_in_the_first_step_is_resumed_a_lease_later(
+    order: Saga, workers: Workers, crash_settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a run whose first step is under way
+    first = workers.start("firststep1")
+    run_id = order.start({"order_id": 3, "sleep": {"reserve_inventory": 60}})
+    wait_for(lambda: in_step(order, run_id, 0), timeout=30, what="reserve_inventory to start")
+    # Then the watchdog's deadline followed its lease, not the dispatch timeout of the start
+    began = parse_iso(order.events(run_id)[-1]["at"])
+    due = order.store.client.zscore(order.store.global_keys.active, run_id)
+    assert due is not None and due - began < crash_settings.dispatch_timeout / 2
+    # When its worker is SIGKILLed and another starts
+    os.killpg(first.pid, signal.SIGKILL)
+    killed = time.time()
+    first.wait()
+    workers.start("firststep2")
+    # Then the run resumes from version 1, saying its lease expired, and completes
+    state = order.wait(run_id, timeout=60)
+    assert state.status is Status.COMPLETED
+    [resumed] = [e for e in order.events(run_id) if e["type"] == "saga.resumed"]
+    assert (resumed["reason"], resumed["name"], resumed["from_version"]) == ("lease expired", "reserve_inventory", 1)
+    with capsys.disabled():
+        print(
+            f"\nfirst-step recovery: resumed {parse_iso(resumed['at']) - killed:.2f} s after the kill (lease {LEASE} s)"
+        )
 
 
 def test_a_sigkilled_pool_child_does_not_lose_the_run(order: Saga, workers: Workers) -> None:

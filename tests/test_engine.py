@@ -13,6 +13,7 @@ import redis
 
 from saga import (
     InvalidPayload,
+    KeyConflict,
     RunNotFound,
     Saga,
     SagaDefinitionError,
@@ -28,7 +29,7 @@ from saga import (
 from saga.registry import Registry, default_registry
 from saga.state import canonical_json
 from saga.testing import wait_for
-from tests.sagas import app, effects, gaps, ledger, single, trip
+from tests.sagas import app, asyncs, effects, gaps, ledger, payments, single, trip
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -197,14 +198,25 @@ def test_a_duplicate_delivery_of_a_running_step_does_not_run_its_body_twice(redi
     assert ledger(run_id).count("forward:hotel") == 1
 
 
-def test_the_same_start_key_returns_the_same_run_and_starts_nothing() -> None:
+def test_the_same_start_key_and_payload_return_the_same_run_and_start_nothing() -> None:
     first = single.start({"n": 1}, key="order-7")
-    again = single.start({"n": 2}, key="order-7")
+    again = single.start({"n": 1}, key="order-7")
     assert first == again
     finished(single, first)
     assert ledger(first) == ["forward:only"]
-    assert single.get(first).payload["n"] == 1
     assert single.start({"n": 1}, key="order-8") != first
+
+
+def test_the_same_start_key_with_another_payload_is_a_key_conflict(redis_client: redis.Redis) -> None:
+    first = single.start({"n": 1, "to": "alice"}, key="order-9")
+    events_before = single.events(first)
+    with pytest.raises(KeyConflict) as info:
+        single.start({"n": 1, "to": "bob"}, key="order-9")
+    assert info.value.run_id == first and "order-9" in str(info.value) and "\n" not in str(info.value)
+    # the existing run is untouched, and it still runs once
+    assert finished(single, first).payload["to"] == "alice"
+    assert single.events(first)[: len(events_before)] == events_before
+    assert ledger(first) == ["forward:only"]
 
 
 def test_concurrent_starts_with_one_key_make_one_run() -> None:
@@ -237,13 +249,19 @@ def test_bad_payloads_are_refused_before_anything_is_written(redis_client: redis
     assert redis_client.dbsize() == keys_before
 
 
-def test_a_step_returning_something_but_an_object_fails_permanently_with_that_message() -> None:
+def test_a_step_returning_something_but_an_object_fails_permanently_as_an_unusable_output() -> None:
     run_id = trip.start({"bad_output_at": "hotel"})
     state = finished(trip, run_id)
     assert state.status is Status.COMPENSATED
-    assert state.error is not None and state.error.type == "PermanentError" and state.error.attempts == 1
+    # reported as what it is: the body returned, unlike an exception it raised
+    assert state.error is not None and state.error.type == "InvalidOutput" and state.error.attempts == 1
     assert "return value of step 'hotel' must be a JSON object" in state.error.message
+    assert "ran to its end" in state.error.message
+    [entry] = [d for d in dead_letters() if d["run_id"] == run_id]
+    assert entry["error_type"] == "InvalidOutput"
     assert ledger(run_id).count("forward:hotel") == 1
+    # without compensate_on_failure, the failed step's own compensation does not run
+    assert ledger(run_id)[-1:] == ["compensation:flight"]
 
 
 def test_unknown_run_ids_raise_run_not_found() -> None:
@@ -374,3 +392,33 @@ def test_a_second_saga_with_a_declared_name_is_refused() -> None:
     # another registry is another namespace
     elsewhere = Saga("trip", app=app, registry=Registry(default_registry().settings))
     assert elsewhere.registry.get("trip") is elsewhere
+
+
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [({"charge_returns": "junk"}, "InvalidOutput"), ({"charge_times_out": True}, "TimeoutError")],
+)
+def test_a_step_that_may_have_acted_is_undone_first_when_it_gives_up(payload: dict[str, Any], error: str) -> None:
+    # Given a charge that moved the money, then returned what JSON cannot hold / timed out
+    run_id = payments.start(payload)
+    state = finished(payments, run_id)
+    # Then its own compensation ran first, then the steps before it, each once
+    assert state.status is Status.COMPENSATED
+    assert state.error is not None and state.error.type == error and state.error.name == "charge"
+    assert ledger(run_id)[-2:] == ["compensation:charge", "compensation:reserve"]
+    undone = {key.rsplit(":", 1)[1] + ":" + key.split(":")[1] for key in effects(run_id)}
+    assert undone == {"forward:reserve", "forward:charge", "compensation:charge", "compensation:reserve"}
+    assert state.compensated == (1, 0)
+    [entry] = [d for d in dead_letters() if d["run_id"] == run_id]
+    assert entry["step"] == "charge" and entry["error_type"] == error
+
+
+def test_async_steps_and_compensations_are_awaited_on_the_worker() -> None:
+    ok = asyncs.start({"n": 1})
+    bad = asyncs.start({"fail_at": "keep"})
+    done = finished(asyncs, ok)
+    assert done.status is Status.COMPLETED and done.payload["fetched"] == 1 and done.payload["kept"] is True
+    undone = finished(asyncs, bad)
+    assert undone.status is Status.COMPENSATED and undone.error is not None
+    assert undone.error.type == "PermanentError" and undone.error.attempts == 1  # never a TypeError retried
+    assert ledger(bad) == ["forward:fetch", "forward:keep", "compensation:fetch"]

@@ -64,3 +64,4 @@ def test_a_prefork_worker_serves_run_step_and_dead_letter_metrics(metrics_url: s
     outcomes = {dict(labels)["outcome"] for _, labels in durations}
     assert {"succeeded", "retrying", "failed"} <= outcomes
     assert m[("saga_dead_letters", ())] >= 1
+    assert m[("saga_parked_runs", ())] >= 0  # read from the store at scrape time

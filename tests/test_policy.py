@@ -13,6 +13,7 @@ from saga.policy import (
     GiveUp,
     Liveness,
     LookAgain,
+    Park,
     Refuse,
     Resume,
     Retry,
@@ -63,8 +64,17 @@ def test_the_backoff_is_capped() -> None:
 # --- the watchdog's triage -------------------------------------------------------------------
 
 
-def triage(state: SagaState | None, known: bool = True, lease_live: bool = False, began: bool = True) -> object:
-    return policy.triage(state, Liveness(known, lease_live, began), now=NOW, lease_seconds=5, dispatch_timeout=30)
+def triage(
+    state: SagaState | None,
+    known: bool = True,
+    lease_live: bool = False,
+    began: bool = True,
+    parked: bool = False,
+    lease_left: float = 5.0,
+) -> object:
+    missing = "" if known else "no worker here defines saga 's'"
+    facts = Liveness(missing, lease_live, began, parked, lease_left)
+    return policy.triage(state, facts, now=NOW, lease_seconds=5, dispatch_timeout=30)
 
 
 def test_a_finished_or_expired_run_is_forgotten() -> None:
@@ -73,12 +83,33 @@ def test_a_finished_or_expired_run_is_forgotten() -> None:
         assert isinstance(triage(state_at(status)), Forget)
 
 
-def test_a_run_of_a_saga_this_process_does_not_define_is_looked_at_later() -> None:
-    assert triage(state_at(), known=False) == LookAgain(NOW + 30)
+def test_a_run_this_process_cannot_move_is_parked_when_it_would_be_resumed() -> None:
+    # its lease lapsed, or its step was sent long ago and never begun: park it, saying why
+    assert triage(state_at(), known=False, began=True) == Park("no worker here defines saga 's'")
+    assert triage(state_at(), known=False, began=False) == Park("no worker here defines saga 's'")
+    # but not while something moves it, nor while its step may still be queued for another worker
+    assert triage(state_at(), known=False, lease_live=True, lease_left=2.0) == LookAgain(NOW + 2.25)
+    sent_10s_ago = state_at(updated_at="2026-01-01T00:09:50.000000Z")
+    assert isinstance(triage(sent_10s_ago, known=False, began=False), LookAgain)
 
 
-def test_a_run_with_a_live_lease_is_looked_at_a_lease_later() -> None:
-    assert triage(state_at(), lease_live=True) == LookAgain(NOW + 5)
+def test_a_parked_run_is_resumed_once_its_definition_is_here_and_waits_otherwise() -> None:
+    assert triage(state_at(), known=True, parked=True) == Resume("definition available")
+    assert triage(state_at(), known=False, parked=True) == LookAgain(NOW + 30)
+    assert triage(state_at(), known=True, parked=True, lease_live=True) == LookAgain(NOW + 30)
+
+
+def test_the_reasons_say_what_is_missing_and_what_to_do() -> None:
+    assert "no worker here defines saga 'transfer'" in policy.missing_reason("transfer", 1, [])
+    why = policy.missing_reason("transfer", 1, [2, 3])
+    assert "version 1 of saga 'transfer' (here: 2, 3)" in why and "saga compensate" in why
+    assert "needs a new version number" in policy.drift_reason("transfer", 1, "aaaa", "bbbb")
+
+
+def test_a_run_with_a_live_lease_is_looked_at_just_after_that_lease_could_end() -> None:
+    assert triage(state_at(), lease_live=True, lease_left=3.5) == LookAgain(NOW + 3.75)
+    # never later than a whole lease (a retry's backoff hold may be longer: it is looked at again)
+    assert triage(state_at(), lease_live=True, lease_left=60) == LookAgain(NOW + 5.25)
 
 
 def test_an_attempt_that_began_and_holds_no_lease_is_resumed() -> None:
@@ -97,8 +128,9 @@ def test_a_step_never_begun_waits_out_the_dispatch_timeout_then_is_resumed() -> 
 
 
 def test_the_watchdog_looks_once_the_next_lease_could_have_lapsed_and_never_at_a_finished_run() -> None:
-    assert policy.next_check_at(Status.RUNNING, NOW, lease_seconds=5) == NOW + 6
-    assert policy.next_check_at(Status.COMPENSATING, NOW, lease_seconds=2) == NOW + 3
+    assert policy.next_check_at(Status.RUNNING, NOW, lease_seconds=5) == NOW + 5.25
+    assert policy.next_check_at(Status.COMPENSATING, NOW, lease_seconds=2) == NOW + 2.25
+    assert policy.lease_check_at(NOW, lease_seconds=5) == NOW + 5.25
     for status in (Status.COMPLETED, Status.COMPENSATED, Status.FAILED):
         assert policy.next_check_at(status, NOW, lease_seconds=5) is None
     assert policy.dispatch_check_at(NOW, 30) == NOW + 30

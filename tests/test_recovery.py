@@ -13,10 +13,11 @@ from typing import Any, cast
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
 
 from saga import RedisStore, Saga, Settings, Status, StepContext, create_app, dead_letters, decide
 from saga.registry import Registry, default_registry
-from saga.state import Transition
+from saga.state import Shape, Transition
 from saga.testing import wait_for
 from saga.watchdog import Watchdog
 from tests.sagas import app, ledger, trip
@@ -27,9 +28,9 @@ pytestmark = pytest.mark.usefixtures("worker")
 watchdog = default_registry().watchdog()
 
 
-def create(t: Transition, fingerprint: str = "") -> None:
+def create(t: Transition, shape: Shape | None = None) -> None:
     """Write a run as ``start()`` would, without sending its first step (a crash in between)."""
-    assert trip.store.create("trip", fingerprint or trip.shape.fingerprint, t, None, check_at=time.time() + 30)
+    assert trip.store.create(shape or trip.shape, t, None, check_at=time.time() + 30) == "created"
 
 
 def only(payload: dict[str, Any], ctx: StepContext) -> None:
@@ -150,19 +151,25 @@ def test_a_checkpoint_that_does_not_verify_is_never_resumed(redis_client: redis.
     assert "forward:pay" not in ledger(run_id)
 
 
-def test_a_worker_with_a_different_definition_refuses_the_run() -> None:
-    # Given a run recorded under another definition of "trip"
+def test_a_worker_with_a_different_definition_parks_the_run_and_never_fails_it() -> None:
+    # Given a run recorded under another definition of "trip" version 1 (changed without a new version)
     t = decide.decide_start(str(uuid.uuid4()), "trip", {"n": 1})
-    create(t, fingerprint="0123456789abcdef")
+    create(t, shape=Shape(("flight", "other"), (True, True)))
+    parks_before = REGISTRY.get_sample_value("saga_runs_parked_total", {"saga": "trip"}) or 0
     # When this worker gets its first step
     trip.steps[0].task.apply_async(args=(t.state.id,))
-    # Then it fails the run instead of running another sequence
-    state = trip.wait(t.state.id, timeout=30)
-    assert state.status is Status.FAILED
-    assert state.error is not None and state.error.type == "DefinitionMismatch"
+    # Then it parks the run, saying why (and counts it), instead of running another sequence or failing it
+    events = wait_for(lambda: [e for e in trip.events(t.state.id) if e["type"] == "saga.parked"], what="a park")
+    assert "a changed definition needs a new version number" in events[0]["reason"]
+    state = trip.get(t.state.id)
+    assert (state.status, state.version) == (Status.PENDING, 1)
     assert ledger(t.state.id) == []
-    assert [d["error_type"] for d in dead_letters() if d["run_id"] == t.state.id] == ["DefinitionMismatch"]
-    assert [e["type"] for e in trip.events(t.state.id)][-2:] == ["saga.dead_lettered", "saga.failed"]
+    assert not [d for d in dead_letters() if d["run_id"] == t.state.id]
+    assert t.state.id in [p.run_id for p in trip.store.parked()]
+    assert REGISTRY.get_sample_value("saga_runs_parked_total", {"saga": "trip"}) == parks_before + 1
+    # and a watchdog with this same (other) definition leaves it parked
+    watchdog.scan()
+    assert trip.get(t.state.id).version == 1 and not resumes(t.state.id)
 
 
 def test_an_unreachable_broker_at_start_keeps_the_run_for_the_watchdog(
@@ -183,7 +190,7 @@ def test_one_unreachable_store_does_not_stop_the_watchdog_watching_the_others(se
         "elsewhere", app=app, store=RedisStore("redis://127.0.0.1:1/0", retries=0), registry=Registry(settings)
     )
     elsewhere.step(name="only")(only)
-    both = Watchdog(lambda: [elsewhere.runtime(), *default_registry().runtimes()], interval=1, dispatch_timeout=30)
+    both = Watchdog(lambda: [elsewhere.runtime(), *default_registry().runtimes()], settings)
     t = decide.decide_start(str(uuid.uuid4()), "trip", {"lost": True}, at="2026-01-01T00:00:00.000000Z")
     create(t)
     trip.store.schedule(t.state.id, 0)

@@ -23,7 +23,7 @@ def store(redis_url: str) -> RedisStore:
 
 def new_run(store: RedisStore) -> SagaState:
     t = decide.decide_start(str(uuid.uuid4()), "s", {"n": 1})
-    assert store.create("s", SHAPE.fingerprint, t, None, check_at=time.time() + 30)
+    assert store.create(SHAPE, t, None, check_at=time.time() + 30) == "created"
     return t.state
 
 
@@ -37,7 +37,14 @@ def begin(
 ) -> Begin:
     started = decide.started_event(state.id, SHAPE, direction, index)
     return store.begin(
-        state.id, direction, index, attempt=attempt, lease_ms=5000, fingerprint=fingerprint, started=started
+        state.id,
+        direction,
+        index,
+        attempt=attempt,
+        lease_ms=5000,
+        fingerprint=fingerprint,
+        started=started,
+        check_at=time.time() + 6,
     )
 
 
@@ -134,9 +141,9 @@ def test_a_run_started_under_another_definition_is_refused(store: RedisStore) ->
 
 def test_creating_the_same_run_twice_writes_once(store: RedisStore) -> None:
     t = decide.decide_start("fixed-id", "s", {"n": 1})
-    assert store.create("s", SHAPE.fingerprint, t, "k", check_at=time.time() + 30)
+    assert store.create(SHAPE, t, "k", check_at=time.time() + 30) == "created"
     again = decide.decide_start("fixed-id", "s", {"n": 2})
-    assert not store.create("s", SHAPE.fingerprint, again, "k", check_at=time.time() + 30)
+    assert store.create(SHAPE, again, "k", check_at=time.time() + 30) == "conflict"
     assert store.get("fixed-id").payload["n"] == 1 and len(store.events("fixed-id")) == 1
 
 

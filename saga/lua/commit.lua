@@ -1,10 +1,12 @@
 -- commit.lua: commit one transition atomically: new snapshot, its events, the dedup mark and any
 -- dead-letter entry, guarded by a compare-and-set on the version and by the attempt's fence.
+-- Caller: RedisStore.commit (every transition).
 -- KEYS[1] meta   KEYS[2] history   KEYS[3] events   KEYS[4] lease   KEYS[5] dead (list)
 -- ARGV[1] expected version   ARGV[2] fencing token ('' = none)   ARGV[3] new version
 -- ARGV[4] new snapshot   ARGV[5] new status   ARGV[6] new cursor
 -- ARGV[7] dedup mark field ('' = none)   ARGV[8] flags: 'r' release the lease, 'a' reset the attempt
---   count, 'i' refuse while an attempt holds a live lease (a backoff hold does not count)
+--   count, 'i' refuse while an attempt holds a live lease (a backoff hold does not count),
+--   'u' an operator unwinds the run (compensations may then run by name; a parked mark is cleared)
 -- ARGV[9] retention ms (0 = keep)   ARGV[10] dead-letter entry ('' = none)   ARGV[11..] events
 -- Fencing: the lease is only ever set by begin.lua under a new fence (or handed to a retry by its
 -- holder), so the token still holds the run exactly when it is still the run's fence.
@@ -33,6 +35,10 @@ if string.find(ARGV[8], 'a', 1, true) then
 end
 if ARGV[7] ~= '' then
   fields[#fields + 1] = ARGV[7]; fields[#fields + 1] = mark
+end
+if string.find(ARGV[8], 'u', 1, true) then
+  fields[#fields + 1] = 'unwind'; fields[#fields + 1] = 'operator'
+  redis.call('HDEL', KEYS[1], 'parked')
 end
 redis.call('HSET', KEYS[1], unpack(fields))
 if cancel ~= '' and ARGV[5] ~= 'running' and ARGV[5] ~= 'pending' then redis.call('HDEL', KEYS[1], 'cancel') end

@@ -1,5 +1,6 @@
 -- record.lua: append events that do not change the snapshot (a retry), on behalf of a fenced
 -- attempt, and hand the lease over to the retry that will follow.
+-- Caller: RedisStore.record_retry (a failed attempt that will be retried).
 -- KEYS[1] meta   KEYS[2] events   KEYS[3] lease
 -- ARGV[1] fencing token   ARGV[2] new lease value ('backoff:<next attempt>')   ARGV[3] its ttl ms
 -- ARGV[4..] events

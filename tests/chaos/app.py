@@ -1,4 +1,6 @@
-"""The chaos suite's Celery app: a 5-step saga whose steps act on an effects ledger in Redis.
+"""The chaos suite's Celery app: a 5-step saga (version 1; version 2 adds a sixth step, audit)
+whose steps act on an effects ledger in Redis. A worker declares the versions ``CHAOS_VERSIONS``
+names ("1" unless set; "2" is a deploy that dropped version 1, "1,2" one that kept it).
 
 Like a real payment API, the ledger applies an effect once per idempotency key (``fx:<run>``,
 with the order of first applications in ``fxorder:<run>``) and counts every raw execution
@@ -9,17 +11,23 @@ its effect, so a kill can land between effect and commit).
 
 from __future__ import annotations
 
+import os
 import random
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import redis
 
 from saga import PermanentError, Saga, StepContext, create_app, get_settings
+from saga.registry import Registry
 
-app = create_app("chaos")
-chaos = Saga("chaos", app=app)
-STEPS = ("debit", "reserve", "allocate", "notify", "settle")
+#: The steps of each version; every step but settle and audit can be undone.
+STEPS = {
+    1: ("debit", "reserve", "allocate", "notify", "settle"),
+    2: ("debit", "reserve", "allocate", "notify", "settle", "audit"),
+}
+UNDOABLE = frozenset({"debit", "reserve", "allocate", "notify"})
 
 _client: redis.Redis | None = None
 
@@ -54,15 +62,27 @@ def act(payload: dict[str, Any], ctx: StepContext) -> None:
     time.sleep(random.uniform(0, float(payload.get("max_sleep", 0))))
 
 
-def _declare(name: str, compensable: bool) -> None:
+def declare(versions: Iterable[int], *, app: Any, registry: Registry | None = None) -> dict[int, Saga]:
+    """The chaos saga in each of ``versions`` on ``app``."""
+    sagas: dict[int, Saga] = {}
+    for version in versions:
+        saga = Saga("chaos", app=app, version=version, registry=registry)
+        for name in STEPS[version]:
+            _declare(saga, name)
+        sagas[version] = saga
+    return sagas
+
+
+def _declare(saga: Saga, name: str) -> None:
     def forward(payload: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
         act(payload, ctx)
         return {name: ctx.attempt}
 
-    step = chaos.step(name=name, max_retries=6, retry_backoff=0.05, retry_backoff_max=0.5)(forward)
-    if compensable:
+    step = saga.step(name=name, max_retries=6, retry_backoff=0.05, retry_backoff_max=0.5)(forward)
+    if name in UNDOABLE:
         step.compensate(act)
 
 
-for index, step_name in enumerate(STEPS):
-    _declare(step_name, compensable=index < len(STEPS) - 1)
+app = create_app("chaos")
+declared = declare([int(v) for v in os.environ.get("CHAOS_VERSIONS", "1").split(",") if v], app=app)
+chaos = declared[min(declared)]

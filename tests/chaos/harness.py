@@ -26,7 +26,7 @@ from saga.testing import (
     stop_process_group,
     worker_env,
 )
-from tests.chaos.app import STEPS, app, chaos
+from tests.chaos.app import STEPS, UNDOABLE, app, chaos, declare
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,6 +42,9 @@ class Figures:
     raw_executions: int = 0
     effects: int = 0
     resumes: int = 0
+    deploys: int = 0
+    parked: int = 0
+    by_version: dict[int, int] = field(default_factory=dict)
     recover_seconds: list[float] = field(default_factory=list)
 
     def report(self) -> str:
@@ -54,18 +57,21 @@ class Figures:
             f"chaos: {self.runs} runs ({self.completed} completed, {self.compensated} compensated); "
             f"kills: {self.kills_worker} workers + {self.kills_child} pool children; "
             f"{self.redis_restarts} Redis restart(s); raw executions {self.raw_executions} vs effects "
-            f"{self.effects}; resumes {self.resumes}; time from kill to resume: {rec}"
+            f"{self.effects}; resumes {self.resumes}; time from kill to resume: {rec}; {self.deploys} deploys, "
+            f"runs by version {dict(sorted(self.by_version.items()))}, {self.parked} parked on the way"
         )
 
 
 class Cluster:
-    """A Redis and a set of worker processes that can be killed and replaced."""
+    """A Redis and a set of worker processes that can be killed, replaced and redeployed with
+    other saga versions."""
 
     def __init__(self, workers: int = 2, lease: float = 2.0) -> None:
         self.redis = RedisServer(appendonly=True)
         self.lease = lease
         self.size = workers
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.versions: dict[int, str] = {}
         self.next_id = 0
         self.logdir = Path(self.redis.dir)
 
@@ -80,27 +86,34 @@ class Cluster:
             metrics_port=0,
         )
 
-    def env(self) -> dict[str, str]:
-        return worker_env(self.settings, PYTHONPATH=str(ROOT))
-
     def start(self) -> None:
         self.redis.start()
         for _ in range(self.size):
-            self.add_worker()
+            self.add_worker("1")
 
-    def add_worker(self) -> int:
+    def add_worker(self, versions: str) -> int:
         wid = self.next_id
         self.next_id += 1
+        env = worker_env(self.settings, PYTHONPATH=str(ROOT), CHAOS_VERSIONS=versions)
         self.procs[wid] = start_worker_process(
-            "tests.chaos.app", self.env(), name=f"chaos{wid}", cwd=ROOT, log=self.logdir / f"worker{wid}.log"
+            "tests.chaos.app", env, name=f"chaos{wid}", cwd=ROOT, log=self.logdir / f"worker{wid}.log"
         )
+        self.versions[wid] = versions
         return wid
 
     def kill_worker(self) -> None:
-        """SIGKILL a whole worker (parent and pool children) and start a replacement."""
+        """SIGKILL a whole worker (parent and pool children) and start a replacement like it."""
         wid = random.choice(sorted(self.procs))
         stop_process_group(self.procs.pop(wid), signal.SIGKILL)
-        self.add_worker()
+        self.add_worker(self.versions.pop(wid))
+
+    def redeploy(self, versions: str, count: int | None = None) -> None:
+        """Restart ``count`` workers (all by default) as a deploy does, declaring ``versions``:
+        a warm shutdown (running bodies finish), then a new worker."""
+        for wid in sorted(self.procs)[: count or len(self.procs)]:
+            stop_process_group(self.procs.pop(wid), signal.SIGTERM)
+            del self.versions[wid]
+            self.add_worker(versions)
 
     def kill_child(self) -> bool:
         """SIGKILL one pool child of a worker; its parent replaces it."""
@@ -134,7 +147,8 @@ def run_chaos(seconds: float, rate: float = 2.0, seed: int | None = None) -> Fig
 
 
 def _start(payload: dict[str, Any], key: str) -> str:
-    """Start a run; a start that fails (Redis restarting) is retried with its key."""
+    """Start a run (under the highest version declared here); a start that fails (Redis
+    restarting) is retried with its key."""
     for _ in range(50):
         try:
             return chaos.start(payload, key=key)
@@ -150,6 +164,8 @@ def _drive(cluster: Cluster, seconds: float, rate: float, rng: random.Random) ->
         [(seconds * f, "kill_worker") for f in (0.2, 0.5, 0.8)]
         + [(seconds * f, "kill_child") for f in (0.35, 0.65)]
         + [(seconds * 0.45, "restart_redis")]
+        # a deploy that drops version 1 on one worker (its runs park), then one that keeps both
+        + [(seconds * 0.3, "deploy_v2_only"), (seconds * 0.6, "deploy_both")]
     )
     kills: list[float] = []
     started: dict[str, dict[str, Any]] = {}
@@ -157,7 +173,7 @@ def _drive(cluster: Cluster, seconds: float, rate: float, rng: random.Random) ->
     while time.monotonic() - t0 < seconds:
         payload: dict[str, Any] = {"p_transient": 0.15, "max_sleep": 0.4}
         if rng.random() < 0.15:
-            payload["permanent_at"] = rng.choice(STEPS)
+            payload["permanent_at"] = rng.choice(STEPS[1])
         run_id = _start(payload, key=f"chaos-{len(started)}")
         started[run_id] = payload
         while plan and time.monotonic() - t0 >= plan[0][0]:
@@ -172,20 +188,27 @@ def _drive(cluster: Cluster, seconds: float, rate: float, rng: random.Random) ->
             elif action == "restart_redis":
                 cluster.redis.restart()
                 figures.redis_restarts += 1
+            elif action == "deploy_v2_only":
+                cluster.redeploy("2", count=1)
+                if default_registry().find("chaos", 2) is None:
+                    declare([2], app=app)  # from now on this process starts version 2 runs
+                figures.deploys += 1
+            elif action == "deploy_both":
+                cluster.redeploy("1,2")
+                figures.deploys += 1
         time.sleep(rng.expovariate(rate))
     deadline = time.monotonic() + 90
     for run_id in started:
         left = deadline - time.monotonic()
         state = chaos.wait(run_id, timeout=max(left, 0.1))
         assert state.status.value in ("completed", "compensated"), f"{run_id} ended {state.status.value}"
-    _check(chaos, started, STEPS, cluster, figures, kills)
+    _check(chaos, started, cluster, figures, kills)
     return figures
 
 
 def _check(
     chaos: Any,
     started: dict[str, dict[str, Any]],
-    steps: tuple[str, ...],
     cluster: Cluster,
     figures: Figures,
     kills: list[float],
@@ -195,6 +218,8 @@ def _check(
     figures.runs = len(started)
     for run_id, payload in started.items():
         state = chaos.get(run_id)
+        steps = STEPS[state.definition_version]
+        figures.by_version[state.definition_version] = figures.by_version.get(state.definition_version, 0) + 1
         assert chaos.rebuild(run_id) == state, f"{run_id}: rebuild differs from the stored state"
         versions = [s.version for s in chaos.history(run_id)]
         assert versions == list(range(1, state.version + 1)), f"{run_id}: versions {versions}"
@@ -212,12 +237,13 @@ def _check(
         else:
             figures.compensated += 1
             committed = [c.name for c in state.checkpoints]
-            expected_undo = [f"compensation:{s}" for s in reversed(committed) if s != steps[-1]]
+            expected_undo = [f"compensation:{s}" for s in reversed(committed) if s in UNDOABLE]
             assert undo == expected_undo, f"{run_id}: compensations {undo}, expected {expected_undo}"
             assert run_id in dead and dead[run_id]["kind"] == "forward", f"{run_id}: gave up but no dead letter"
             if "permanent_at" in payload:
                 assert state.error is not None and state.error.name == payload["permanent_at"]
         for e in chaos.events(run_id):
+            figures.parked += e["type"] == "saga.parked"
             if e["type"] == "saga.resumed":
                 figures.resumes += 1
                 at = parse_iso(e["at"])

@@ -17,3 +17,4 @@ def test_runs_survive_killed_workers_and_a_redis_restart(capsys: pytest.CaptureF
         print("\n" + figures.report())
     assert figures.kills_worker == 3 and figures.kills_child >= 1 and figures.redis_restarts == 1
     assert figures.completed > 0 and figures.compensated > 0
+    assert figures.deploys == 2 and set(figures.by_version) == {1, 2}

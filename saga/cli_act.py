@@ -1,0 +1,103 @@
+"""The ``saga`` commands that act on runs: resume, cancel, compensate, and the dead-letter queue."""
+
+from __future__ import annotations
+
+import click
+
+from . import cli_render, control
+from .cli_common import Operator, echo_json, json_option
+from .state import Status
+
+
+@click.command()
+@click.argument("run")
+@click.option("--reason", default="operator", show_default=True, help="Recorded in the saga.resumed event.")
+@json_option
+@click.pass_obj
+def resume(op: Operator, run: str, reason: str, as_json: bool) -> None:
+    """Resume an unfinished run at its cursor (imports --app)."""
+    state = control.resume(run, reason=reason, registry=op.load_app())
+    if as_json:
+        echo_json(state.to_dict())
+    else:
+        click.echo(f"run {run} resumed: {state.status.value} at step {state.current_step}, version {state.version}")
+
+
+@click.command()
+@click.argument("run")
+@click.option("--reason", default="operator", show_default=True, help="Recorded in the saga.cancelled event.")
+@json_option
+@click.pass_obj
+def cancel(op: Operator, run: str, reason: str, as_json: bool) -> None:
+    """Stop a run's forward progress and compensate the steps that committed (imports --app)."""
+    state = control.cancel(run, reason=reason, registry=op.load_app())
+    if as_json:
+        echo_json(state.to_dict())
+    elif state.status in (Status.COMPENSATING, Status.COMPENSATED):
+        click.echo(f"run {run} cancelled: {state.status.value} (version {state.version})")
+    else:
+        click.echo(f"run {run}: cancel requested; it takes effect when the step running now commits")
+
+
+@click.command()
+@click.argument("run")
+@click.option(
+    "--reason", default="operator", show_default=True, help="Recorded in the saga.compensation_requested event."
+)
+@json_option
+@click.pass_obj
+def compensate(op: Operator, run: str, reason: str, as_json: bool) -> None:
+    """Unwind an unfinished, parked or failed run: compensate its committed steps, newest first
+    (imports --app; any loaded version's compensation of a step name serves)."""
+    state = control.compensate(run, reason=reason, registry=op.load_app())
+    if as_json:
+        echo_json(state.to_dict())
+    else:
+        click.echo(f"run {run} compensating: {state.status.value} (version {state.version})")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def dlq() -> None:
+    """The dead-letter queue: steps and compensations that gave up."""
+
+
+@dlq.command("list")
+@json_option
+@click.pass_obj
+def dlq_list(op: Operator, as_json: bool) -> None:
+    """Every dead-letter entry, oldest first."""
+    entries = control.dead_letters(op.registry())
+    if as_json:
+        echo_json(entries)
+    else:
+        cli_render.print_dead_letters(entries)
+
+
+@dlq.command("retry")
+@click.argument("entry")
+@json_option
+@click.pass_obj
+def dlq_retry(op: Operator, entry: str, as_json: bool) -> None:
+    """Act on an entry: continue a failed unwind, or start a compensated run again (imports --app)."""
+    run_id = control.retry_dead_letter(entry, registry=op.load_app())
+    old_run = entry.rsplit(".", 1)[0]
+    if as_json:
+        echo_json({"entry_id": entry, "run_id": run_id, "new_run": run_id != old_run})
+    elif run_id != old_run:
+        click.echo(f"entry {entry} retried: started run {run_id} with the original input of run {old_run}")
+    else:
+        click.echo(f"entry {entry} retried: run {run_id} compensates again")
+
+
+@dlq.command("drop")
+@click.argument("entry")
+@click.option("--reason", required=True, help="Why (recorded as an event on the run).")
+@json_option
+@click.pass_obj
+def dlq_drop(op: Operator, entry: str, reason: str, as_json: bool) -> None:
+    """Take an entry off the queue without acting on it; the reason is recorded on its run."""
+    control.drop_dead_letter(entry, reason=reason, registry=op.registry())
+    if as_json:
+        echo_json({"entry_id": entry, "dropped": True, "reason": reason})
+    else:
+        click.echo(f"dropped entry {entry}")
