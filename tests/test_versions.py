@@ -269,3 +269,24 @@ def test_compensate_refuses_a_run_whose_compensations_no_loaded_definition_has(
     assert out.returncode == 5 and len(out.stderr.splitlines()) == 1
     assert "no loaded definition of saga 'transfer' has a compensation for step(s) debit" in out.stderr
     assert saga.get(run_id).status is Status.RUNNING  # refused: nothing written
+
+
+def test_resume_of_a_parked_run_works_once_its_definition_is_back(
+    deployment: Deployment, mine: Settings, ledger_path: str
+) -> None:
+    v1 = client(mine, 1)
+    # Given a version-1 run parked by a worker that has only version 2
+    deployment.start("v2only", "2")
+    run_id = v1.start({"from": "alice", "to": "bob", "amount": 10})
+    wait_for(lambda: run_id in parked(v1), timeout=30, what="the run to park")
+    deployment.stop("v2only")
+    # When an operator resumes it with version 1 loaded, and a worker with version 1 runs
+    out = deployment.cli("resume", run_id, "--json", versions="1")
+    assert out.returncode == 0, out.stderr
+    assert run_id not in parked(v1)
+    deployment.start("v1only", "1")
+    # Then it finishes under version 1
+    state = v1.wait(run_id, timeout=60)
+    assert state.status is Status.COMPLETED and state.definition_version == 1
+    assert [e["reason"] for e in v1.events(run_id) if e["type"] == "saga.resumed"] == ["operator"]
+    assert transfer.balances(ledger_path) == {"alice": 990, "bob": 10}
