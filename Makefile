@@ -25,10 +25,13 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest tests
 
-# the long soak: CHAOS_SECONDS of runs under kills and a Redis restart (default 10 minutes)
+# the long soak: CHAOS_SECONDS of runs under kills, a Redis restart and redeploys (default 10
+# minutes), then the fuzz tests with FUZZ_EXAMPLES examples each (default 2000)
 CHAOS_SECONDS ?= 600
+FUZZ_EXAMPLES ?= 2000
 chaos: $(STAMP)
 	CHAOS_SECONDS=$(CHAOS_SECONDS) $(BIN)/python -m pytest tests/chaos -s -p no:cacheprovider
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/test_bad_input.py -k fuzz -p no:cacheprovider
 
 # saga vs a plain Celery chain, side by side (a few minutes); writes bench/last-run.md
 bench: $(STAMP)

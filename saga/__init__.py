@@ -20,6 +20,7 @@ from .errors import (
     SagaError,
     SagaTimeout,
     SettingsError,
+    StoreFull,
     StoreUnavailable,
 )
 from .registry import celery_config, create_app, default_store, get_settings
@@ -60,5 +61,6 @@ __all__ = [
     "SagaError",
     "SagaTimeout",
     "SettingsError",
+    "StoreFull",
     "StoreUnavailable",
 ]

@@ -16,7 +16,7 @@ from redis.backoff import ExponentialBackoff
 from redis.commands.core import Script
 from redis.retry import Retry
 
-from .errors import StoreUnavailable
+from .errors import StoreFull, StoreUnavailable
 
 Client = redis.Redis
 Pipeline = redis.client.Pipeline
@@ -69,11 +69,17 @@ def load_script(client: Client, name: str) -> Script:
 @contextmanager
 def guard(url: str) -> Iterator[None]:
     """Turn a connection error (after the client's retries) into a one-line
-    :class:`StoreUnavailable` naming the URL without its password."""
+    :class:`StoreUnavailable`, and a write refused at ``maxmemory`` into :class:`StoreFull`,
+    each naming the URL without its password."""
     try:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise StoreUnavailable(f"cannot reach Redis at {redact(url)} ({exc}); start it or set SAGA_REDIS_URL") from None
+    except redis.exceptions.OutOfMemoryError:
+        raise StoreFull(
+            f"Redis at {redact(url)} is full (maxmemory reached) and refuses writes; free memory or raise "
+            "maxmemory: nothing was written, and work goes on once it has room"
+        ) from None
 
 
 def eval_pipelined(

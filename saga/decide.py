@@ -90,13 +90,19 @@ def resumed_event(state: SagaState, shape: Shape, reason: str, at: str | None = 
 
 
 def decide_step_succeeded(
-    state: SagaState, shape: Shape, index: int, output: JSONObject | None, at: str | None = None
+    state: SagaState,
+    shape: Shape,
+    index: int,
+    output: JSONObject | None,
+    at: str | None = None,
+    *,
+    digest: str | None = None,
 ) -> Transition:
     """Step ``index`` committed: merge its output, checkpoint, move on (a pending run becomes
-    running) or complete."""
+    running) or complete. ``digest``: the merged payload's hash, when the caller has it already."""
     b = _Builder(state, state.id, bump=True, at=at)
     out = output or {}
-    digest = payload_hash({**state.payload, **out})
+    digest = digest or payload_hash({**state.payload, **out})
     last = index + 1 == len(shape.steps)
     moves: dict[str, Any] = {"current_step": index + 1}
     if state.status is Status.PENDING and not last:

@@ -18,26 +18,27 @@ import inspect
 import os
 import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from . import decide, metrics, policy
 from .engine import Runtime, commit_and_follow, dispatch, park, send_step
-from .errors import InvalidOutput, InvalidPayload
+from .errors import InvalidOutput, InvalidPayload, StoreUnavailable
 from .schema import BeginOutcome, CommitOptions
 from .settings import Settings
 from .state import (
     CompensationFunction,
     Direction,
-    JSONObject,
     SagaState,
     Status,
     StepContext,
     StepFunction,
+    Transition,
     json_copy,
-    require_json_object,
+    text_hash,
 )
+from .validate import call_problem, cut, merged_text, validated
 
 
 class StepDefinition(Protocol):
@@ -66,6 +67,13 @@ class StepDefinition(Protocol):
     def retry_policy(self, settings: Settings) -> policy.RetryPolicy:
         """The step's retry policy, its own overrides over ``settings``' defaults."""
         ...
+
+
+T = TypeVar("T")
+
+
+class _StoreWaitOver(Exception):
+    """The store stayed unreachable or full past the wait: the run is left to the watchdog."""
 
 
 @dataclass(frozen=True)
@@ -124,20 +132,25 @@ class Delivery:
         self.log = rt.log(str(run_id), step.name)
 
     def run(self) -> None:
-        """Begin, run the body, commit what happened."""
-        if not isinstance(self.run_id, str) or not isinstance(self.attempt, int):
-            self.log.error(
-                "malformed message %r (attempt %r): expected a run id string; dropped to the log",
-                self.run_id,
-                self.attempt,
-            )
+        """Begin, run the body, commit what happened (see the module's docstring)."""
+        problem = call_problem(self.run_id, self.attempt)
+        if problem:
+            self.log.error("malformed message: %s; dropped to the log", problem)
             return
-        granted = self._begin()
-        if granted is None:
-            return
-        if granted.state.status is Status.PENDING and granted.number == 1:
-            metrics.run_started(self.rt.name)
+        try:
+            granted = self._waiting("begin", self._begin)
+            if granted is not None:
+                self._attempt(granted)
+        except _StoreWaitOver as exc:
+            self.log.error("%s; the watchdog resumes the run once the store takes writes again", exc)
+
+    def _attempt(self, granted: Attempt) -> None:
+        """Run the body, and everything after it that decides its result, as one attempt: a
+        failure anywhere in it (the body, its output's validation, hashing, the commit) counts as
+        this attempt's failure — but for a store that is unreachable or full, which is waited out."""
         rt, step = self.rt, self.step
+        if granted.state.status is Status.PENDING and granted.number == 1:
+            metrics.run_started(rt.name)
         ctx = StepContext(
             self.run_id,
             rt.name,
@@ -150,14 +163,36 @@ class Delivery:
         rt.heartbeat.hold(rt.store, self.run_id, granted.token, rt.lease_ms, self.log)
         began = time.perf_counter()
         try:
-            output = self._body(json_copy(granted.state.payload), ctx)
-        except Exception as exc:  # every failure of user code is recorded; none escapes to Celery
+            try:
+                transition = self._transition_for(granted, self._body(json_copy(granted.state.payload), ctx))
+            except Exception as exc:  # every failure of user code is recorded; none escapes to Celery
+                self._failed(granted, exc, time.perf_counter() - began)
+                return
+            metrics.step_finished(rt.name, step.name, self.direction.value, time.perf_counter() - began, "succeeded")
+            try:
+                self._commit(granted, transition)
+            except (_StoreWaitOver, StoreUnavailable):
+                raise
+            except Exception as exc:  # a commit that cannot be made is this attempt's failure
+                self._failed(granted, exc, time.perf_counter() - began)
+        finally:
             rt.heartbeat.release(self.run_id, granted.token)
-            self._failed(granted, exc, time.perf_counter() - began)
-            return
-        rt.heartbeat.release(self.run_id, granted.token)
-        metrics.step_finished(rt.name, step.name, self.direction.value, time.perf_counter() - began, "succeeded")
-        self._succeeded(granted, output)
+
+    def _waiting(self, what: str, write: Callable[[], T]) -> T:
+        """``write()``; while the store is unreachable or full, wait and try again, one log line
+        per refused write, without using the step's retries — until
+        :data:`~saga.policy.STORE_WAIT_SECONDS` pass."""
+        started, tries = time.monotonic(), 0
+        while True:
+            try:
+                return write()
+            except StoreUnavailable as exc:
+                tries += 1
+                delay = policy.store_retry_delay(tries)
+                if time.monotonic() - started + delay > policy.STORE_WAIT_SECONDS:
+                    raise _StoreWaitOver(f"gave up the {what} after {tries} refusals: {exc}") from None
+                self.log.warning("the store refused the %s (%s); trying again in %.1f s", what, exc, delay)
+                time.sleep(delay)
 
     def _begin(self) -> Attempt | None:
         rt = self.rt
@@ -195,7 +230,7 @@ class Delivery:
             return None
         return Attempt(state, begin.token, begin.attempt)
 
-    def _body(self, payload: dict[str, Any], ctx: StepContext) -> JSONObject | None:
+    def _body(self, payload: dict[str, Any], ctx: StepContext) -> Any:
         step = self.step
         if self.direction is Direction.COMPENSATION:
             assert step.compensation is not None
@@ -206,26 +241,36 @@ class Delivery:
         output: Any = step.fn(payload, ctx)
         if inspect.isawaitable(output):
             output = _await(output)
-        if output is None:
-            return None
+        return output
+
+    def _transition_for(self, granted: Attempt, output: Any) -> Transition:
+        """The transition a body's result makes: a compensation's is its success; a step's output
+        must pass the one validator (and the payload it leaves, the size limit), exactly as the
+        hash and the store encode it, else :class:`~saga.InvalidOutput`."""
+        shape, state, index = self.rt.definition.shape, granted.state, self.index
+        if self.direction is Direction.COMPENSATION:
+            return decide.decide_compensation_succeeded(state, shape, index)
+        s = self.rt.settings
+        what = f"the return value of step {self.step.name!r}"
         try:
-            return require_json_object(output, f"the return value of step {step.name!r}")
+            out = (
+                {}
+                if output is None
+                else validated(output, what, max_bytes=s.max_payload_bytes, max_depth=s.max_payload_depth)
+            )
+            text = merged_text(state.payload, out, what, max_bytes=s.max_payload_bytes)
         except InvalidPayload as exc:
             raise InvalidOutput(
                 f"{exc}; the body ran to its end, so its effect may have happened "
                 "(declare the step with compensate_on_failure=True to undo it)"
             ) from None
+        return decide.decide_step_succeeded(state, shape, index, out, digest=text_hash(text))
 
-    def _succeeded(self, granted: Attempt, output: JSONObject | None) -> None:
-        shape = self.rt.definition.shape
-        state, index = granted.state, self.index
-        if self.direction is Direction.FORWARD:
-            transition = decide.decide_step_succeeded(state, shape, index, output)
-        else:
-            transition = decide.decide_compensation_succeeded(state, shape, index)
-        mark = f"{self.direction.value}:{index}"
+    def _commit(self, granted: Attempt, transition: Transition) -> None:
+        self.rt.heartbeat.committing(self.run_id, granted.token)
+        mark = f"{self.direction.value}:{self.index}"
         options = CommitOptions(token=granted.token, dedup_mark=mark, release=True)
-        result = commit_and_follow(self.rt, state, transition, options)
+        result = self._waiting("commit", lambda: commit_and_follow(self.rt, granted.state, transition, options))
         if not result.applied:
             self.log.warning(
                 "commit refused (%s): this attempt lost its lease or was superseded; result discarded", result.reason
@@ -233,6 +278,7 @@ class Delivery:
 
     def _failed(self, granted: Attempt, exc: Exception, seconds: float) -> None:
         rt, step = self.rt, self.step
+        rt.heartbeat.committing(self.run_id, granted.token)  # a retry or a give-up ends this lease
         state, n, index = granted.state, granted.number, self.index
         verdict = policy.retry_policy(exc, n, step.retry_policy(rt.settings), rt.settings.lease_seconds)
         retrying = isinstance(verdict, policy.Retry)
@@ -240,19 +286,25 @@ class Delivery:
         shape = rt.definition.shape
         if isinstance(verdict, policy.Retry):
             event = decide.decide_retry(state, shape, self.direction, index, n, exc, verdict.delay)
-            if not rt.store.record_retry(state.id, granted.token, [event], f"backoff:{n + 1}", verdict.hold_ms):
+            hold = f"backoff:{n + 1}"
+            recorded = self._waiting(
+                "retry", lambda: rt.store.record_retry(state.id, granted.token, [event], hold, verdict.hold_ms)
+            )
+            if not recorded:
                 self.log.warning("lost the lease before recording a retry; leaving the run to its holder")
                 return
-            self.log.info("attempt %d failed (%s: %s); retrying in %.2fs", n, type(exc).__name__, exc, verdict.delay)
+            self.log.info(
+                "attempt %d failed (%s: %s); retrying in %.2fs", n, type(exc).__name__, cut(exc), verdict.delay
+            )
             send_step(rt, state, index, self.direction, attempt=n + 1, countdown=verdict.delay)
             return
-        self.log.error("gave up after %d attempt(s): %s: %s", n, type(exc).__name__, exc)
+        self.log.error("gave up after %d attempt(s): %s: %s", n, type(exc).__name__, cut(exc))
         if self.direction is Direction.FORWARD:
             transition, entry = decide.decide_step_gave_up(state, shape, index, exc, n)
         else:
             transition, entry = decide.decide_compensation_gave_up(state, shape, index, exc, n)
         options = CommitOptions(token=granted.token, release=True, dead_entry=entry)
-        result = commit_and_follow(rt, state, transition, options)
+        result = self._waiting("commit of the failure", lambda: commit_and_follow(rt, state, transition, options))
         if not result.applied:
             self.log.warning("commit of the failure refused (%s); result discarded", result.reason)
 

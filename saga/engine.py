@@ -21,18 +21,21 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from . import decide, metrics, policy, tasks
-from .errors import BrokerUnavailable, CheckpointCorrupted, KeyConflict, SagaDefinitionError
+from .errors import BrokerUnavailable, CheckpointCorrupted, InvalidPayload, KeyConflict, SagaDefinitionError
 from .heartbeat import Heartbeat
 from .log import RunLog, run_logger
 from .schema import PLAIN_COMMIT, CommitOptions, CommitResult, CreateOutcome, ParkOutcome
 from .settings import Settings
-from .state import Direction, SagaState, Shape, Status, Transition, require_json_object
+from .state import Direction, SagaState, Shape, Status, Transition
 from .store import RedisStore
+from .validate import cut, validated
 
 logger = logging.getLogger(__name__)
 
 #: Namespace of run ids derived from (saga, start key).
 _KEY_NAMESPACE = uuid.UUID("5a6a0000-0000-4000-8000-000000000000")
+#: The longest start key.
+MAX_KEY = 1000
 
 
 class SagaDefinition(Protocol):
@@ -172,7 +175,10 @@ def start_run(rt: Runtime, payload: object, key: str | None) -> str:
     shape = rt.definition.shape
     if not shape.steps:
         raise SagaDefinitionError(f"saga {rt.name!r} has no steps; declare them with @saga.step")
-    body = require_json_object(payload, "the saga payload")
+    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_KEY):
+        raise InvalidPayload(f"the start key must be a string of 1 to {MAX_KEY} characters, got {cut(key, 40)}")
+    s = rt.settings
+    body = validated(payload, "the saga payload", max_bytes=s.max_payload_bytes, max_depth=s.max_payload_depth)
     run_id = str(uuid.uuid5(_KEY_NAMESPACE, f"{rt.name}\0{key}")) if key is not None else str(uuid.uuid4())
     start = decide.decide_start(run_id, rt.name, body, definition_version=rt.definition.version)
     check_at = policy.dispatch_check_at(time.time(), rt.settings.dispatch_timeout)

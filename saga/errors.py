@@ -8,6 +8,7 @@
     ├── RunNotFound             no run with that id (never started, or past retention)
     ├── EntryNotFound           no dead-letter entry with that id
     ├── StoreUnavailable        Redis cannot be reached
+    │   └── StoreFull           Redis refuses writes: it is at maxmemory
     ├── BrokerUnavailable       the Celery broker cannot be reached to send a task
     ├── CheckpointCorrupted     a stored checkpoint's hash does not match its payload
     ├── DefinitionMismatch      a run was started with another definition of its saga
@@ -16,10 +17,23 @@
     └── PermanentError          raised by step code: give up now, do not retry
         └── InvalidOutput       a step returned, but what it returned cannot be used
 
-Every message is one line that says what to do about it.
+Every message is one line that says what to do about it; untrusted values in it (run ids,
+messages) are cut to a sane length by :func:`cut`.
 """
 
 from __future__ import annotations
+
+#: How long an untrusted value (a run id, an error message, a payload excerpt) may be in a log
+#: line or an error message.
+CUT = 200
+
+
+def cut(value: object, limit: int = CUT) -> str:
+    """``value`` as text of at most ``limit`` characters (``…`` marks a cut), safe to log: lone
+    surrogates are escaped."""
+    text = value if isinstance(value, str) else repr(value)
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class SagaError(Exception):
@@ -64,7 +78,7 @@ class RunNotFound(SagaError):
         self.run_id = run_id
 
     def __str__(self) -> str:
-        return f"no saga run with id {self.run_id!r} (check the id; finished runs expire after retention)"
+        return f"no saga run with id {cut(self.run_id)!r} (check the id; finished runs expire after retention)"
 
 
 class EntryNotFound(SagaError):
@@ -75,11 +89,17 @@ class EntryNotFound(SagaError):
         self.entry_id = entry_id
 
     def __str__(self) -> str:
-        return f"no dead-letter entry with id {self.entry_id!r} (list them with `saga dlq list`)"
+        return f"no dead-letter entry with id {cut(self.entry_id)!r} (list them with `saga dlq list`)"
 
 
 class StoreUnavailable(SagaError):
     """The coordinator's Redis cannot be reached."""
+
+
+class StoreFull(StoreUnavailable):
+    """The coordinator's Redis refuses writes because it reached ``maxmemory`` (with the
+    ``noeviction`` policy a store must have). Nothing was written; it works again once memory
+    is freed or ``maxmemory`` raised."""
 
 
 class BrokerUnavailable(SagaError):

@@ -6,6 +6,8 @@ import logging
 from collections.abc import MutableMapping
 from typing import Any
 
+from .errors import cut
+
 
 class RunLog(logging.LoggerAdapter[logging.Logger]):
     """Log lines that carry run id, saga and step: in the text, and as record attributes
@@ -15,9 +17,9 @@ class RunLog(logging.LoggerAdapter[logging.Logger]):
         """Prefix the message with the run's identity and add it to the record's attributes."""
         e = dict(self.extra or {})
         kwargs["extra"] = {**e, **kwargs.get("extra", {})}
-        return f"[run={e.get('run_id')} saga={e.get('saga')} step={e.get('step')}] {msg}", kwargs
+        return f"[run={cut(e.get('run_id'), 80)} saga={e.get('saga')} step={e.get('step')}] {msg}", kwargs
 
 
 def run_logger(logger: logging.Logger, run_id: str, saga: str, step: str) -> RunLog:
-    """``logger``, with every line carrying the run's identity."""
+    """``logger``, with every line carrying the run's identity (an untrusted run id cut short)."""
     return RunLog(logger, {"run_id": run_id, "saga": saga, "step": step})

@@ -10,6 +10,7 @@ metric                                 type       labels                      me
 ``saga_step_retries_total``            counter    saga, step, direction       attempts that will be retried
 ``saga_resumes_total``                 counter    saga, reason                runs the watchdog or an operator resumed
 ``saga_runs_parked_total``             counter    saga                        runs parked: no worker had the definition
+``saga_poison_messages_total``         counter    task                        malformed messages rejected unprocessed
 ``saga_dead_letters``                  gauge      (none)                      entries waiting in the dead-letter queue,
                                                                               read from Redis at scrape time
 ``saga_parked_runs``                   gauge      (none)                      runs parked now, read at scrape time
@@ -49,6 +50,7 @@ class _Metrics:
     retries: Counter
     resumes: Counter
     parked: Counter
+    poison: Counter
 
 
 # Made on first use: prometheus_client picks its value class (in-memory or multiprocess) when a
@@ -71,6 +73,7 @@ def _get() -> _Metrics:
             Counter("saga_step_retries_total", "Attempts that will be retried.", ["saga", "step", "direction"]),
             Counter("saga_resumes_total", "Runs resumed by the watchdog or an operator.", ["saga", "reason"]),
             Counter("saga_runs_parked_total", "Runs parked: no worker had their definition.", ["saga"]),
+            Counter("saga_poison_messages_total", "Malformed messages rejected unprocessed.", ["task"]),
         )
     return _metrics
 
@@ -112,6 +115,11 @@ def resumed(saga: str, reason: str) -> None:
 def run_parked(saga: str) -> None:
     """Count a parked run."""
     _safely(lambda: _get().parked.labels(saga).inc())
+
+
+def poison_message(task: str) -> None:
+    """Count a malformed message rejected for ``task``."""
+    _safely(lambda: _get().poison.labels(task).inc())
 
 
 #: The gauges read from the store at scrape time: name -> help.

@@ -176,6 +176,17 @@ def next_check_at(status: Status, now: float, lease_seconds: float) -> float | N
     return lease_check_at(now, lease_seconds)
 
 
+#: How long an attempt waits out a store that is unreachable or full before it leaves the run to
+#: the watchdog (its lease then lapses, and the run is resumed once the store takes writes).
+STORE_WAIT_SECONDS = 600.0
+
+
+def store_retry_delay(tries: int) -> float:
+    """Seconds to wait before writing again after the store refused ``tries`` times in a row:
+    0.2 s doubling to 5 s."""
+    return float(min(0.2 * 2 ** (tries - 1), 5.0))
+
+
 def lease_check_at(now: float, lease_seconds: float) -> float:
     """When the watchdog must look at a run whose attempt just took its lease: once that lease
     could have lapsed (the heartbeat renews it while the body runs)."""

@@ -19,15 +19,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from . import metrics, policy, tasks
+from . import decide, metrics, policy, tasks
 from .delivery import StepDefinition, deliver
 from .engine import Runtime, SagaDefinition, StoredDefinition, park
-from .errors import RunNotFound, SagaDefinitionError
+from .errors import RunNotFound, SagaDefinitionError, StoreUnavailable
 from .heartbeat import Heartbeat
 from .log import run_logger
 from .settings import Settings
-from .state import Direction, Shape
+from .state import Direction, EventType, Shape
 from .store import RedisStore
+from .validate import call_problem
 from .watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
@@ -197,8 +198,23 @@ class Registry:
                 def handle(run_id: str, attempt: int, version: int) -> None:
                     self.deliver(saga, step, direction, run_id, attempt, version)
 
-                known[name] = tasks.register_task(app, name, handle, f"{what} {step!r} of saga {saga!r}.")
+                doc = f"{what} {step!r} of saga {saga!r}."
+                known[name] = tasks.register_task(app, name, handle, doc, self.reject_message)
             return known[name]
+
+    def reject_message(self, task: str, why: str, run_id: str | None) -> None:
+        """Report a malformed message rejected for ``task``: one log line, a count, and a
+        ``saga.message_rejected`` event on the run it names, when that run exists."""
+        metrics.poison_message(task)
+        logger.error("rejected a message for %s, not requeued: %s", task, why)
+        if run_id is None:
+            return
+        try:
+            state = self.store.get(run_id)
+            event = decide.note_event(state, EventType.SAGA_MESSAGE_REJECTED, task=task, reason=why)
+            self.store.note_events(run_id, [event])
+        except (RunNotFound, StoreUnavailable):
+            pass  # no such run, or no store now: the log line and the count say it
 
     def deliver(self, saga: str, step: str, direction: Direction, run_id: str, attempt: int, version: int) -> None:
         """Route one delivered message to the definition its run started with (``version``).
@@ -207,10 +223,9 @@ class Registry:
         unwind (under the shape the run recorded); any other message parks the run.
         """
         log = run_logger(logger, str(run_id), saga, step)
-        if not isinstance(run_id, str) or not isinstance(version, int) or isinstance(version, bool):
-            log.error(
-                "malformed message %r (version %r): expected a run id string; dropped to the log", run_id, version
-            )
+        problem = call_problem(run_id, attempt, version)
+        if problem:
+            log.error("malformed message: %s; dropped to the log", problem)
             return
         definition = self.find(saga, version)
         found = definition.find_step(step) if definition is not None else None

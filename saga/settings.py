@@ -56,6 +56,10 @@ class Settings(BaseModel):
     watchdog_interval: float = Field(default=0.5, ge=0)
     #: Port of the workers' Prometheus metrics endpoint; 0 turns it off.
     metrics_port: int = Field(default=9808, ge=0, le=65535)
+    #: Largest payload (and step output, and payload after a step) in bytes of UTF-8 JSON.
+    max_payload_bytes: int = Field(default=1024 * 1024, gt=0)
+    #: Deepest nesting of objects and lists in a payload or step output.
+    max_payload_depth: int = Field(default=64, gt=0)
 
     @model_validator(mode="after")
     def _broker_defaults_to_redis(self) -> Settings:

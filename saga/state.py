@@ -22,8 +22,6 @@ from enum import StrEnum
 from functools import cached_property
 from typing import Any
 
-from .errors import InvalidPayload
-
 Event = dict[str, Any]
 JSONObject = dict[str, Any]
 
@@ -75,6 +73,7 @@ class EventType(StrEnum):
     SAGA_DEAD_LETTER_DROPPED = "saga.dead_letter_dropped"
     SAGA_PARKED = "saga.parked"  # no worker here has the definition the run needs: it waits
     SAGA_COMPENSATION_REQUESTED = "saga.compensation_requested"  # an operator unwinds the run
+    SAGA_MESSAGE_REJECTED = "saga.message_rejected"  # a malformed message naming the run was dropped
 
 
 #: Events whose ``error`` field becomes the run's error.
@@ -268,26 +267,19 @@ def parse_iso(at: str) -> float:
 
 
 def canonical_json(payload: Mapping[str, Any]) -> str:
-    """The canonical JSON text of a payload, the one checkpoint hashes are taken over."""
-    return json.dumps(dict(payload), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """The canonical JSON text of a payload, the one checkpoint hashes are taken over (sorted
+    keys, no spaces, non-ASCII as it is; NaN and Infinity refused with ``ValueError``)."""
+    return json.dumps(dict(payload), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def payload_hash(payload: Mapping[str, Any]) -> str:
     """sha256 hex of the canonical JSON of ``payload``."""
-    return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
+    return text_hash(canonical_json(payload))
 
 
-def require_json_object(value: object, what: str) -> JSONObject:
-    """Return a JSON round-trip copy of ``value`` if it is a JSON-serializable object, else raise
-    :class:`InvalidPayload` naming ``what``."""
-    if not isinstance(value, dict):
-        raise InvalidPayload(f"{what} must be a JSON object (a dict), got {type(value).__name__}")
-    try:
-        text = json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidPayload(f"{what} is not JSON-serializable: {exc}") from None
-    loaded: JSONObject = json.loads(text)
-    return loaded
+def text_hash(text: str) -> str:
+    """sha256 hex of ``text`` in UTF-8: a payload's hash, given its canonical JSON."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def json_copy(value: JSONObject) -> JSONObject:
@@ -297,8 +289,10 @@ def json_copy(value: JSONObject) -> JSONObject:
 
 
 def describe_error(error: BaseException, limit: int = 2000) -> tuple[str, str]:
-    """An exception as (type name, message cut to ``limit`` characters), as events record it."""
-    return type(error).__name__, str(error)[:limit]
+    """An exception as (type name, message cut to ``limit`` characters, lone surrogates escaped),
+    as events record it."""
+    message = str(error).encode("utf-8", "backslashreplace").decode("utf-8")
+    return type(error).__name__, message[:limit]
 
 
 # --- applying events -------------------------------------------------------------------------

@@ -3,20 +3,38 @@
 It configures apps for correctness, registers the task of each step and compensation, sends
 task messages, and connects to worker signals. It knows nothing of what a task does: the
 handler it registers is given to it.
+
+Every saga task is consumed through :class:`GuardedStrategy`, which checks each message before
+Celery turns it into a request (see :func:`message_problem`). A message that is not a well-formed
+saga call — any body, any headers, any content type — is rejected without requeue and reported
+through ``on_poison`` (a log line, a metric, an event on the run when one can be named), and the
+worker goes on consuming. This holds for every body shape because nothing of the message is used
+before the check, and the check itself only inspects: whatever Celery would raise later while
+building the request is raised inside the guard and caught there, broker connection errors
+excepted (those are Celery's to handle). Rejecting never loses a run: the run's record is in
+the store, and the watchdog sends its step again.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from celery import Celery, signals
 from celery import current_app as _current_app
-from kombu.exceptions import OperationalError
+from celery.worker.strategy import default as default_strategy
 
 from .errors import BrokerUnavailable
 from .settings import Settings
 from .state import Direction
+from .validate import call_problem, cut, readable_run_id
+
+logger = logging.getLogger(__name__)
+
+#: Reports a rejected message: (task name, why, the run id it names or None).
+PoisonHandler = Callable[[str, str, "str | None"], None]
 
 #: Celery options of every saga task: at-least-once delivery, no result backend.
 TASK_OPTIONS: dict[str, Any] = {
@@ -54,6 +72,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "task_ignore_result": True,
         "broker_connection_retry_on_startup": True,
+        # a channel error (e.g. a broker Redis at maxmemory refusing the consumer's bookkeeping)
+        # restarts the consumer instead of killing the worker
+        "broker_channel_error_retry": True,
         "worker_hijack_root_logger": False,
         "broker_transport_options": {"visibility_timeout": 3600},
     }
@@ -71,17 +92,108 @@ def current_app() -> Any:
     return _current_app._get_current_object()
 
 
-def register_task(app: Any, name: str, handler: Handler, doc: str) -> Any:
+_HEADER_TYPES: dict[str, tuple[type, ...]] = {
+    "id": (str,),
+    "task": (str,),
+    "shadow": (str, type(None)),
+    "root_id": (str, type(None)),
+    "parent_id": (str, type(None)),
+    "group": (str, type(None)),
+    "argsrepr": (str, type(None)),
+    "kwargsrepr": (str, type(None)),
+    "ignore_result": (bool, type(None)),
+    "retries": (int, type(None)),
+    "eta": (str, type(None)),
+    "expires": (str, type(None)),
+    "timelimit": (list, tuple, type(None)),
+}
+_EMBED_LINKS = ("callbacks", "errbacks", "chain", "chord")
+
+
+def _header_problem(headers: dict[str, Any]) -> str | None:
+    for field, types in _HEADER_TYPES.items():
+        value = headers.get(field)
+        if not isinstance(value, types):
+            return f"header {field!r} is {cut(value, 40)}"
+    for field in ("eta", "expires"):
+        if headers.get(field) is not None:
+            try:
+                datetime.fromisoformat(headers[field])
+            except ValueError:
+                return f"header {field!r} is not an ISO-8601 time: {cut(headers[field], 40)}"
+    limits = headers.get("timelimit")
+    if limits is not None and (len(limits) != 2 or not all(v is None or isinstance(v, int | float) for v in limits)):
+        return f"header 'timelimit' is {cut(limits, 40)}"
+    return None
+
+
+def message_problem(message: Any, body: Any) -> tuple[str | None, str | None]:
+    """What makes ``message`` not a well-formed call of a saga task (None if nothing), and the
+    run id it names if one can be read. ``body`` is what Celery decoded already (protocol 1), or
+    None (protocol 2: the body is decoded here)."""
+    headers = message.headers
+    if not isinstance(headers, dict) or "task" not in headers or body is not None:
+        return "not a task message of Celery's protocol 2", None
+    problem = _header_problem(headers)
+    payload = message.decode()  # refuses a content type the app does not accept
+    if not isinstance(payload, list | tuple) or len(payload) != 3:
+        return f"the body is not [args, kwargs, embed]: {cut(payload, 60)}", None
+    args, kwargs, embed = payload
+    run_id = readable_run_id(args[0]) if isinstance(args, list | tuple) and args else None
+    if problem:
+        return problem, run_id
+    if not isinstance(args, list | tuple) or len(args) != 1:
+        return f"the arguments are not [run_id]: {cut(args, 60)}", run_id
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        return f"the keyword arguments are not an object: {cut(kwargs, 60)}", run_id
+    if embed is not None and (not isinstance(embed, dict) or any(embed.get(link) for link in _EMBED_LINKS)):
+        return "the message links other tasks (callbacks, errbacks, chain or chord)", run_id
+    return call_problem(args[0], kwargs.get("attempt", 1), kwargs.get("version", 1)), run_id
+
+
+class GuardedStrategy:
+    """Celery's default strategy for one saga task, behind :func:`message_problem`: a message
+    that is not a well-formed saga call (or that Celery cannot turn into a request) is rejected
+    without requeue and reported to ``on_poison``; the consumer goes on."""
+
+    def __init__(self, on_poison: PoisonHandler) -> None:
+        self.on_poison = on_poison
+
+    def __call__(self, task: Any, app: Any, consumer: Any, **options: Any) -> Callable[..., Any]:
+        """Build the message handler of ``task`` for ``consumer`` (Celery calls this once)."""
+        handle = default_strategy(task, app, consumer, **options)
+        connection_errors = consumer.connection_errors
+
+        def task_message_handler(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> Any:
+            run_id: str | None = None
+            try:
+                problem, run_id = message_problem(message, body)
+                if problem is None:
+                    return handle(message, body, ack, reject, callbacks, **kw)
+            except connection_errors:
+                raise
+            except Exception as exc:  # whatever Celery cannot read: a decode error, a shape it chokes on
+                problem = f"{type(exc).__name__}: {exc}"
+            self.on_poison(task.name, cut(problem), run_id)
+            if not message.acknowledged:
+                message.reject_log_error(logger, connection_errors, requeue=False)
+            return None
+
+        return task_message_handler
+
+
+def register_task(app: Any, name: str, handler: Handler, doc: str, on_poison: PoisonHandler) -> Any:
     """Register task ``name`` on ``app``; a message ``(run_id, attempt=n, version=v)`` calls
     ``handler(run_id, n, v)``. Keyword arguments it does not know are ignored, so a message from
-    a newer deployment still reaches an older worker."""
+    a newer deployment still reaches an older worker; a message that is not a saga call at all
+    never reaches it (:class:`GuardedStrategy`)."""
 
     def run(task: Any, run_id: str, attempt: int = 1, version: int = 1, **_: Any) -> None:
         handler(run_id, attempt, version)
 
     run.__name__ = name.replace(".", "_").replace("-", "_")
     run.__doc__ = doc
-    return app.task(name=name, **TASK_OPTIONS)(run)
+    return app.task(name=name, Strategy=GuardedStrategy(on_poison), **TASK_OPTIONS)(run)
 
 
 def send(
@@ -112,8 +224,8 @@ def send(
             task.apply_async(args=(run_id,), kwargs=kwargs, **options)
         else:
             app.send_task(name, args=(run_id,), kwargs=kwargs, **options)
-    except (OperationalError, OSError) as exc:
-        raise BrokerUnavailable(str(exc)) from exc
+    except Exception as exc:  # unreachable, full, refusing: the run is saved; the watchdog resends
+        raise BrokerUnavailable(f"{type(exc).__name__}: {cut(exc)}") from exc
 
 
 def on_worker_signal(app: Any, name: str, handler: Callable[..., None]) -> None:

@@ -8,6 +8,8 @@ Behaviour is driven by payload flags:
 - ``flaky``: {step: N} -> that step raises a transient error on its first N attempts
 - ``fail_compensation``: step whose compensation always raises
 - ``bad_output_at``: step that returns a list instead of a JSON object
+- ``hostile_output_at``: {step: "surrogate" | "deep" | "huge"} -> that step returns a lone
+  surrogate, an object nested 1,000 deep, or 2 MB of text
 - ``block``: {step: redis key} -> that step waits until the key exists (BLPOP), then goes on
 - ``scribble``: a list every step appends its name to *in place*, returning nothing about it
   (a careless body: what it changes must not reach the stored payload)
@@ -63,6 +65,20 @@ def _body(payload: dict[str, Any], ctx: StepContext) -> None:
     c.hsetnx(f"effects:{ctx.run_id}", ctx.idempotency_key, ctx.attempt)
 
 
+def _deep(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"x": value}
+    return value
+
+
+HOSTILE_OUTPUTS: dict[str, Any] = {
+    "surrogate": lambda: {"file": "caf\udce9.txt"},  # a surrogateescape-decoded file name
+    "deep": lambda: _deep(1000),
+    "huge": lambda: {"blob": "x" * 2_000_000},
+}
+
+
 def make_saga(name: str, steps: list[str], compensable: set[str] | None = None, max_retries: int = 2) -> Saga:
     """A saga whose steps all run :func:`_body` and return ``{<step>: <attempt>}``."""
     saga = Saga(name, app=app)
@@ -73,6 +89,9 @@ def make_saga(name: str, steps: list[str], compensable: set[str] | None = None, 
             _body(payload, ctx)
             if payload.get("bad_output_at") == ctx.step:
                 return ["not", "an", "object"]
+            hostile = payload.get("hostile_output_at", {}).get(ctx.step)
+            if hostile:
+                return HOSTILE_OUTPUTS[hostile]()
             return {ctx.step: ctx.attempt}
 
         declared = saga.step(name=step_name, max_retries=max_retries, retry_backoff=0.01, retry_backoff_max=0.05)(
@@ -144,3 +163,24 @@ async def keep(payload: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     await asyncio.sleep(0.001)
     _body(payload, ctx)  # raises PermanentError for ``fail_at: keep``
     return {"kept": True}
+
+
+# The fuzz test's saga: its one step returns the object FUZZ_OUTPUTS holds for the run's
+# ``output`` key (in-process only: the test and the worker thread share this module).
+FUZZ_OUTPUTS: dict[str, Any] = {}
+fuzz = Saga("fuzz", app=app)
+
+
+@fuzz.step(max_retries=0)
+def emit(payload: dict[str, Any], ctx: StepContext) -> Any:
+    return FUZZ_OUTPUTS.pop(str(payload.get("output")), None)
+
+
+@emit.compensate
+def unemit(payload: dict[str, Any], ctx: StepContext) -> None:
+    return None
+
+
+@fuzz.step
+def after(payload: dict[str, Any], ctx: StepContext) -> None:
+    return None

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from saga import Settings, Status
 from saga.registry import default_registry
 from saga.testing import configured, free_port, start_worker_process, stop_process_group, wait_for, worker_env
+from tests.helpers import Samples, scrape
 from workers.app import app
 from workers.orders import order
 
@@ -30,25 +29,13 @@ def metrics_url(settings: Settings) -> Iterator[str]:
             stop_process_group(proc)
 
 
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    try:
-        text = urllib.request.urlopen(url, timeout=2).read().decode()
-    except OSError:
-        return {}
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
 def test_a_prefork_worker_serves_run_step_and_dead_letter_metrics(metrics_url: str) -> None:
     ok = order.start({"order_id": 1})
     bad = order.start({"order_id": 2, "fail_at": "create_shipment", "flaky": {"reserve_inventory": 1}})
     assert order.wait(ok, timeout=60).status is Status.COMPLETED
     assert order.wait(bad, timeout=60).status is Status.COMPENSATED
 
-    def finished() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    def finished() -> Samples:
         m = scrape(metrics_url)
         done = m.get(("saga_runs_finished_total", (("saga", "order"), ("status", "completed"))), 0)
         return m if done >= 1 else {}

@@ -10,8 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from saga import decide, policy
-from saga.errors import InvalidPayload
-from saga.state import Direction, Event, SagaState, Shape, Status, Transition, rebuild, require_json_object
+from saga.state import Direction, Event, SagaState, Shape, Status, Transition, rebuild
 
 SHAPE = Shape(("a", "b", "c", "d"), (True, False, True, False))
 
@@ -102,19 +101,6 @@ def test_retry_delay_is_full_jitter_under_the_capped_exponential() -> None:
         assert all(0 <= d <= ceiling for d in delays)
         assert max(delays) > ceiling * 0.8  # spread over the whole range, not a constant
     assert max(policy.retry_delay(30, 1.0, 60.0, rng) for _ in range(100)) <= 60.0
-
-
-@pytest.mark.parametrize("bad", [[1, 2], "text", 3, None])
-def test_a_payload_that_is_not_an_object_is_refused(bad: object) -> None:
-    with pytest.raises(InvalidPayload, match="must be a JSON object"):
-        require_json_object(bad, "the saga payload")
-
-
-def test_a_payload_that_cannot_be_json_is_refused() -> None:
-    with pytest.raises(InvalidPayload, match="not JSON-serializable"):
-        require_json_object({"when": object()}, "the saga payload")
-    with pytest.raises(InvalidPayload):
-        require_json_object({"x": float("nan")}, "the saga payload")
 
 
 def test_shape_fingerprint_changes_with_order_and_compensations() -> None:
