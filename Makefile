@@ -22,8 +22,13 @@ lint: $(STAMP)
 	$(BIN)/mypy bench
 	$(BIN)/python -m tests.lint_layers
 
+# every test on one private Redis, then the store's own tests, the engine, recovery and a chaos
+# pass again with the store on a private 3-master Redis Cluster (the broker on a plain Redis)
+CLUSTER_TESTS := tests/test_store.py tests/test_hot_tier.py tests/test_engine.py tests/test_recovery.py \
+	tests/test_fencing.py tests/chaos
 test: lint
 	$(BIN)/python -m pytest tests
+	TEST_STORE=cluster $(BIN)/python -m pytest $(CLUSTER_TESTS)
 
 # the long soak: CHAOS_SECONDS of runs under kills, a Redis restart and redeploys (default 10
 # minutes), then the fuzz tests with FUZZ_EXAMPLES examples each (default 2000)

@@ -159,18 +159,19 @@ class SagaVariant(Variant):
         return [self.saga.start({"n": i}) for i in range(n)]
 
     def wait_all(self, handles: list[Any], timeout: float) -> dict[str, int]:
-        """Poll ``ZCARD <prefix>:active`` (unfinished runs) every 10 ms until it is 0.
+        """Poll the number of unfinished runs (``ZCARD`` of each bucket's ``active`` index, in one
+        pipeline) every 10 ms until it is 0.
 
-        One cheap command per poll, none on the saga's hot path; only valid when nothing else
-        runs on this store, which holds during the throughput repetitions.
+        Cheap commands, none on the saga's hot path; only valid when nothing else runs on this
+        store, which holds during the throughput repetitions.
         """
-        key = self.saga.store.global_keys.active
+        store = self.saga.store
         deadline = time.monotonic() + timeout
         polls = 0
         while True:
             polls += 1
-            if self.redis.zcard(key) == 0:
-                return {"zcard": polls}
+            if store.active_depth() == 0:
+                return {"zcard": polls * store.buckets}
             if time.monotonic() > deadline:
                 raise BenchError(f"saga runs still unfinished after {timeout}s")
             time.sleep(0.01)

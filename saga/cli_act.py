@@ -62,15 +62,17 @@ def dlq() -> None:
 
 
 @dlq.command("list")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="At most this many entries.")
+@click.option("--cursor", default="", metavar="CURSOR", help="Go on after this entry's cursor (from a previous page).")
 @json_option
 @click.pass_obj
-def dlq_list(op: Operator, as_json: bool) -> None:
-    """Every dead-letter entry, oldest first."""
-    entries = control.dead_letters(op.registry())
+def dlq_list(op: Operator, limit: int, cursor: str, as_json: bool) -> None:
+    """Dead-letter entries, oldest first, a page at a time (each JSON entry has its cursor)."""
+    page = control.dead_letter_page(limit, cursor, registry=op.registry())
     if as_json:
-        echo_json(entries)
+        echo_json(page.entries)
     else:
-        cli_render.print_dead_letters(entries)
+        cli_render.print_dead_letters(page.entries, page.cursor)
 
 
 @dlq.command("retry")

@@ -233,8 +233,9 @@ def print_events(log: Sequence[Event]) -> None:
     console().print(table)
 
 
-def print_dead_letters(entries: Sequence[Mapping[str, Any]]) -> None:
-    """``saga dlq list``: one row an entry (or the queue is empty)."""
+def print_dead_letters(entries: Sequence[Mapping[str, Any]], more: str = "") -> None:
+    """``saga dlq list``: one row an entry (or the queue is empty); with ``more``, the command
+    that reads the next page."""
     out = console()
     if not entries:
         out.print("the dead-letter queue is empty")
@@ -251,3 +252,5 @@ def print_dead_letters(entries: Sequence[Mapping[str, Any]]) -> None:
             _when(str(e.get("at", ""))),
         )
     out.print(table)
+    if more:
+        out.print(f"more entries: saga dlq list --cursor {more}", markup=False)

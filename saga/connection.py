@@ -1,11 +1,11 @@
-"""How the store talks to Redis: a client from a URL, one-line errors, scripts in one round trip.
+"""How the store talks to Redis: a client from a URL (one Redis or a Redis Cluster), one-line errors.
 
 Nothing here knows what a run is; :mod:`saga.store` builds every run operation on top.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from typing import Any
@@ -13,13 +13,19 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.cluster import ClusterPipeline, RedisCluster
 from redis.commands.core import Script
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from .errors import StoreFull, StoreUnavailable
 
-Client = redis.Redis
-Pipeline = redis.client.Pipeline
+#: A client of one Redis, or of a Redis Cluster (the store works the same on both).
+Client = redis.Redis | RedisCluster
+Pipeline = redis.client.Pipeline | ClusterPipeline
+
+#: URL schemes that name a Redis Cluster explicitly (``redis://`` is detected: see :func:`connect`).
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 
 def redact(url: str) -> str:
@@ -34,6 +40,8 @@ def redact(url: str) -> str:
 
 def answers(url: str, timeout: float = 0.5) -> bool:
     """Whether a Redis at ``url`` answers PING within ``timeout`` seconds."""
+    scheme, _, rest = url.partition("://")
+    url = f"{CLUSTER_SCHEMES.get(scheme, scheme)}://{rest}"
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
         try:
@@ -44,21 +52,55 @@ def answers(url: str, timeout: float = 0.5) -> bool:
         return False
 
 
+def _options(retries: int) -> dict[str, Any]:
+    return {
+        "decode_responses": True,
+        "socket_connect_timeout": 2,
+        "socket_timeout": 10,
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
+    }
+
+
 def connect(url: str, retries: int) -> Client:
-    """A client for ``url`` that retries connection errors ``retries`` times with backoff;
-    :class:`StoreUnavailable` for a URL that is not a Redis URL."""
+    """A client for ``url`` that retries connection errors ``retries`` times with backoff.
+
+    ``redis+cluster://host:port`` (or ``rediss+cluster://``) names a node of a Redis Cluster; a
+    plain ``redis://`` URL is asked (one ``INFO cluster``) whether it is one, so either works.
+    Raises :class:`StoreUnavailable` for a URL that is not a Redis URL or a Redis that does not
+    answer (the caller's :func:`guard` words it).
+    """
+    scheme, _, rest = url.partition("://")
     try:
-        return redis.Redis.from_url(
+        if scheme in CLUSTER_SCHEMES:
+            return _cluster(f"{CLUSTER_SCHEMES[scheme]}://{rest}", retries)
+        client = redis.Redis.from_url(
             url,
-            decode_responses=True,
-            socket_connect_timeout=2,
-            socket_timeout=10,
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
             health_check_interval=30,
+            **_options(retries),
         )
     except ValueError as exc:
         raise StoreUnavailable(f"SAGA_REDIS_URL {redact(url)!r} is not a Redis URL: {exc}") from None
+    if client.info("cluster").get("cluster_enabled") != 1:
+        return client
+    client.close()
+    try:
+        return _cluster(url, retries)
+    except ValueError as exc:
+        raise StoreUnavailable(f"SAGA_REDIS_URL {redact(url)!r} names a Redis Cluster: {exc}") from None
+
+
+def connect_node(url: str) -> redis.Redis:
+    """A client of the one Redis server at ``url``, cluster node or not (no cluster routing):
+    for administering a node, e.g. forming a cluster."""
+    return redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=2, socket_timeout=10)
+
+
+def _cluster(url: str, retries: int) -> RedisCluster:
+    parts = urlsplit(url)
+    if parts.path not in ("", "/", "/0"):
+        raise ValueError("a Redis Cluster has database 0 only; drop the /<db> from the URL")
+    return RedisCluster.from_url(url, **_options(retries))
 
 
 def load_script(client: Client, name: str) -> Script:
@@ -73,32 +115,10 @@ def guard(url: str) -> Iterator[None]:
     each naming the URL without its password."""
     try:
         yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterError, RedisClusterException) as exc:
         raise StoreUnavailable(f"cannot reach Redis at {redact(url)} ({exc}); start it or set SAGA_REDIS_URL") from None
     except redis.exceptions.OutOfMemoryError:
         raise StoreFull(
             f"Redis at {redact(url)} is full (maxmemory reached) and refuses writes; free memory or raise "
             "maxmemory: nothing was written, and work goes on once it has room"
         ) from None
-
-
-def eval_pipelined(
-    client: Client, script: Script, keys: Sequence[str], args: Sequence[Any], more: Callable[[Pipeline], None]
-) -> Any:
-    """Run ``script`` and the commands ``more`` adds in one round trip; return the script's reply.
-
-    EVALSHA is sent as is (redis-py's pipelined scripts would send SCRIPT EXISTS first, a round
-    trip more); a Redis that forgot the script (NOSCRIPT, e.g. after a restart) gets it loaded,
-    and the whole pipeline is sent again.
-    """
-    for loaded in (False, True):
-        pipe = client.pipeline(transaction=False)
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
-        more(pipe)
-        try:
-            return pipe.execute()[0]
-        except redis.exceptions.NoScriptError:
-            if loaded:
-                raise
-            client.script_load(script.script)
-    raise AssertionError("unreachable")

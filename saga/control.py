@@ -11,9 +11,11 @@ from __future__ import annotations
 import importlib
 from collections import Counter
 from dataclasses import dataclass
+from itertools import islice
 
 from . import decide, engine, policy
 from .errors import ActionRefused, RunNotFound, SagaError
+from .indexes import DeadLetterPage
 from .registry import Registry, default_registry
 from .schema import CommitReason
 from .state import EventType, JSONObject, SagaState, Status, rebuild
@@ -65,14 +67,18 @@ def list_runs(
     definition version; at most ``limit``."""
     store = _registry(registry).store
     wanted = RunFilter(status, saga, version)
-    ids = [p.run_id for p in store.parked(limit=10_000)] if parked else store.run_ids()
+    if parked:
+        candidates = iter([p.run_id for p in store.parked(limit=10_000)])
+    else:
+        candidates = store.newest_runs([Status(status)] if status else list(Status), limit_hint=limit)
     found: list[SagaState] = []
-    for start in range(0, len(ids), 500):
-        for state in store.snapshots(ids[start : start + 500]):
-            if state is not None and wanted.matches(state):
-                found.append(state)
-                if len(found) >= limit:
-                    return found
+    while len(found) < limit:
+        ids = list(islice(candidates, limit - len(found)))
+        if not ids:
+            break
+        states = store.snapshots(ids)
+        store.forget_runs([run_id for run_id, state in zip(ids, states, strict=True) if state is None])
+        found += [state for state in states if state is not None and wanted.matches(state)]
     return found
 
 
@@ -87,11 +93,12 @@ def stats(registry: Registry | None = None) -> list[dict[str, object]]:
     ``unfinished`` is 0 has no run left to drain)."""
     store = _registry(registry).store
     counts: Counter[tuple[str, int, str]] = Counter()
-    ids = store.run_ids()
-    for start in range(0, len(ids), 500):
-        for state in store.snapshots(ids[start : start + 500]):
-            if state is not None:
-                counts[(state.saga, state.definition_version, state.status.value)] += 1
+    for status in Status:
+        runs = store.newest_runs([status], limit_hint=1000)
+        while ids := list(islice(runs, 1000)):
+            for label in store.labels(ids):
+                if label is not None:
+                    counts[(*label, status.value)] += 1
     parked = Counter((p.saga, p.definition_version) for p in store.parked(limit=10_000))
     rows: list[dict[str, object]] = []
     for saga, version in sorted({(s, v) for s, v, _ in counts}):
@@ -194,6 +201,12 @@ def dead_letters(registry: Registry | None = None) -> list[JSONObject]:
     return _registry(registry).store.dead_letters()
 
 
+def dead_letter_page(limit: int = 100, cursor: str = "", *, registry: Registry | None = None) -> DeadLetterPage:
+    """Up to ``limit`` dead-letter entries, oldest first, from ``cursor`` on (an entry's
+    ``cursor``: the page goes on after it); the page's ``cursor`` reads the next one."""
+    return _registry(registry).store.dead_letter_page(limit, cursor)
+
+
 def retry_dead_letter(entry_id: str, *, registry: Registry | None = None) -> str:
     """Act on a dead-letter entry and take it off the queue; returns the run id that goes on.
 
@@ -218,9 +231,7 @@ def retry_dead_letter(entry_id: str, *, registry: Registry | None = None) -> str
         return state.id
     original = store.events(state.id)[0]["payload"]
     new_id = engine.start_run(rt, original, key=f"retry:{entry_id}")
-    store.note_events(
-        state.id, [decide.note_event(state, EventType.SAGA_RETRIED, entry_id=entry_id, new_run_id=new_id)]
-    )
+    store.note_events(state, [decide.note_event(state, EventType.SAGA_RETRIED, entry_id=entry_id, new_run_id=new_id)])
     store.remove_dead_letter(entry_id)
     return new_id
 
@@ -234,7 +245,7 @@ def drop_dead_letter(entry_id: str, *, reason: str, registry: Registry | None = 
     try:
         state = store.get(entry["run_id"])
         note = decide.note_event(state, EventType.SAGA_DEAD_LETTER_DROPPED, entry_id=entry_id, reason=reason)
-        store.note_events(state.id, [note])
+        store.note_events(state, [note])
     except RunNotFound:
         pass  # the run expired; the entry goes all the same
     store.remove_dead_letter(entry_id)

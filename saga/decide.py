@@ -60,14 +60,6 @@ def decide_start(
     return b.transition(None)
 
 
-def started_event(run_id: str, shape: Shape, direction: Direction, index: int, at: str | None = None) -> Event:
-    """The ``step.started`` / ``compensation.started`` event of an attempt, without the two fields
-    only the store knows when it takes the lease: ``attempt`` and ``version``. It changes nothing
-    in the snapshot."""
-    kind = EventType.STEP_STARTED if direction is Direction.FORWARD else EventType.COMPENSATION_STARTED
-    return {"type": kind, "run_id": run_id, "at": at or now_iso(), **_step(shape, index)}
-
-
 def note_event(state: SagaState, kind: EventType, at: str | None = None, **fields: Any) -> Event:
     """An event that changes nothing in the snapshot (a resume, an operator's note), at the
     state's version."""

@@ -204,12 +204,14 @@ class Delivery:
             attempt=self.attempt,
             lease_ms=rt.lease_ms,
             fingerprint="" if self.by_name else shape.fingerprint,
-            started=decide.started_event(self.run_id, shape, self.direction, self.index),
             check_at=policy.lease_check_at(time.time(), rt.settings.lease_seconds),
         )
         state = begin.state
-        if begin.outcome is BeginOutcome.MISSING or state is None:
+        if begin.outcome is BeginOutcome.MISSING:
             self.log.error("no such run (expired or never started); message ignored")
+            return None
+        if state is None:  # a completed or compensated run keeps no snapshot: nothing runs for it
+            self.log.info("the run has finished; skipping (%s)", begin.outcome)
             return None
         if begin.outcome is BeginOutcome.DONE:
             self.log.info("already committed: skipping the body (duplicate delivery)")
@@ -288,7 +290,7 @@ class Delivery:
             event = decide.decide_retry(state, shape, self.direction, index, n, exc, verdict.delay)
             hold = f"backoff:{n + 1}"
             recorded = self._waiting(
-                "retry", lambda: rt.store.record_retry(state.id, granted.token, [event], hold, verdict.hold_ms)
+                "retry", lambda: rt.store.record_retry(state, granted.token, [event], hold, verdict.hold_ms)
             )
             if not recorded:
                 self.log.warning("lost the lease before recording a retry; leaving the run to its holder")

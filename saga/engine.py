@@ -265,13 +265,13 @@ def resume(rt: Runtime, run_id: str, reason: str) -> SagaState | None:
         fail_run(rt, state, step_name, CheckpointCorrupted(problem + "; not resumed"))
         return None
     event = decide.resumed_event(state, shape, reason)
+    check_at = policy.dispatch_check_at(time.time(), rt.settings.dispatch_timeout)
     ok, detail = store.note_events(
-        run_id, [event], expected_version=state.version, require_idle=True, fence=True, unpark=True
+        state, [event], expected_version=state.version, require_idle=True, fence=True, unpark=True, check_at=check_at
     )
     if not ok:
         log.info("not resumed (%s): the run is moving", detail)
         return None
-    store.schedule(run_id, policy.dispatch_check_at(time.time(), rt.settings.dispatch_timeout))
     dispatch(rt, state)
     metrics.resumed(rt.name, reason)
     log.warning("resumed from version %d (%s)", state.version, reason)

@@ -68,7 +68,7 @@ class Registry:
         self._store_retries = store_retries
         self._sagas: dict[str, dict[int, RegisteredSaga]] = {}
         self._tasks: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
-        self._stores: dict[tuple[str, str, int], RedisStore] = {}
+        self._stores: dict[tuple[str, str, int, int], RedisStore] = {}
         self._hooked: weakref.WeakSet[Any] = weakref.WeakSet()
         self._lock = threading.RLock()
         self.heartbeat = Heartbeat()
@@ -97,11 +97,16 @@ class Registry:
 
     def store_for(self, settings: Settings) -> RedisStore:
         """The store ``settings`` name, shared by every saga that uses it."""
-        key = (settings.redis_url, settings.key_prefix, self._store_retries)
+        key = (settings.redis_url, settings.key_prefix, self._store_retries, settings.buckets)
         with self._lock:
             store = self._stores.get(key)
             if store is None:
-                store = RedisStore(settings.redis_url, prefix=settings.key_prefix, retries=self._store_retries)
+                store = RedisStore(
+                    settings.redis_url,
+                    prefix=settings.key_prefix,
+                    retries=self._store_retries,
+                    buckets=settings.buckets,
+                )
                 self._stores[key] = store
             return store
 
@@ -212,7 +217,7 @@ class Registry:
         try:
             state = self.store.get(run_id)
             event = decide.note_event(state, EventType.SAGA_MESSAGE_REJECTED, task=task, reason=why)
-            self.store.note_events(run_id, [event])
+            self.store.note_events(state, [event])
         except (RunNotFound, StoreUnavailable):
             pass  # no such run, or no store now: the log line and the count say it
 

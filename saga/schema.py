@@ -1,73 +1,99 @@
 """The store's schema: the name of every Redis key, and what its scripts reply. No I/O.
 
-Key layout (``P`` is the key prefix, ``{R}`` the run id as a Redis Cluster hash tag, so each
-run's keys share one slot and every script below touches one slot only). :class:`RunKeys` and
-:class:`GlobalKeys` build every key name; nothing else does.
+Runs are spread over ``B`` buckets (``SAGA_BUCKETS``, recorded in Redis): run ``R`` lives in
+bucket ``k = crc32(R) % B``. Its keys and its bucket's indexes share the hash tag ``{k}``, so on
+Redis Cluster they sit in one slot and each script — which touches one run and its bucket's
+indexes — runs on one node, atomically; the buckets spread over the cluster's nodes.
+:func:`run_keys`, :class:`BucketKeys` and :class:`GlobalKeys` build every key name; nothing else
+does. ``P`` is the key prefix.
 
-==========================  ======  ==========================================================
-key                         type    holds
-==========================  ======  ==========================================================
-``P:{R}:meta``              hash    saga, sv (definition version), fingerprint, shape (JSON),
-                                    input (start payload hash), version, status, cursor, fence,
-                                    attempt, dups (suppressed duplicate deliveries), key, cancel,
-                                    parked (why the run waits), unwind (``operator``), and the
-                                    dedup marks ``d:forward:i`` / ``d:compensation:i`` ->
-                                    ``version:token``
-``P:{R}:history``           list    every snapshot, version ``n`` at index ``n-1``
-``P:{R}:events``            list    every event, oldest first
-``P:{R}:lease``             string  fencing token of the running attempt (or ``backoff:n``)
-``P:{R}:dead``              list    this run's dead-letter entries
-``P:runs``                  zset    run id -> start time (the listing index)
-``P:active``                zset    unfinished run id -> time by which it must show progress
-``P:parked``                zset    parked run id -> time it was parked
-``P:watchdog``              string  id of the worker whose watchdog scans ``P:active`` now
-``P:dlq``                   hash    dead-letter entry id -> entry
-``P:dlq:index``             zset    dead-letter entry id -> time
-==========================  ======  ==========================================================
-
+==============================  ======  ==========================================================
+key                             type    holds
+==============================  ======  ==========================================================
+``P:{k}:r:R``                   hash    the run's bookkeeping: saga, sv (definition version),
+                                        fingerprint, input (start payload hash), key, t0 (start,
+                                        µs), version, status, cursor, fence, attempt, dups,
+                                        cancel, parked, unwind, the dedup marks
+                                        ``d:forward:i`` / ``d:compensation:i``; ``s``, the latest
+                                        snapshot, while the run is unfinished or failed; ``h``,
+                                        the head (version, status, cursor, payload hash) of a
+                                        completed or compensated run
+``P:{k}:e:R``                   list    the run's events, oldest first (:mod:`saga.codec`)
+``P:{k}:l:R``                   string  fencing token of the running attempt (or ``backoff:n``)
+``P:{k}:active``                zset    unfinished run -> time by which it must show progress
+``P:{k}:status:S``              zset    run -> time it entered status ``S`` (listing by status)
+``P:{k}:parked``                zset    parked run -> time it was parked
+``P:{k}:dlq``                   hash    dead-letter entry id -> entry
+``P:{k}:dlq:index``             zset    dead-letter entry id -> time
+``P:{k}:shapes``                hash    definition fingerprint -> its shape (step names, ...)
+``P:config``                    hash    the layout: ``buckets``
+``P:watchdog``                  string  id of the worker whose watchdog scans the buckets now
+==============================  ======  ==========================================================
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from .state import SagaState
+from .state import SagaState, Status
+
+
+def bucket_of(run_id: str, buckets: int) -> int:
+    """The bucket of run ``run_id`` among ``buckets``."""
+    return zlib.crc32(run_id.encode("utf-8", "surrogatepass")) % buckets
 
 
 class RunKeys(NamedTuple):
-    """The Redis keys of one run, in the order the scripts take them."""
+    """The Redis keys of one run."""
 
     meta: str
-    history: str
     events: str
     lease: str
-    dead: str
 
 
-def run_keys(prefix: str, run_id: str) -> RunKeys:
-    """Every key of one run, under one hash tag."""
-    base = f"{prefix}:{{{run_id}}}"
-    return RunKeys(*(f"{base}:{part}" for part in RunKeys._fields))
+def run_keys(prefix: str, bucket: int, run_id: str) -> RunKeys:
+    """Every key of one run, tagged with its bucket."""
+    base = f"{prefix}:{{{bucket}}}"
+    return RunKeys(f"{base}:r:{run_id}", f"{base}:e:{run_id}", f"{base}:l:{run_id}")
+
+
+@dataclass(frozen=True)
+class BucketKeys:
+    """The indexes of one bucket (same hash tag as its runs)."""
+
+    bucket: int
+    active: str
+    parked: str
+    dlq: str
+    dlq_index: str
+    shapes: str
+    base: str
+
+    @classmethod
+    def of(cls, prefix: str, bucket: int) -> BucketKeys:
+        """The index keys of bucket ``bucket`` under ``prefix``."""
+        b = f"{prefix}:{{{bucket}}}"
+        return cls(bucket, f"{b}:active", f"{b}:parked", f"{b}:dlq", f"{b}:dlq:index", f"{b}:shapes", b)
+
+    def status(self, status: Status | str) -> str:
+        """The index of the bucket's runs in ``status``."""
+        return f"{self.base}:status:{status}"
 
 
 @dataclass(frozen=True)
 class GlobalKeys:
-    """The keys shared by every run under one prefix."""
+    """The few keys not in a bucket: read or written outside the per-run scripts."""
 
-    runs: str
-    active: str
+    config: str
     watchdog: str
-    dlq: str
-    dlq_index: str
-    parked: str
 
     @classmethod
     def under(cls, prefix: str) -> GlobalKeys:
         """The global keys under ``prefix``."""
-        p = prefix
-        return cls(f"{p}:runs", f"{p}:active", f"{p}:watchdog", f"{p}:dlq", f"{p}:dlq:index", f"{p}:parked")
+        return cls(f"{prefix}:config", f"{prefix}:watchdog")
 
 
 class BeginOutcome(StrEnum):

@@ -19,6 +19,10 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 #: How long every version of a finished run is kept (7 days).
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
 
+#: Buckets when ``SAGA_BUCKETS`` does not say: enough to spread a cluster's slots over its nodes,
+#: few enough that a listing reads each bucket's index in one pipelined round trip.
+DEFAULT_BUCKETS = 16
+
 ENV_PREFIX = "SAGA_"
 
 
@@ -60,6 +64,9 @@ class Settings(BaseModel):
     max_payload_bytes: int = Field(default=1024 * 1024, gt=0)
     #: Deepest nesting of objects and lists in a payload or step output.
     max_payload_depth: int = Field(default=64, gt=0)
+    #: How many buckets runs and indexes are spread over (recorded in the store on first use;
+    #: every process must use the same number).
+    buckets: int = Field(default=DEFAULT_BUCKETS, ge=1, le=16384)
 
     @model_validator(mode="after")
     def _broker_defaults_to_redis(self) -> Settings:

@@ -316,6 +316,8 @@ def apply(state: SagaState | None, event: Mapping[str, Any]) -> SagaState:
         )
     if state is None:
         raise ValueError(f"event {kind!r} before saga.started")
+    if event["version"] < state.version:
+        return state  # a note read at an older version, appended after a newer commit
     changes: dict[str, Any] = {}
     if event["version"] != state.version:
         changes.update(version=event["version"], updated_at=event["at"])

@@ -1,9 +1,10 @@
-"""The Redis store: every Redis command this library sends is in this module.
+"""The Redis store: every Redis command about one run is in this module.
 
-The key layout and the scripts' replies are in :mod:`saga.schema`; the scripts themselves in
-``saga/lua/``, each headed with its KEYS, ARGV and reply. Every script touches the keys of one
-run only (one hash tag), so each runs on one Redis Cluster slot. The store decides nothing:
-retention and watchdog deadlines arrive as arguments (:mod:`saga.policy` computes them).
+The key layout and the scripts' replies are in :mod:`saga.schema`, how events are stored in
+:mod:`saga.codec`, the scripts themselves in ``saga/lua/``, each headed with its KEYS, ARGV and
+reply. Every script touches one run and its bucket's indexes, which share one hash tag, so each
+runs on one Redis Cluster slot. The store decides nothing: retention and watchdog deadlines
+arrive as arguments (:mod:`saga.policy` computes them).
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from dataclasses import replace
 from typing import Any, cast
 
-from .connection import Client, Pipeline, connect, eval_pipelined, guard, load_script
+from . import codec
 from .errors import RunNotFound
-from .indexes import IndexOperations
+from .indexes import BucketedStore
 from .schema import (
     PLAIN_COMMIT,
     Begin,
@@ -25,13 +26,14 @@ from .schema import (
     CommitReason,
     CommitResult,
     CreateOutcome,
-    GlobalKeys,
     ParkOutcome,
     Progress,
-    RunKeys,
-    run_keys,
 )
-from .state import Direction, Event, SagaState, Shape, Transition, payload_hash
+from .settings import DEFAULT_BUCKETS
+from .state import Direction, Event, EventType, SagaState, Shape, Status, Transition, json_copy, payload_hash, rebuild
+
+#: Statuses whose runs keep no snapshot: their events are their whole record.
+_SETTLED = frozenset({Status.COMPLETED, Status.COMPENSATED})
 
 
 def _dumps(obj: Any) -> str:
@@ -42,73 +44,59 @@ def _state(snapshot: str | None) -> SagaState | None:
     return SagaState.from_dict(json.loads(snapshot)) if snapshot else None
 
 
-class RedisStore(IndexOperations):
-    """Runs, their versions, events, leases and dead letters in one Redis.
+def _packer(state: SagaState) -> codec.Packer:
+    """Packs events that follow ``state``."""
+    last = state.checkpoints[-1].hash if state.checkpoints else None
+    return codec.Packer(codec.micros(state.created_at), last)
+
+
+class RedisStore(BucketedStore):
+    """Runs, their events, leases and dead letters in one Redis or one Redis Cluster.
 
     The cross-run operations (watchdog list, lock, parked runs, dead letters, listing) come from
-    :class:`~saga.indexes.IndexOperations`.
+    :class:`~saga.indexes.BucketedStore`, with the connection and key layout.
 
-    Guarantees: each transition is committed by one script call (one round trip), so a reader
-    sees a run either before or after it, never half-way; a commit that lost a race is refused.
-    Connection errors are retried with backoff (``retries``), then raised as
-    :class:`StoreUnavailable` with a one-line message.
+    Guarantees: each transition is committed by one script call (one round trip) that also
+    moves the run in its bucket's indexes, so a reader sees a run either before or after it,
+    never half-way, and a commit that lost a race changes nothing at all. The latest state of
+    an unfinished (or failed) run is kept as a snapshot; every other version, and every version
+    of a completed or compensated run, is rebuilt from its events. Connection errors are retried
+    with backoff (``retries``), then raised as :class:`StoreUnavailable` with a one-line message.
     """
 
-    def __init__(self, url: str, *, prefix: str = "saga", retries: int = 8) -> None:
-        self.url = url
-        self.prefix = prefix
-        self.global_keys = GlobalKeys.under(prefix)
-        self.client: Client = connect(url, retries)
-        self._create = load_script(self.client, "create")
-        self._begin = load_script(self.client, "begin")
-        self._commit = load_script(self.client, "commit")
-        self._record = load_script(self.client, "record")
-        self._renew = load_script(self.client, "renew")
-        self._note = load_script(self.client, "note")
-        self._park = load_script(self.client, "park")
-
-    def keys(self, run_id: str) -> RunKeys:
-        """The keys of one run."""
-        return run_keys(self.prefix, run_id)
-
-    def _guard(self) -> AbstractContextManager[None]:
-        return guard(self.url)
-
-    def ping(self) -> None:
-        """Raise :class:`StoreUnavailable` unless Redis answers."""
-        with self._guard():
-            self.client.ping()
+    def __init__(self, url: str, *, prefix: str = "saga", retries: int = 8, buckets: int = DEFAULT_BUCKETS) -> None:
+        super().__init__(url, prefix=prefix, retries=retries, buckets=buckets)
+        self._shapes: dict[str, Shape] = {}
 
     # --- writing ---------------------------------------------------------------------------
 
     def create(self, shape: Shape, start: Transition, key: str | None, *, check_at: float) -> CreateOutcome:
-        """Write a new run from its start transition, recording the definition's shape and a hash
-        of the start payload; listed now and due for the watchdog at ``check_at``. A run with
-        this id already there is left as it is (so are its index entries): ``EXISTS`` when it
-        was started with the same payload, ``CONFLICT`` when with another."""
+        """Write a new run from its start transition, listed as pending and due for the watchdog
+        at ``check_at``, recording the definition's shape (and, with a start ``key``, a hash of
+        the start payload). A run with this id already there is left as it is: ``EXISTS`` when
+        it was started with the same payload, ``CONFLICT`` when with another."""
         state = start.state
-        k = self.keys(state.id)
-        g = self.global_keys
-        keys = [k.meta, k.history, k.events]
+        k, b = self.keys(state.id), self.bucket_keys(state.id)
+        started_us = codec.micros(state.created_at)
         args = [
+            state.id,
             state.saga,
             shape.fingerprint,
+            _dumps(shape.to_list()),
             _dumps(state.to_dict()),
-            _dumps(start.events[0]),
+            codec.Packer(started_us, None).pack(start.events[0]),
             key or "",
             state.status.value,
             state.current_step,
             state.definition_version,
-            _dumps(shape.to_list()),
-            payload_hash(state.payload),
+            payload_hash(state.payload) if key else "",
+            started_us,
+            time.time(),
+            check_at,
         ]
-
-        def index(pipe: Pipeline) -> None:
-            pipe.zadd(g.runs, {state.id: time.time()}, nx=True)
-            pipe.zadd(g.active, {state.id: check_at}, nx=True)
-
+        keys = [k.meta, k.events, b.active, b.status(state.status), b.shapes]
         with self._guard():
-            return CreateOutcome(eval_pipelined(self.client, self._create, keys, args, index))
+            return CreateOutcome(self.script("create")(keys=keys, args=args))
 
     def begin(
         self,
@@ -119,35 +107,32 @@ class RedisStore(IndexOperations):
         attempt: int,
         lease_ms: int,
         fingerprint: str,
-        started: Event,
         check_at: float,
     ) -> Begin:
-        """Decide whether a delivery may run its body, taking the lease if so (see begin.lua).
+        """Decide whether a delivery may run its body, taking the lease if so and recording its
+        started event (see begin.lua). In the same round trip an unfinished run's watchdog
+        deadline becomes ``check_at``, so the watchdog follows every lease, the first step's
+        too. ``fingerprint`` '' runs a compensation by name for an operator's unwind.
 
-        ``started`` is the started event without ``attempt`` and ``version``, which the script
-        adds. In the same round trip an unfinished run's watchdog deadline becomes ``check_at``,
-        so the watchdog follows every lease, the first step's too. ``fingerprint`` '' runs a
-        compensation by name for an operator's unwind.
+        The state comes with every outcome but ``MISSING``, except for a completed or
+        compensated run (it keeps no snapshot; nothing runs for it).
         """
-        prefix = _dumps(started)[:-1]
-        k = self.keys(run_id)
-        active = self.global_keys.active
-        keys = [k.meta, k.history, k.events, k.lease]
-        args = [direction.value, index, lease_ms, attempt, fingerprint, prefix]
-
-        def deadline(pipe: Pipeline) -> None:  # XX: a finished (or unknown) run stays off the list
-            pipe.zadd(active, {run_id: check_at}, xx=True)
-
+        k, b = self.keys(run_id), self.bucket_keys(run_id)
+        kind = EventType.STEP_STARTED if direction is Direction.FORWARD else EventType.COMPENSATION_STARTED
+        now_us = time.time_ns() // 1000
+        args = [direction.value, index, lease_ms, attempt, fingerprint, codec.CODES[kind], now_us, check_at, run_id]
         with self._guard():
-            outcome, snapshot, token, n, extra = eval_pipelined(self.client, self._begin, keys, args, deadline)
-        kind = BeginOutcome(outcome)
+            outcome, snapshot, token, n, extra = self.script("begin")(
+                keys=[k.meta, k.events, k.lease, b.active], args=args
+            )
+        result = BeginOutcome(outcome)
         return Begin(
-            kind,
+            result,
             _state(snapshot),
             token,
             int(n),
-            idle=kind is BeginOutcome.DONE and extra == "1",
-            stored_fingerprint=extra if kind is BeginOutcome.DRIFT else "",
+            idle=result is BeginOutcome.DONE and extra == "1",
+            stored_fingerprint=extra if result is BeginOutcome.DRIFT else "",
         )
 
     def commit(
@@ -159,102 +144,113 @@ class RedisStore(IndexOperations):
         check_at: float | None,
         ttl_ms: int = 0,
     ) -> CommitResult:
-        """Commit one transition (see commit.lua): the snapshot, its events, and as ``options``
-        say the step's dedup mark, the lease released, a dead-letter entry — or nothing, if the
-        version moved or the token no longer holds the run. In the same round trip the run's
-        watchdog deadline becomes ``check_at`` (None: off the list, it is finished); its keys
-        expire after ``ttl_ms`` (0: kept). An applied dead letter also reaches the global queue.
+        """Commit one transition (see commit.lua): the new snapshot, its events, and as
+        ``options`` say the step's dedup mark, the lease released, a dead-letter entry; the run
+        moves to its new status's index and its watchdog deadline becomes ``check_at`` (None:
+        off the list, it is finished). Its keys expire after ``ttl_ms`` (0: kept). If the
+        version moved or the token no longer holds the run, nothing at all is written.
         """
         after = transition.state
-        moved = (after.current_step, after.status) != (before.current_step, before.status)
         o = options
+        moved = (after.current_step, after.status) != (before.current_step, before.status)
+        settled = after.status in _SETTLED
         flags = "".join(
             flag
-            for flag, on in (("r", o.release), ("a", moved), ("i", o.refuse_while_leased), ("u", o.operator_unwind))
+            for flag, on in (
+                ("r", o.release),
+                ("a", moved),
+                ("i", o.refuse_while_leased),
+                ("u", o.operator_unwind),
+                ("f", settled),
+            )
             if on
         )
-        k = self.keys(after.id)
-        active = self.global_keys.active
+        k, b = self.keys(after.id), self.bucket_keys(after.id)
+        packer = _packer(before)
+        keys = [
+            k.meta,
+            k.events,
+            k.lease,
+            b.active,
+            b.status(before.status),
+            b.status(after.status),
+            b.dlq,
+            b.dlq_index,
+        ]
         args = [
             before.version,
             o.token,
             after.version,
-            _dumps(after.to_dict()),
+            "" if settled else _dumps(after.to_dict()),
             after.status.value,
             after.current_step,
             f"d:{o.dedup_mark}" if o.dedup_mark else "",
             flags,
             ttl_ms,
             _dumps(o.dead_entry) if o.dead_entry else "",
-            *(_dumps(e) for e in transition.events),
+            o.dead_entry["id"] if o.dead_entry else "",
+            time.time(),
+            "" if check_at is None else check_at,
+            after.id,
+            *(packer.pack(e) for e in transition.events),
         ]
-
-        def index(pipe: Pipeline) -> None:
-            if check_at is None:
-                pipe.zrem(active, after.id)
-            else:
-                pipe.zadd(active, {after.id: check_at})
-
         with self._guard():
-            reply = eval_pipelined(self.client, self._commit, list(k), args, index)
-            applied = bool(reply[0])
-            if applied and o.dead_entry is not None:
-                self._index_dead_letter(o.dead_entry)
+            reply = self.script("commit")(keys=keys, args=args)
+        applied = bool(reply[0])
         return CommitResult(applied, CommitReason(reply[1]), str(reply[2]) if applied else "")
 
-    def record_retry(self, run_id: str, token: str, events: Sequence[Event], lease_value: str, lease_ms: int) -> bool:
+    def record_retry(
+        self, state: SagaState, token: str, events: Sequence[Event], lease_value: str, lease_ms: int
+    ) -> bool:
         """Append a fenced attempt's retry events (snapshot-neutral) and hand its lease to the
         retry that follows (see record.lua); False when the token no longer holds the run."""
-        k = self.keys(run_id)
+        k, packer = self.keys(state.id), _packer(state)
         with self._guard():
-            ok = self._record(
-                keys=[k.meta, k.events, k.lease], args=[token, lease_value, lease_ms, *(_dumps(e) for e in events)]
+            ok = self.script("record")(
+                keys=[k.meta, k.events, k.lease], args=[token, lease_value, lease_ms, *map(packer.pack, events)]
             )
         return bool(ok)
 
     def note_events(
         self,
-        run_id: str,
+        state: SagaState,
         events: Sequence[Event],
         *,
         expected_version: int | None = None,
         require_idle: bool = False,
         fence: bool = False,
         unpark: bool = False,
+        check_at: float | None = None,
     ) -> tuple[bool, str]:
-        """Append snapshot-neutral events for the coordinator: a resume, an operator's note
-        (see note.lua). With ``fence``, take a new fencing token, so a zombie attempt of the
-        old one can no longer commit; with ``unpark``, the run leaves the parked runs.
+        """Append snapshot-neutral events for the coordinator to the run of ``state``: a resume,
+        an operator's note (see note.lua). With ``fence``, take a new fencing token, so a zombie
+        attempt of the old one can no longer commit; with ``unpark``, the run leaves the parked
+        runs; with ``check_at``, that becomes its watchdog deadline — all in one script.
 
         Returns ``(True, new token or '')`` or ``(False, reason)``.
         """
-        k = self.keys(run_id)
+        k, b, packer = self.keys(state.id), self.bucket_keys(state.id), _packer(state)
+        args = [
+            "" if expected_version is None else expected_version,
+            "1" if require_idle else "0",
+            "1" if fence else "0",
+            "1" if unpark else "0",
+            state.id,
+            "" if check_at is None else check_at,
+            *map(packer.pack, events),
+        ]
         with self._guard():
-            ok, detail = self._note(
-                keys=[k.meta, k.events, k.lease],
-                args=[
-                    "" if expected_version is None else expected_version,
-                    "1" if require_idle else "0",
-                    "1" if fence else "0",
-                    "1" if unpark else "0",
-                    *(_dumps(e) for e in events),
-                ],
-            )
-            if ok and unpark:
-                self.client.zrem(self.global_keys.parked, run_id)
+            ok, detail = self.script("note")(keys=[k.meta, k.events, k.lease, b.parked, b.active], args=args)
         return bool(ok), str(detail)
 
     def park(self, state: SagaState, event: Event, reason: str) -> ParkOutcome:
         """Park a run no worker here can move (see park.lua): its ``saga.parked`` event and reason
-        are recorded, and it joins the parked runs, unless an attempt holds it or it moved."""
-        k = self.keys(state.id)
+        are recorded, and it joins its bucket's parked runs, unless an attempt holds it or it
+        moved."""
+        k, b = self.keys(state.id), self.bucket_keys(state.id)
+        args: list[str | int | float] = [reason, state.version, _packer(state).pack(event), time.time(), state.id]
         with self._guard():
-            outcome = ParkOutcome(
-                self._park(keys=[k.meta, k.events, k.lease], args=[reason, state.version, _dumps(event)])
-            )
-            if outcome is ParkOutcome.PARKED:
-                self.client.zadd(self.global_keys.parked, {state.id: time.time()})
-        return outcome
+            return ParkOutcome(self.script("park")(keys=[k.meta, k.events, k.lease, b.parked], args=args))
 
     def request_cancel(self, run_id: str, reason: str) -> None:
         """Ask the attempt running now to cancel the run when it commits."""
@@ -264,45 +260,63 @@ class RedisStore(IndexOperations):
     def renew(self, run_id: str, token: str, lease_ms: int) -> bool:
         """Extend a lease that still carries ``token``."""
         with self._guard():
-            return bool(self._renew(keys=[self.keys(run_id).lease], args=[token, lease_ms]))
+            return bool(self.script("renew")(keys=[self.keys(run_id).lease], args=[token, lease_ms]))
 
     # --- reading ---------------------------------------------------------------------------
 
     def get(self, run_id: str) -> SagaState:
-        """The latest snapshot of a run."""
-        with self._guard():
-            state = _state(cast(str | None, self.client.lindex(self.keys(run_id).history, -1)))
+        """The latest state of a run."""
+        state = self.snapshots([run_id])[0]
         if state is None:
             raise RunNotFound(run_id)
         return state
 
-    def at_version(self, run_id: str, version: int) -> SagaState:
-        """The snapshot of a run at one version."""
+    def snapshots(self, run_ids: Sequence[str]) -> list[SagaState | None]:
+        """The latest state of each run (None where there is no such run), in one round trip
+        for runs with a snapshot and one more for those rebuilt from their events."""
         with self._guard():
-            snap = (
-                cast(str | None, self.client.lindex(self.keys(run_id).history, version - 1)) if version >= 1 else None
-            )
-            exists = snap is not None or self.client.exists(self.keys(run_id).meta)
-        state = _state(snap)
-        if state is None:
-            raise RunNotFound(f"{run_id}@v{version}" if exists else run_id)
-        return state
+            pipe = self.client.pipeline(transaction=False)
+            for run_id in run_ids:
+                pipe.hmget(self.keys(run_id).meta, ["s", "fingerprint"])
+            rows = cast(list[list[str | None]], pipe.execute())
+        states = [_state(snapshot) for snapshot, _ in rows]
+        settled = [i for i, (snapshot, fingerprint) in enumerate(rows) if snapshot is None and fingerprint]
+        if settled:
+            logs = self._logs([(run_ids[i], rows[i][1] or "") for i in settled])
+            for i, events in zip(settled, logs, strict=True):
+                states[i] = rebuild(events) if events else None
+        return states
 
-    def history(self, run_id: str) -> list[SagaState]:
-        """Every snapshot of a run, oldest first."""
+    def labels(self, run_ids: Sequence[str]) -> list[tuple[str, int] | None]:
+        """The saga name and definition version of each run (None where there is no such run),
+        in one round trip."""
         with self._guard():
-            snaps = self.client.lrange(self.keys(run_id).history, 0, -1)
-        if not snaps:
-            raise RunNotFound(run_id)
-        return [SagaState.from_dict(json.loads(s)) for s in snaps]
+            pipe = self.client.pipeline(transaction=False)
+            for run_id in run_ids:
+                pipe.hmget(self.keys(run_id).meta, ["saga", "sv"])
+            rows = cast(list[list[str | None]], pipe.execute())
+        return [(saga, int(sv or 1)) if saga else None for saga, sv in rows]
 
     def events(self, run_id: str) -> list[Event]:
         """Every event of a run, oldest first."""
         with self._guard():
-            raw = self.client.lrange(self.keys(run_id).events, 0, -1)
-        if not raw:
+            fingerprint = cast(str | None, self.client.hget(self.keys(run_id).meta, "fingerprint"))
+        events = self._logs([(run_id, fingerprint or "")])[0]
+        if not events:
             raise RunNotFound(run_id)
-        return [json.loads(e) for e in raw]
+        return events
+
+    def history(self, run_id: str) -> list[SagaState]:
+        """The run at every version, oldest first, rebuilt from its events (each state with a
+        payload of its own)."""
+        return [_own(s) for s in codec.versions(self.events(run_id))]
+
+    def at_version(self, run_id: str, version: int) -> SagaState:
+        """The run at one version, rebuilt from its events."""
+        states = codec.versions(self.events(run_id), until=version)
+        if version < 1 or states[-1].version != version:
+            raise RunNotFound(f"{run_id}@v{version}")
+        return _own(states[-1])
 
     def meta(self, run_id: str) -> dict[str, str]:
         """The run's bookkeeping fields (fingerprint, fence, attempt, dups, ...)."""
@@ -315,8 +329,7 @@ class RedisStore(IndexOperations):
     def lease(self, run_id: str) -> str | None:
         """The run's current lease value, if one is live."""
         with self._guard():
-            value = cast(str | None, self.client.get(self.keys(run_id).lease))
-        return value
+            return cast(str | None, self.client.get(self.keys(run_id).lease))
 
     def progress(self, run_id: str) -> Progress:
         """What the watchdog needs beyond the snapshot (see :class:`Progress`), in one round trip."""
@@ -332,17 +345,35 @@ class RedisStore(IndexOperations):
         )
 
     def shape(self, run_id: str) -> Shape | None:
-        """The shape of the definition a run started with (None for a run from before shapes
-        were recorded)."""
+        """The shape of the definition a run started with (None for an unknown run)."""
         with self._guard():
-            raw = cast(str | None, self.client.hget(self.keys(run_id).meta, "shape"))
-        return Shape.from_list(json.loads(raw)) if raw else None
+            fingerprint = cast(str | None, self.client.hget(self.keys(run_id).meta, "fingerprint"))
+        return self._shape(run_id, fingerprint) if fingerprint else None
 
-    def snapshots(self, run_ids: Sequence[str]) -> list[SagaState | None]:
-        """The latest snapshot of each run (None where it has expired), in one round trip."""
+    def _shape(self, run_id: str, fingerprint: str) -> Shape | None:
+        """A recorded shape by fingerprint (read once per process: a fingerprint's shape never
+        changes)."""
+        if fingerprint not in self._shapes:
+            with self._guard():
+                raw = cast(str | None, self.client.hget(self.bucket_keys(run_id).shapes, fingerprint))
+            if raw is None:
+                return None
+            self._shapes[fingerprint] = Shape.from_list(json.loads(raw))
+        return self._shapes[fingerprint]
+
+    def _logs(self, runs: Sequence[tuple[str, str]]) -> list[list[Event]]:
+        """The events of each (run id, fingerprint), in one round trip ([] for a run without)."""
         with self._guard():
             pipe = self.client.pipeline(transaction=False)
-            for run_id in run_ids:
-                pipe.lindex(self.keys(run_id).history, -1)
-            raw = pipe.execute()
-        return [_state(r) for r in raw]
+            for run_id, _ in runs:
+                pipe.lrange(self.keys(run_id).events, 0, -1)
+            rows = cast(list[list[str]], pipe.execute())
+        return [
+            codec.unpack(run_id, raw, self._shape(run_id, fingerprint) if fingerprint else None) if raw else []
+            for (run_id, fingerprint), raw in zip(runs, rows, strict=True)
+        ]
+
+
+def _own(state: SagaState) -> SagaState:
+    """``state`` with a payload that shares nothing with any other state's."""
+    return replace(state, payload=json_copy(state.payload))

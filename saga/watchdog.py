@@ -30,6 +30,9 @@ Known = dict[tuple[str, int], Runtime]
 
 logger = logging.getLogger(__name__)
 
+#: How often the elected watchdog drops the listing entries of expired runs.
+TIDY_SECONDS = 60.0
+
 
 class Watchdog:
     """Resumes stalled runs of the sagas ``runtimes()`` returns, store by store.
@@ -47,6 +50,7 @@ class Watchdog:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._tidied: dict[int, float] = {}  # id(store) -> when to tidy it next (monotonic)
 
     def start(self) -> None:
         """Start scanning in a daemon thread."""
@@ -83,9 +87,20 @@ class Watchdog:
                 due = store.due(time.time())
                 for run_id, state in zip(due, store.snapshots(due), strict=True):
                     resumed += self._check(store, known, run_id, state)
+                self._tidy(store, known)
             except StoreUnavailable as exc:
                 logger.warning("watchdog: %s; will retry", exc)
         return resumed
+
+    def _tidy(self, store: RedisStore, known: Known) -> None:
+        """Now and then, drop the listing entries of finished runs whose keys have expired
+        (under the longest retention any saga of this store has)."""
+        now = time.monotonic()
+        if now < self._tidied.get(id(store), 0.0):
+            return
+        self._tidied[id(store)] = now + TIDY_SECONDS
+        retention = max([rt.settings.retention_seconds for rt in known.values()] or [self.settings.retention_seconds])
+        store.trim_finished(time.time() - retention)
 
     def _resume_parked(self, store: RedisStore, known: Known) -> int:
         resumed = 0

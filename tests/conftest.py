@@ -1,10 +1,12 @@
 """Test set-up: a private redis-server for the whole session, the default registry configured to
 use it, and an in-process Celery worker.
 
-Redis: TEST_REDIS_URL if set (for matrix runs against another server), else a redis-server the
-suite starts itself on a free port. Broker: TEST_BROKER_URL if set (e.g. RabbitMQ), else that
-Redis. Nothing edits the environment: the default registry is configured here, before any test
-module declares a saga, and worker subprocesses get ``worker_env(settings)``.
+Store: TEST_REDIS_URL if set (for matrix runs against another server); else, with
+TEST_STORE=cluster, a 3-master Redis Cluster the suite starts itself (the broker then on a
+private redis-server of its own: Celery cannot use a cluster); else a redis-server the suite
+starts itself on a free port. Broker: TEST_BROKER_URL if set (e.g. RabbitMQ), else that Redis.
+Nothing edits the environment: the default registry is configured here, before any test module
+declares a saga, and worker subprocesses get ``worker_env(settings)``.
 """
 
 from __future__ import annotations
@@ -14,28 +16,47 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 
 from saga import Settings
+from saga.connection import Client, connect
 from saga.registry import default_registry
-from saga.testing import RedisServer
+from saga.testing import RedisCluster, RedisServer
 
 _server: RedisServer | None = None
+_cluster: RedisCluster | None = None
+
+#: Whether the store is a Redis Cluster in this session (TEST_STORE=cluster).
+ON_CLUSTER = os.environ.get("TEST_STORE", "redis") == "cluster"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    global _server
+    global _server, _cluster
     url = os.environ.get("TEST_REDIS_URL")
+    broker = os.environ.get("TEST_BROKER_URL")
     if not url:
         _server = RedisServer(appendonly=True).start()
         url = _server.url
-    broker = os.environ.get("TEST_BROKER_URL", url)
-    default_registry().configure(Settings(redis_url=url, broker_url=broker, lease_seconds=2, metrics_port=0))
+        if ON_CLUSTER:
+            _cluster = RedisCluster(3, appendonly=True).start()
+            broker, url = broker or url, _cluster.url
+    default_registry().configure(Settings(redis_url=url, broker_url=broker or url, lease_seconds=2, metrics_port=0))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if _server is not None:
-        _server.close()
+    for process in (_cluster, _server):
+        if process is not None:
+            process.close()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    where = "a 3-master Redis Cluster" if ON_CLUSTER else "one Redis"
+    return f"saga store: {where} at {default_registry().settings.redis_url}"
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> RedisCluster | None:
+    """The suite's own Redis Cluster (TEST_STORE=cluster), else None."""
+    return _cluster
 
 
 @pytest.fixture(scope="session")
@@ -57,9 +78,9 @@ def redis_url(settings: Settings) -> str:
 
 
 @pytest.fixture
-def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    """A plain client on the test Redis."""
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+def redis_client(redis_url: str) -> Iterator[Client]:
+    """A client of the coordinator's Redis (a cluster client when the store is a cluster)."""
+    client = connect(redis_url, retries=0)
     yield client
     client.close()
 

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 #: Bottom to top. ``independent``: the modules of the layer import none of each other.
 LAYERS: list[tuple[str, list[str], bool]] = [
-    ("core (pure: no I/O)", ["errors", "settings", "state", "validate", "schema", "decide", "policy"], False),
+    ("core (pure: no I/O)", ["errors", "settings", "state", "codec", "validate", "schema", "decide", "policy"], False),
     ("logging and connections", ["log", "connection"], True),
     ("cross-run index operations", ["indexes"], False),
     ("adapters (one third-party library each)", ["store", "tasks", "metrics", "heartbeat"], True),

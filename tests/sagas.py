@@ -10,7 +10,8 @@ Behaviour is driven by payload flags:
 - ``bad_output_at``: step that returns a list instead of a JSON object
 - ``hostile_output_at``: {step: "surrogate" | "deep" | "huge"} -> that step returns a lone
   surrogate, an object nested 1,000 deep, or 2 MB of text
-- ``block``: {step: redis key} -> that step waits until the key exists (BLPOP), then goes on
+- ``block``: {step: redis key} -> that step waits until the key exists (BLPOP), then goes on;
+  ``{attempt}`` in the key is replaced by the attempt number (to release one attempt only)
 - ``scribble``: a list every step appends its name to *in place*, returning nothing about it
   (a careless body: what it changes must not reach the stored payload)
 """
@@ -21,19 +22,19 @@ import asyncio
 from decimal import Decimal
 from typing import Any, cast
 
-import redis
-
 from saga import PermanentError, Saga, StepContext, create_app, get_settings
+from saga.connection import Client, connect
 
 app = create_app("tests")
 
-_client: redis.Redis | None = None
+_client: Client | None = None
 
 
-def client() -> redis.Redis:
+def client() -> Client:
+    """A client of the store's Redis (a cluster client when the store is a Redis Cluster)."""
     global _client
     if _client is None:
-        _client = redis.Redis.from_url(get_settings().redis_url, decode_responses=True, socket_timeout=None)
+        _client = connect(get_settings().redis_url, retries=3)
     return _client
 
 
@@ -52,8 +53,9 @@ def _body(payload: dict[str, Any], ctx: StepContext) -> None:
     c.rpush(f"ledger:{ctx.run_id}", f"{ctx.direction.value}:{ctx.step}")
     if ctx.direction.value == "forward":
         gate = payload.get("block", {}).get(ctx.step)
-        if gate:
-            c.blpop([gate], timeout=60)
+        if gate:  # wait up to 60 s, in short waits (the client's socket times out after 10 s)
+            key = gate.replace("{attempt}", str(ctx.attempt))
+            any(c.blpop([key], timeout=5) for _ in range(12))
         if payload.get("fail_at") == ctx.step:
             raise PermanentError(f"{ctx.step} refused")
         if ctx.attempt <= int(payload.get("flaky", {}).get(ctx.step, 0)):

@@ -10,11 +10,11 @@ import uuid
 from typing import Any
 
 import pytest
-import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from saga import InvalidPayload, RunNotFound, SagaState, Status, dead_letters, decide
+from saga.connection import Client
 from tests.sagas import FUZZ_OUTPUTS, fuzz, ledger, trip
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -42,7 +42,7 @@ def deep(depth: int) -> Any:
     ],
 )
 def test_start_refuses_a_hostile_payload_before_anything_is_written(
-    payload: dict[Any, Any], rule: str, redis_client: redis.Redis
+    payload: dict[Any, Any], rule: str, redis_client: Client
 ) -> None:
     keys = redis_client.dbsize()
     with pytest.raises(InvalidPayload, match=re.escape(rule)):
@@ -118,7 +118,7 @@ anything = objects | values
 def left_waiting_unseen(run_id: str) -> bool:
     """A run neither finished nor held by a lease nor on the watchdog's list: lost."""
     state = fuzz.store.get(run_id)
-    due = fuzz.store.client.zscore(fuzz.store.global_keys.active, run_id)
+    due = fuzz.store.deadline(run_id)
     if state.status.terminal:
         return due is not None  # a finished run left on the list
     return fuzz.store.lease(run_id) is None and due is None

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from click.testing import CliRunner, Result
 
 from saga import SagaState, Settings, Status, control, decide
@@ -32,6 +31,7 @@ from saga.cli import (
     exit_code_for,
 )
 from saga.cli_render import history_entries, payload_changes
+from saga.connection import Client
 from saga.errors import EntryNotFound, RunNotFound, SagaError, StoreUnavailable
 from saga.registry import Registry, default_registry
 from saga.testing import configured, free_port, start_worker_process, stop_process_group, wait_for, worker_env
@@ -193,7 +193,7 @@ def test_events_prints_the_run_s_events_as_stored(order: Any, runs: dict[str, st
         assert kind in out.stdout
 
 
-def test_verify_passes_for_an_untouched_run_and_fails_for_a_tampered_one(order: Any, redis_client: redis.Redis) -> None:
+def test_verify_passes_for_an_untouched_run_and_fails_for_a_tampered_one(order: Any, redis_client: Client) -> None:
     # Given a completed run
     run_id = order.start({"order_id": 3, "amount": 10})
     order.wait(run_id, timeout=30)
@@ -201,15 +201,16 @@ def test_verify_passes_for_an_untouched_run_and_fails_for_a_tampered_one(order: 
     out = saga("verify", run_id)
     assert out.returncode == EXIT_OK and out.stdout.startswith("ok: ")
     assert saga_json("verify", run_id) == {"run_id": run_id, "ok": True, "problems": []}
-    # When its stored snapshot is changed behind the library's back
-    key = f"saga:{{{run_id}}}:history"
-    snap = json.loads(redis_client.lindex(key, -1) or "{}")
-    snap["payload"]["amount"] = 1000
-    redis_client.lset(key, -1, json.dumps(snap))
-    # Then verify fails with exit 1 and says what differs
+    # When its recorded start payload is changed behind the library's back
+    key = order.store.keys(run_id).events
+    started = json.loads(redis_client.lindex(key, 0) or "[]")
+    payload = next(field for field in started if isinstance(field, dict) and field.get("amount") == 10)
+    payload["amount"] = 1000
+    redis_client.lset(key, 0, json.dumps(started))
+    # Then verify fails with exit 1 and says which checkpoint no longer matches
     out = saga("verify", run_id)
     assert out.returncode == EXIT_FAILED_CHECK
-    assert "does not verify" in out.stdout and "differs from the stored state in: payload" in out.stdout
+    assert "does not verify" in out.stdout and "at version 2, checkpoint of step 0" in out.stdout
     assert "does not match its payload" in out.stdout
     as_json = saga("verify", run_id, "--json")
     assert as_json.returncode == EXIT_FAILED_CHECK
@@ -266,10 +267,11 @@ def test_an_unreachable_redis_is_one_line_exit_4_and_quick(command: list[str]) -
     assert "cannot reach Redis at redis://127.0.0.1:1/0" in assert_one_line_error(out, EXIT_UNAVAILABLE)
 
 
-def test_an_unexpected_error_is_one_line_unless_debug(redis_client: redis.Redis) -> None:
+def test_an_unexpected_error_is_one_line_unless_debug(redis_client: Client) -> None:
     # Given a snapshot that is not JSON at all
     run_id = f"garbled-{uuid.uuid4()}"
-    redis_client.rpush(f"saga:{{{run_id}}}:history", "not json")
+    meta = default_registry().store.keys(run_id).meta
+    redis_client.hset(meta, mapping={"s": "not json", "fingerprint": "0"})
     try:
         line = assert_one_line_error(saga("show", run_id), EXIT_ERROR)
         assert "unexpected JSONDecodeError" in line and "--debug" in line
@@ -277,7 +279,7 @@ def test_an_unexpected_error_is_one_line_unless_debug(redis_client: redis.Redis)
         assert debug.returncode == EXIT_ERROR
         assert "Traceback" in debug.stderr and debug.stderr.splitlines()[-1].startswith("error: JSONDecodeError")
     finally:
-        redis_client.delete(f"saga:{{{run_id}}}:history")
+        redis_client.delete(meta)
 
 
 def test_saga_app_comes_from_the_environment_and_a_bad_one_is_one_line(runs: dict[str, str]) -> None:
@@ -358,7 +360,7 @@ def test_dlq_drop_records_the_reason_and_removes_the_entry(order: Any) -> None:
     assert dropped["entry_id"] == entry_id and dropped["reason"] == "refunded by hand"
 
 
-def test_acting_commands_use_the_settings_the_workers_use(order: Any, redis_client: redis.Redis) -> None:
+def test_acting_commands_use_the_settings_the_workers_use(order: Any, redis_client: Client) -> None:
     # Given a failed run: its compensation gave up and waits in the dead-letter queue
     run_id = order.start({"order_id": 9, "fail_at": "create_shipment", "fail_compensation": "charge_payment"})
     assert order.wait(run_id, timeout=30).status is Status.FAILED
@@ -370,7 +372,7 @@ def test_acting_commands_use_the_settings_the_workers_use(order: Any, redis_clie
     out = saga("dlq", "retry", entry["id"], env={"SAGA_LEASE_SECONDS": "50", "SAGA_COMPENSATION_QUEUE": parked})
     assert out.returncode == EXIT_OK, out.stderr
     # Then the watchdog deadline written is a 50 s lease away, as a worker with those settings writes it
-    due = redis_client.zscore(order.store.global_keys.active, run_id)
+    due = order.store.deadline(run_id)
     assert due is not None and due - before > 45
     # and the run goes on once its message is sent where the module's worker reads
     redis_client.delete(parked)

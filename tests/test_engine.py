@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import redis
+from redis.crc import key_slot
 
 from saga import (
     InvalidPayload,
@@ -26,6 +27,7 @@ from saga import (
     get_settings,
     payload_hash,
 )
+from saga.connection import Client
 from saga.registry import Registry, default_registry
 from saga.state import canonical_json
 from saga.testing import wait_for
@@ -48,7 +50,7 @@ def types(saga: Saga, run_id: str) -> list[str]:
     return [e["type"] for e in saga.events(run_id)]
 
 
-def test_happy_path_runs_every_step_once_and_checkpoints_each(redis_client: redis.Redis) -> None:
+def test_happy_path_runs_every_step_once_and_checkpoints_each(redis_client: Client) -> None:
     run_id = trip.start({"trip": 1})
     state = finished(trip, run_id)
 
@@ -170,14 +172,14 @@ def test_a_compensation_that_fails_ends_the_run_failed_and_stops_the_unwind() ->
     assert types(trip, run_id)[-1] == "saga.failed"
 
 
-def test_a_redelivered_message_does_not_rerun_a_committed_step(redis_client: redis.Redis) -> None:
+def test_a_redelivered_message_does_not_rerun_a_committed_step(redis_client: Client) -> None:
     run_id = trip.start({"trip": "redeliver"})
     before = finished(trip, run_id)
     events_before = trip.events(run_id)
 
     # When the first step's message is delivered again
     app.send_task("saga.trip.flight", args=(run_id,))
-    wait_for(lambda: trip.store.meta(run_id)["dups"] == "1", what="the duplicate to be seen")
+    wait_for(lambda: trip.store.meta(run_id).get("dups") == "1", what="the duplicate to be seen")
 
     # Then its body did not run again and nothing was committed
     assert ledger(run_id).count("forward:flight") == 1
@@ -185,13 +187,13 @@ def test_a_redelivered_message_does_not_rerun_a_committed_step(redis_client: red
     assert trip.events(run_id) == events_before
 
 
-def test_a_duplicate_delivery_of_a_running_step_does_not_run_its_body_twice(redis_client: redis.Redis) -> None:
+def test_a_duplicate_delivery_of_a_running_step_does_not_run_its_body_twice(redis_client: Client) -> None:
     gate = f"gate:{id(redis_client)}:{threading.get_ident()}"
     run_id = trip.start({"block": {"hotel": gate}})
     wait_for(lambda: "forward:hotel" in ledger(run_id), what="hotel to start")
 
     app.send_task("saga.trip.hotel", args=(run_id,))
-    wait_for(lambda: trip.store.meta(run_id)["dups"] == "1", what="the duplicate to be refused")
+    wait_for(lambda: trip.store.meta(run_id).get("dups") == "1", what="the duplicate to be refused")
     redis_client.rpush(gate, "go")
 
     assert finished(trip, run_id).status is Status.COMPLETED
@@ -207,7 +209,7 @@ def test_the_same_start_key_and_payload_return_the_same_run_and_start_nothing() 
     assert single.start({"n": 1}, key="order-8") != first
 
 
-def test_the_same_start_key_with_another_payload_is_a_key_conflict(redis_client: redis.Redis) -> None:
+def test_the_same_start_key_with_another_payload_is_a_key_conflict(redis_client: Client) -> None:
     first = single.start({"n": 1, "to": "alice"}, key="order-9")
     events_before = single.events(first)
     with pytest.raises(KeyConflict) as info:
@@ -239,7 +241,7 @@ def test_concurrent_starts_with_one_key_make_one_run() -> None:
     assert ledger(ids[0]) == ["forward:only"]
 
 
-def test_bad_payloads_are_refused_before_anything_is_written(redis_client: redis.Redis) -> None:
+def test_bad_payloads_are_refused_before_anything_is_written(redis_client: Client) -> None:
     keys_before = redis_client.dbsize()
     for bad in ([1, 2], "order", None, {"at": object()}):
         with pytest.raises(InvalidPayload):
@@ -270,7 +272,7 @@ def test_unknown_run_ids_raise_run_not_found() -> None:
             call("nope")
 
 
-def test_wait_times_out_with_a_timeout_error(redis_client: redis.Redis) -> None:
+def test_wait_times_out_with_a_timeout_error(redis_client: Client) -> None:
     gate = "gate:wait-timeout"
     run_id = trip.start({"block": {"flight": gate}})
     with pytest.raises(TimeoutError) as info:
@@ -288,19 +290,23 @@ def test_malformed_and_unknown_messages_are_logged_not_fatal(caplog: pytest.LogC
     assert finished(single, run_id).status is Status.COMPLETED
 
 
-def test_run_keys_share_one_cluster_hash_tag_and_finished_runs_expire(redis_client: redis.Redis) -> None:
+def test_a_run_and_its_bucket_indexes_share_one_cluster_slot_and_finished_runs_expire(redis_client: Client) -> None:
     run_id = single.start({"n": 1})
     finished(single, run_id)
-    keys = sorted(redis_client.scan_iter(match=f"saga:*{run_id}*"))
-    assert keys and all(f"{{{run_id}}}" in k for k in keys)
-    ttl = redis_client.ttl(single.store.keys(run_id).history)
-    assert 6 * 24 * 3600 < ttl <= 7 * 24 * 3600
+    store = single.store
+    keys, indexes = store.keys(run_id), store.bucket_keys(run_id)
+    names = [*keys, indexes.active, indexes.parked, indexes.dlq, indexes.shapes, indexes.status(Status.COMPLETED)]
+    assert len({key_slot(name.encode()) for name in names}) == 1
+    assert redis_client.exists(keys.meta, keys.events) == 2 and redis_client.zscore(indexes.status("completed"), run_id)
+    for key in (keys.meta, keys.events):
+        assert 6 * 24 * 3600 < redis_client.ttl(key) <= 7 * 24 * 3600
 
 
-def test_a_failed_run_is_kept_without_expiry(redis_client: redis.Redis) -> None:
+def test_a_failed_run_is_kept_without_expiry(redis_client: Client) -> None:
     run_id = trip.start({"fail_at": "car", "fail_compensation": "flight"})
     assert finished(trip, run_id).status is Status.FAILED
-    assert redis_client.ttl(trip.store.keys(run_id).history) == -1
+    keys = trip.store.keys(run_id)
+    assert redis_client.ttl(keys.meta) == redis_client.ttl(keys.events) == -1
 
 
 def test_events_carry_run_id_version_time_and_step() -> None:
@@ -329,7 +335,7 @@ def test_no_pickle_anywhere() -> None:
     not get_settings().broker_url.startswith("redis"),
     reason="reads the queue as a Redis list: needs the Redis broker",
 )
-def test_dedicated_queues_are_opt_in(redis_client: redis.Redis, settings: Settings) -> None:
+def test_dedicated_queues_are_opt_in(settings: Settings) -> None:
     # a registry of its own: the suite's watchdog passes never see this saga
     queued = Saga("queued", app=app, registry=Registry(settings.replace(step_queue="saga-steps-only")))
 
@@ -339,10 +345,11 @@ def test_dedicated_queues_are_opt_in(redis_client: redis.Redis, settings: Settin
 
     run_id = queued.start({"n": 1})
     # the plain worker consumes Celery's default queue only; the step waits on its own queue
-    [message] = redis_client.lrange("saga-steps-only", 0, -1)
-    body = json.loads(message)
-    assert body["headers"]["task"] == "saga.queued.only" and body["headers"]["argsrepr"].startswith(f"('{run_id}'")
-    redis_client.delete("saga-steps-only")
+    with redis.Redis.from_url(settings.broker_url, decode_responses=True) as broker:
+        [message] = broker.lrange("saga-steps-only", 0, -1)
+        body = json.loads(message)
+        assert body["headers"]["task"] == "saga.queued.only" and body["headers"]["argsrepr"].startswith(f"('{run_id}'")
+        broker.delete("saga-steps-only")
 
 
 def test_log_lines_about_a_run_carry_its_id_saga_and_step(caplog: pytest.LogCaptureFixture) -> None:

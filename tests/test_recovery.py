@@ -12,10 +12,10 @@ import uuid
 from typing import Any, cast
 
 import pytest
-import redis
 from prometheus_client import REGISTRY
 
 from saga import RedisStore, Saga, Settings, Status, StepContext, create_app, dead_letters, decide
+from saga.connection import Client
 from saga.registry import Registry, default_registry
 from saga.state import Shape, Transition
 from saga.testing import wait_for
@@ -39,7 +39,7 @@ def only(payload: dict[str, Any], ctx: StepContext) -> None:
 
 
 @pytest.fixture(autouse=True)
-def open_election(redis_client: redis.Redis) -> None:
+def open_election(redis_client: Client) -> None:
     """Workers of other test modules (subprocesses with real watchdogs) may have held the lock."""
     redis_client.delete(trip.store.global_keys.watchdog)
 
@@ -75,12 +75,12 @@ def test_a_step_sent_moments_ago_is_not_resent_while_it_may_still_be_queued() ->
     trip.store.schedule(t.state.id, 0)
     watchdog.scan()
     assert not resumes(t.state.id)
-    score = trip.store.client.zscore(trip.store.global_keys.active, t.state.id)
+    score = trip.store.deadline(t.state.id)
     assert score is not None and score > time.time() + 10  # looked at again later
     trip.store.forget_active(t.state.id)
 
 
-def test_a_step_whose_lease_expired_is_resumed_and_the_late_attempt_is_discarded(redis_client: redis.Redis) -> None:
+def test_a_step_whose_lease_expired_is_resumed_and_the_late_attempt_is_discarded(redis_client: Client) -> None:
     # Given a step that hangs (a paused or partitioned worker) ...
     gate = f"gate:{uuid.uuid4()}"
     run_id = trip.start({"block": {"hotel": gate}})
@@ -108,7 +108,7 @@ def test_a_step_whose_lease_expired_is_resumed_and_the_late_attempt_is_discarded
     assert reasons == ["lease expired"]
 
 
-def test_a_slow_step_keeps_its_lease_through_the_heartbeat(redis_client: redis.Redis) -> None:
+def test_a_slow_step_keeps_its_lease_through_the_heartbeat(redis_client: Client) -> None:
     # the suite's lease is 2 s; this step outlives several leases
     gate = f"gate:{uuid.uuid4()}"
     run_id = trip.start({"block": {"car": gate}})
@@ -126,7 +126,7 @@ def test_a_slow_step_keeps_its_lease_through_the_heartbeat(redis_client: redis.R
     assert not any(e["type"] == "saga.resumed" for e in trip.events(run_id))
 
 
-def test_a_checkpoint_that_does_not_verify_is_never_resumed(redis_client: redis.Redis) -> None:
+def test_a_checkpoint_that_does_not_verify_is_never_resumed(redis_client: Client) -> None:
     # Given a run stalled after two committed steps ...
     gate = f"gate:{uuid.uuid4()}"
     run_id = trip.start({"block": {"car": gate}})
@@ -134,9 +134,9 @@ def test_a_checkpoint_that_does_not_verify_is_never_resumed(redis_client: redis.
     keys = trip.store.keys(run_id)
     redis_client.delete(keys.lease)
     # ... whose stored payload was altered after its checkpoint
-    snap = json.loads(cast(str, redis_client.lindex(keys.history, -1)))
+    snap = json.loads(cast(str, redis_client.hget(keys.meta, "s")))
     snap["payload"]["hotel"] = "tampered"
-    redis_client.lset(keys.history, -1, json.dumps(snap))
+    redis_client.hset(keys.meta, "s", json.dumps(snap))
     # When the watchdog looks at it
     trip.store.schedule(run_id, 0)
     watchdog.scan()
@@ -181,7 +181,7 @@ def test_an_unreachable_broker_at_start_keeps_the_run_for_the_watchdog(
     run_id = nobroker.start({"n": 1})
     state = nobroker.get(run_id)
     assert (state.status, state.version) == (Status.PENDING, 1)
-    assert nobroker.store.client.zscore(nobroker.store.global_keys.active, run_id) is not None
+    assert nobroker.store.deadline(run_id) is not None
     assert any("watchdog will send it" in rec.getMessage() for rec in caplog.records)
 
 
@@ -198,7 +198,7 @@ def test_one_unreachable_store_does_not_stop_the_watchdog_watching_the_others(se
     assert trip.wait(t.state.id, timeout=30).status is Status.COMPLETED
 
 
-def test_several_watchdogs_elect_one_scanner_and_another_takes_over_when_it_dies(redis_client: redis.Redis) -> None:
+def test_several_watchdogs_elect_one_scanner_and_another_takes_over_when_it_dies(redis_client: Client) -> None:
     # Given two workers' watchdogs and a stalled run
     first, second = default_registry().watchdog(), default_registry().watchdog()
     t = decide.decide_start(str(uuid.uuid4()), "trip", {"lost": True}, at="2026-01-01T00:00:00.000000Z")

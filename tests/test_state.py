@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from saga import decide, policy
-from saga.state import Direction, Event, SagaState, Shape, Status, Transition, rebuild
+from saga.state import Direction, Event, EventType, SagaState, Shape, Status, Transition, rebuild
 
 SHAPE = Shape(("a", "b", "c", "d"), (True, False, True, False))
 
@@ -84,13 +84,23 @@ def test_rebuild_from_all_events_equals_the_folded_state() -> None:
         lambda s: decide.decide_step_gave_up(s, SHAPE, 2, KeyError("k"), 2)[0],
         lambda s: decide.decide_compensation_succeeded(s, SHAPE, 0),
     )
+    states = [state]
     for next_transition in transitions:
         t = next_transition(state)
         events += t.events
         state = t.state
-    events.insert(3, decide.decide_retry(state, SHAPE, Direction.FORWARD, 1, 1, OSError("x"), 0.5))
+        states.append(state)
+    # a retry of step 2 recorded at version 3, after step 1's commit: it changes nothing
+    events.insert(3, decide.decide_retry(states[2], SHAPE, Direction.FORWARD, 2, 1, OSError("x"), 0.5))
     assert rebuild(events) == state
     assert state.status is Status.COMPENSATED
+
+
+def test_a_note_read_at_an_older_version_and_appended_after_a_newer_commit_changes_nothing() -> None:
+    start = decide.decide_start("r2", "s", {"n": 1})
+    moved = decide.decide_step_succeeded(start.state, SHAPE, 0, {"a": 1})
+    late = decide.note_event(start.state, EventType.SAGA_MESSAGE_REJECTED, task="t", reason="malformed")
+    assert rebuild([*start.events, *moved.events, late]) == moved.state
 
 
 def test_retry_delay_is_full_jitter_under_the_capped_exponential() -> None:

@@ -7,9 +7,9 @@ import time
 import uuid
 
 import pytest
-import redis
 
 from saga import RedisStore, StoreUnavailable, decide
+from saga.connection import Client
 from saga.schema import Begin, CommitOptions, CommitResult
 from saga.state import Direction, SagaState, Shape, Status, Transition
 
@@ -35,7 +35,6 @@ def begin(
     direction: Direction = Direction.FORWARD,
     fingerprint: str = SHAPE.fingerprint,
 ) -> Begin:
-    started = decide.started_event(state.id, SHAPE, direction, index)
     return store.begin(
         state.id,
         direction,
@@ -43,7 +42,6 @@ def begin(
         attempt=attempt,
         lease_ms=5000,
         fingerprint=fingerprint,
-        started=started,
         check_at=time.time() + 6,
     )
 
@@ -86,12 +84,12 @@ def test_only_one_of_racing_commits_on_one_version_applies(store: RedisStore) ->
     assert len(store.events(state.id)) == 2  # saga.started + the winner's step.succeeded
 
 
-def test_an_attempt_that_lost_its_lease_cannot_commit(store: RedisStore, redis_url: str) -> None:
+def test_an_attempt_that_lost_its_lease_cannot_commit(store: RedisStore, redis_client: Client) -> None:
     # Given attempt 1 took the lease of the first step
     state = new_run(store)
     one = begin(store, state)
     # When its lease expires and attempt 2 takes over
-    redis.Redis.from_url(redis_url).delete(store.keys(state.id).lease)
+    redis_client.delete(store.keys(state.id).lease)
     two = begin(store, state)
     assert two.outcome == "run" and two.token != one.token
     # Then attempt 1's late result is refused, attempt 2's is applied
@@ -102,11 +100,13 @@ def test_an_attempt_that_lost_its_lease_cannot_commit(store: RedisStore, redis_u
     assert store.get(state.id).checkpoints[0].name == "a"
 
 
-def test_a_zombie_is_fenced_out_even_when_nobody_holds_the_lease_any_more(store: RedisStore, redis_url: str) -> None:
+def test_a_zombie_is_fenced_out_even_when_nobody_holds_the_lease_any_more(
+    store: RedisStore, redis_client: Client
+) -> None:
     state = new_run(store)
     one = begin(store, state)
-    redis.Redis.from_url(redis_url).delete(store.keys(state.id).lease)
-    ok, token = store.note_events(state.id, [], fence=True)  # what a resume does
+    redis_client.delete(store.keys(state.id).lease)
+    ok, token = store.note_events(state, [], fence=True)  # what a resume does
     assert ok and token != one.token
     done = decide.decide_step_succeeded(state, SHAPE, 0, None)
     assert commit(store, state, done, one.token).reason == "fenced"
@@ -151,7 +151,7 @@ def test_retry_hands_the_lease_to_the_next_attempt_only(store: RedisStore) -> No
     state = new_run(store)
     b = begin(store, state)
     event = decide.decide_retry(state, SHAPE, Direction.FORWARD, 0, 1, OSError("x"), 0.0)
-    assert store.record_retry(state.id, b.token, [event], "backoff:2", 5000)
+    assert store.record_retry(state, b.token, [event], "backoff:2", 5000)
     assert begin(store, state, attempt=1).outcome == "busy"  # a stray copy of attempt 1
     nxt = begin(store, state, attempt=2)
     assert nxt.outcome == "run" and nxt.attempt == 2
@@ -174,11 +174,11 @@ def test_terminal_status_values() -> None:
     assert {s.value for s in Status if s.terminal} == {"completed", "compensated", "failed"}
 
 
-def test_scripts_forgotten_by_redis_are_loaded_again(store: RedisStore, redis_url: str) -> None:
-    redis.Redis.from_url(redis_url).script_flush()  # what a restarted Redis without them looks like
+def test_scripts_forgotten_by_redis_are_loaded_again(store: RedisStore, redis_client: Client) -> None:
+    redis_client.script_flush()  # what a restarted Redis without them looks like
     state = new_run(store)
     b = begin(store, state)
-    redis.Redis.from_url(redis_url).script_flush()
+    redis_client.script_flush()
     done = decide.decide_step_succeeded(state, SHAPE, 0, None)
     assert commit(store, state, done, b.token).applied
     assert store.get(state.id).status is Status.RUNNING

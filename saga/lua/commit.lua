@@ -1,22 +1,29 @@
--- commit.lua: commit one transition atomically: new snapshot, its events, the dedup mark and any
--- dead-letter entry, guarded by a compare-and-set on the version and by the attempt's fence.
--- Caller: RedisStore.commit (every transition).
--- KEYS[1] meta   KEYS[2] history   KEYS[3] events   KEYS[4] lease   KEYS[5] dead (list)
+-- commit.lua: commit one transition atomically — the run's new snapshot, its events, the step's
+-- dedup mark, any dead-letter entry, and the run's place in its bucket's indexes — guarded by a
+-- compare-and-set on the version and by the attempt's fence. A refused commit writes nothing at
+-- all, indexes included. Caller: RedisStore.commit (every transition).
+-- KEYS[1] meta   KEYS[2] events   KEYS[3] lease   KEYS[4] bucket's active index
+-- KEYS[5] bucket's index of the status the run leaves   KEYS[6] ... of the status it enters
+-- KEYS[7] bucket's dead-letter entries (hash)   KEYS[8] bucket's dead-letter order (zset)
 -- ARGV[1] expected version   ARGV[2] fencing token ('' = none)   ARGV[3] new version
--- ARGV[4] new snapshot   ARGV[5] new status   ARGV[6] new cursor
--- ARGV[7] dedup mark field ('' = none)   ARGV[8] flags: 'r' release the lease, 'a' reset the attempt
---   count, 'i' refuse while an attempt holds a live lease (a backoff hold does not count),
---   'u' an operator unwinds the run (compensations may then run by name; a parked mark is cleared)
--- ARGV[9] retention ms (0 = keep)   ARGV[10] dead-letter entry ('' = none)   ARGV[11..] events
+-- ARGV[4] new snapshot ('' = drop it: the run completed or was compensated, its events are its
+--   record)   ARGV[5] new status   ARGV[6] new cursor   ARGV[7] dedup mark field ('' = none)
+-- ARGV[8] flags: 'r' release the lease, 'a' reset the attempt count, 'i' refuse while an attempt
+--   holds a live lease (a backoff hold does not count), 'u' an operator unwinds the run
+--   (compensations may then run by name; a parked mark is cleared), 'f' the run finished: drop
+--   the bookkeeping only a moving run needs
+-- ARGV[9] retention ms (0 = keep)   ARGV[10] dead-letter entry ('' = none)   ARGV[11] its id
+-- ARGV[12] now, s   ARGV[13] watchdog deadline, s ('' = off the list)   ARGV[14] run id
+-- ARGV[15..] events, stored form
 -- Fencing: the lease is only ever set by begin.lua under a new fence (or handed to a retry by its
 -- holder), so the token still holds the run exactly when it is still the run's fence.
 -- Returns {1,'ok',cancel} | {1,'again',cancel} (this very commit was applied before) | {0, reason}:
 -- cancel is the reason an operator gave to cancel the run while this attempt ran, or ''.
--- Common path: HMGET, HSET, RPUSH, RPUSH, DEL.
+-- A step's commit: HMGET, HSET, RPUSH, ZADD, DEL.
 local dfield = ARGV[7]
 if dfield == '' then dfield = 'version' end
 local m = redis.call('HMGET', KEYS[1], 'version', 'fence', 'cancel', dfield)
-local v, fence, cancel, prev = m[1], m[2], m[3] or '', m[4]
+local v, fence, cancel, prev = m[1], m[2] or '0', m[3] or '', m[4]
 if not v then return {0, 'missing'} end
 local mark = ARGV[3] .. ':' .. ARGV[2]
 if ARGV[7] ~= '' and prev then
@@ -25,30 +32,49 @@ if ARGV[7] ~= '' and prev then
 end
 if v ~= ARGV[1] then return {0, 'version'} end
 if ARGV[2] ~= '' and fence ~= ARGV[2] then return {0, 'fenced'} end
-if string.find(ARGV[8], 'i', 1, true) then
-  local lease = redis.call('GET', KEYS[4])
+local flags = ARGV[8]
+local function flag(f) return string.find(flags, f, 1, true) ~= nil end
+if flag('i') then
+  local lease = redis.call('GET', KEYS[3])
   if lease and string.sub(lease, 1, 8) ~= 'backoff:' then return {0, 'leased'} end
 end
 local fields = {'version', ARGV[3], 'status', ARGV[5], 'cursor', ARGV[6]}
-if string.find(ARGV[8], 'a', 1, true) then
-  fields[#fields + 1] = 'attempt'; fields[#fields + 1] = 0
-end
-if ARGV[7] ~= '' then
-  fields[#fields + 1] = ARGV[7]; fields[#fields + 1] = mark
-end
-if string.find(ARGV[8], 'u', 1, true) then
-  fields[#fields + 1] = 'unwind'; fields[#fields + 1] = 'operator'
+local function set(field, value) fields[#fields + 1] = field; fields[#fields + 1] = value end
+if flag('a') then set('attempt', 0) end
+if ARGV[7] ~= '' then set(ARGV[7], mark) end
+if ARGV[4] ~= '' then set('s', ARGV[4]) end
+if flag('u') then
+  set('unwind', 'operator')
   redis.call('HDEL', KEYS[1], 'parked')
 end
 redis.call('HSET', KEYS[1], unpack(fields))
-if cancel ~= '' and ARGV[5] ~= 'running' and ARGV[5] ~= 'pending' then redis.call('HDEL', KEYS[1], 'cancel') end
-redis.call('RPUSH', KEYS[2], ARGV[4])
-if #ARGV >= 11 then redis.call('RPUSH', KEYS[3], unpack(ARGV, 11)) end
-if ARGV[10] ~= '' then redis.call('RPUSH', KEYS[5], ARGV[10]) end
-if string.find(ARGV[8], 'r', 1, true) then redis.call('DEL', KEYS[4]) end
+if flag('f') then
+  local gone = {'s', 'fence', 'attempt', 'cursor', 'cancel', 'unwind', 'parked'}
+  for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if string.sub(field, 1, 2) == 'd:' and field ~= ARGV[7] then gone[#gone + 1] = field end
+  end
+  redis.call('HDEL', KEYS[1], unpack(gone))
+elseif cancel ~= '' and ARGV[5] ~= 'running' and ARGV[5] ~= 'pending' then
+  redis.call('HDEL', KEYS[1], 'cancel')
+end
+if #ARGV >= 15 then redis.call('RPUSH', KEYS[2], unpack(ARGV, 15)) end
+if KEYS[5] ~= KEYS[6] then
+  redis.call('ZREM', KEYS[5], ARGV[14])
+  redis.call('ZADD', KEYS[6], ARGV[12], ARGV[14])
+end
+if ARGV[13] == '' then
+  redis.call('ZREM', KEYS[4], ARGV[14])
+else
+  redis.call('ZADD', KEYS[4], ARGV[13], ARGV[14])
+end
+if ARGV[10] ~= '' then
+  redis.call('HSET', KEYS[7], ARGV[11], ARGV[10])
+  redis.call('ZADD', KEYS[8], ARGV[12], ARGV[11])
+end
+if flag('r') then redis.call('DEL', KEYS[3]) end
 local ttl = tonumber(ARGV[9])
 if ttl > 0 then
-  for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
-  if ARGV[10] ~= '' or redis.call('EXISTS', KEYS[5]) == 1 then redis.call('PEXPIRE', KEYS[5], ttl) end
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
 end
 return {1, 'ok', cancel}

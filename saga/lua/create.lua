@@ -1,19 +1,28 @@
 -- create.lua: write a new run, or report the run that already has this id (start-key dedup).
--- Caller: RedisStore.create (start() of a run).
--- KEYS[1] meta (hash)   KEYS[2] history (list of snapshots)   KEYS[3] events (list)
--- ARGV[1] saga name   ARGV[2] definition fingerprint   ARGV[3] snapshot v1   ARGV[4] saga.started event
--- ARGV[5] start key ('' if none)   ARGV[6] status   ARGV[7] cursor   ARGV[8] definition version
--- ARGV[9] the definition's shape (JSON)   ARGV[10] sha256 of the start payload
+-- Caller: RedisStore.create (start() of a run). One slot: the run's keys and its bucket's indexes.
+-- KEYS[1] meta (hash)   KEYS[2] events (list)   KEYS[3] bucket's active index (zset)
+-- KEYS[4] bucket's index of the run's status (zset)   KEYS[5] bucket's shapes (hash)
+-- ARGV[1] run id   ARGV[2] saga name   ARGV[3] definition fingerprint   ARGV[4] its shape (JSON)
+-- ARGV[5] snapshot v1   ARGV[6] saga.started, stored form   ARGV[7] start key ('' if none)
+-- ARGV[8] status   ARGV[9] cursor   ARGV[10] definition version
+-- ARGV[11] sha256 of the start payload ('' = no start key, so no second start to compare with)
+-- ARGV[12] start time, µs   ARGV[13] now, s   ARGV[14] watchdog deadline, s
 -- Returns 'created' | 'exists' (a run with this id and the same start payload: nothing written)
 --       | 'conflict' (a run with this id was started with another payload: nothing written).
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local input = redis.call('HGET', KEYS[1], 'input')
-  if input and input ~= ARGV[10] then return 'conflict' end
+  if input and input ~= ARGV[11] then return 'conflict' end
   return 'exists'
 end
-redis.call('HSET', KEYS[1], 'saga', ARGV[1], 'fingerprint', ARGV[2], 'version', 1, 'fence', 0,
-  'attempt', 0, 'dups', 0, 'key', ARGV[5], 'status', ARGV[6], 'cursor', ARGV[7], 'sv', ARGV[8],
-  'shape', ARGV[9], 'input', ARGV[10])
-redis.call('RPUSH', KEYS[2], ARGV[3])
-redis.call('RPUSH', KEYS[3], ARGV[4])
+local fields = {'saga', ARGV[2], 'fingerprint', ARGV[3], 'version', 1, 'status', ARGV[8], 'cursor', ARGV[9],
+  'sv', ARGV[10], 't0', ARGV[12], 's', ARGV[5]}
+if ARGV[7] ~= '' then
+  fields[#fields + 1] = 'key'; fields[#fields + 1] = ARGV[7]
+  fields[#fields + 1] = 'input'; fields[#fields + 1] = ARGV[11]
+end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('RPUSH', KEYS[2], ARGV[6])
+redis.call('HSETNX', KEYS[5], ARGV[3], ARGV[4])
+redis.call('ZADD', KEYS[4], ARGV[13], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[14], ARGV[1])
 return 'created'

@@ -36,7 +36,7 @@ def ledger() -> redis.Redis:
     global _client
     if _client is None:
         _client = redis.Redis.from_url(
-            get_settings().redis_url,
+            os.environ.get("CHAOS_LEDGER_URL") or get_settings().redis_url,
             decode_responses=True,
             retry_on_error=[redis.ConnectionError],
             socket_connect_timeout=2,

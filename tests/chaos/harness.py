@@ -1,5 +1,8 @@
 """Drives the chaos suite: its own Redis (AOF, fsync always), prefork workers as subprocesses,
-kills and restarts, then checks every run against the effects ledger."""
+kills and restarts, then checks every run against the effects ledger.
+
+With TEST_STORE=cluster the store is a 3-master Redis Cluster of its own (AOF) and the Redis
+restart is a master's; the broker and the effects ledger stay on the plain Redis."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from saga import SagaError, Settings
 from saga.registry import default_registry
 from saga.state import parse_iso
 from saga.testing import (
+    RedisCluster,
     RedisServer,
     configured,
     process_children,
@@ -66,8 +70,9 @@ class Cluster:
     """A Redis and a set of worker processes that can be killed, replaced and redeployed with
     other saga versions."""
 
-    def __init__(self, workers: int = 2, lease: float = 2.0) -> None:
+    def __init__(self, workers: int = 2, lease: float = 2.0, *, on_cluster: bool = False) -> None:
         self.redis = RedisServer(appendonly=True)
+        self.store = RedisCluster(3, appendonly=True) if on_cluster else None
         self.lease = lease
         self.size = workers
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
@@ -79,7 +84,8 @@ class Cluster:
     def settings(self) -> Settings:
         """What the workers and the driving process run with."""
         return Settings(
-            redis_url=self.redis.url,
+            redis_url=self.redis.url if self.store is None else self.store.url,
+            broker_url=self.redis.url,
             lease_seconds=self.lease,
             watchdog_interval=0.5,
             dispatch_timeout=15,
@@ -88,13 +94,15 @@ class Cluster:
 
     def start(self) -> None:
         self.redis.start()
+        if self.store is not None:
+            self.store.start()
         for _ in range(self.size):
             self.add_worker("1")
 
     def add_worker(self, versions: str) -> int:
         wid = self.next_id
         self.next_id += 1
-        env = worker_env(self.settings, PYTHONPATH=str(ROOT), CHAOS_VERSIONS=versions)
+        env = worker_env(self.settings, PYTHONPATH=str(ROOT), CHAOS_VERSIONS=versions, CHAOS_LEDGER_URL=self.redis.url)
         self.procs[wid] = start_worker_process(
             "tests.chaos.app", env, name=f"chaos{wid}", cwd=ROOT, log=self.logdir / f"worker{wid}.log"
         )
@@ -115,6 +123,13 @@ class Cluster:
             del self.versions[wid]
             self.add_worker(versions)
 
+    def restart_store(self) -> None:
+        """Restart the store's Redis (a SIGKILLed master of the cluster, restarted from its AOF)."""
+        if self.store is None:
+            self.redis.restart()
+        else:
+            self.store.restart_node(random.randrange(len(self.store.nodes)), kill=True)
+
     def kill_child(self) -> bool:
         """SIGKILL one pool child of a worker; its parent replaces it."""
         for wid in random.sample(sorted(self.procs), len(self.procs)):
@@ -129,6 +144,8 @@ class Cluster:
             stop_process_group(proc, signal.SIGKILL)
         self.procs.clear()
         self.redis.close()
+        if self.store is not None:
+            self.store.close()
 
 
 def run_chaos(seconds: float, rate: float = 2.0, seed: int | None = None) -> Figures:
@@ -136,7 +153,7 @@ def run_chaos(seconds: float, rate: float = 2.0, seed: int | None = None) -> Fig
 
     Raises AssertionError with a precise message on the first broken invariant.
     """
-    cluster = Cluster()
+    cluster = Cluster(on_cluster=os.environ.get("TEST_STORE") == "cluster")
     cluster.start()
     try:
         # this process only starts and inspects runs, against the cluster's Redis
@@ -186,7 +203,7 @@ def _drive(cluster: Cluster, seconds: float, rate: float, rng: random.Random) ->
                 figures.kills_child += 1
                 kills.append(time.time())
             elif action == "restart_redis":
-                cluster.redis.restart()
+                cluster.restart_store()
                 figures.redis_restarts += 1
             elif action == "deploy_v2_only":
                 cluster.redeploy("2", count=1)
