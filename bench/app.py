@@ -1,8 +1,9 @@
 """The Celery apps both benchmark workers import.
 
 * ``saga_app``: the saga defaults (:func:`saga.create_app`), broker and store at ``SAGA_REDIS_URL``;
-  it runs ``noop5`` (5 no-op steps) and ``recover5`` (step 3 sleeps on its first attempt when the
-  payload asks, so that a worker can be killed in the middle of it).
+  it runs ``noop5`` (5 no-op steps), ``recover5`` (step 3 sleeps on its first attempt when the
+  payload asks, so that a worker can be killed in the middle of it) and the memory sagas
+  ``mem5``, ``mem5big``, ``mem30`` (bytes per finished run).
 * ``chain_app``: the same broker and worker settings (JSON, late acks, prefetch 1) plus what a
   plain Celery user has by default: a Redis result backend, results stored. Broker and backend
   are ``BENCH_CHAIN_REDIS_URL`` (a Redis of its own, so the two variants' command counts never
@@ -104,6 +105,27 @@ def r4(payload: dict[str, Any], ctx: StepContext) -> None:
 def r5(payload: dict[str, Any], ctx: StepContext) -> None:
     """No-op step 5."""
     return None
+
+
+# --- the memory sagas: bytes per finished run (bench.hot_tier) ---------------------------------
+
+
+def _memory_saga(name: str, steps: int, adds: int) -> Saga:
+    """A saga of ``steps`` steps; each returns ``adds`` bytes of new payload (nothing when 0)."""
+    saga = Saga(name, app=saga_app)
+    for i in range(steps):
+
+        def body(payload: dict[str, Any], ctx: StepContext, key: str = f"add{i}") -> dict[str, Any] | None:
+            return {key: "y" * adds} if adds else None
+
+        saga.step(name=f"m{i}")(body)
+    return saga
+
+
+mem5 = _memory_saga("mem5", 5, 0)
+mem5big = _memory_saga("mem5big", 5, 2000)
+mem30 = _memory_saga("mem30", 30, 0)
+MEMORY_SAGAS = {"mem5": mem5, "mem5big": mem5big, "mem30": mem30}
 
 
 # --- (B) the plain Celery chain: the same 5 no-op tasks ----------------------------------------

@@ -35,6 +35,7 @@ from saga.registry import default_registry
 from saga.settings import Settings
 from saga.testing import RedisServer
 
+from .hot_tier import listing_figures, memory_figures
 from .measure import (
     GET_SLICE,
     BenchError,
@@ -69,6 +70,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, help="throughput repetitions per variant (default 3; quick 2)")
     p.add_argument("--latency-runs", type=int, help="sequential runs timed per variant (default 100; quick 10)")
     p.add_argument("--recovery-trials", type=int, help="SIGKILL recovery trials (default 5; quick 1)")
+    p.add_argument("--memory-runs", type=int, help="runs per memory saga (default 2000; quick 50)")
+    p.add_argument("--list-runs", type=int, help="runs under the listing figure (default 100000; quick 2000)")
     p.add_argument("--lease", type=float, default=2.0, help="SAGA_LEASE_SECONDS of the saga (default 2)")
     p.add_argument("--quick", action="store_true", help="a tiny smoke run (writes bench/results/quick.*)")
     p.add_argument("--json", type=Path, help="where to write the figures (default bench/results/latest.json)")
@@ -79,6 +82,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.reps = args.reps or (2 if quick else 3)
     args.latency_runs = args.latency_runs or (10 if quick else 100)
     args.recovery_trials = args.recovery_trials if args.recovery_trials is not None else (1 if quick else 5)
+    args.memory_runs = args.memory_runs or (50 if quick else 2000)
+    args.list_runs = args.list_runs or (2000 if quick else 100_000)
     args.json = args.json or RESULTS / ("quick.json" if quick else "latest.json")
     args.markdown = args.markdown or (RESULTS / "quick.md" if quick else BENCH_DIR / "last-run.md")
     if min(args.runs, args.reps, args.latency_runs) < 1 or args.recovery_trials < 0 or args.lease <= 0:
@@ -293,11 +298,25 @@ def measure(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
         "limit_s": RECOVERY_LIMIT_S,
         "trials": trials,
     }
+    print(f"Redis bytes per finished run ({args.memory_runs} runs of each saga)...", flush=True)
+    result["memory_per_run"] = memory_figures(app.MEMORY_SAGAS, sv.redis, args.memory_runs)
+    print(
+        f"saga list --status failed --limit 20 over {args.list_runs:,} runs (written straight to a Redis)...",
+        flush=True,
+    )
+    result["listing"] = listing_figures(args.list_runs)
+    print(
+        f"  {result['listing']['commands_per_call']:g} Redis commands, p50 {result['listing']['p50_ms']:g} ms "
+        f"({result['listing']['calls']} calls; filling took {result['listing']['fill_seconds']:g} s)",
+        flush=True,
+    )
     result["settings"] = {
         "runs": args.runs,
         "reps": args.reps,
         "latency_runs": args.latency_runs,
         "recovery_trials": args.recovery_trials,
+        "memory_runs": args.memory_runs,
+        "list_runs": args.list_runs,
         "warmup_runs": WARMUP_RUNS,
         "steps": STEPS,
         "pool": "prefork",

@@ -9,13 +9,16 @@ can be derived is left out, and put back on reading:
 - ``name``: the run's shape names the step at ``step``;
 - ``at``: microseconds since the run started, except ``saga.started``'s own, which is the
   ISO-8601 time the run started at;
+- ``version`` of a started event: the run's version when it began, the highest of the events
+  before it; of a ``step.succeeded`` or ``compensation.succeeded``, which opens its commit, one
+  above that; ``attempt`` of a started event when it is 1;
 - ``hash`` of ``step.succeeded``: left out when it equals the last checkpoint's (a step that
   returned nothing leaves the payload, and so its hash, as it was);
-- ``output`` of ``step.succeeded`` when empty.
+- ``output`` of ``step.succeeded`` when empty, and ``current_step`` when it is the next step.
 
-So a step that returns nothing costs two short arrays (``[1,5120,0,1,1]``, ``[3,5480,2,0,1,"running"]``)
-where its JSON events took some 400 bytes, and a run's bytes grow with its payload and its
-steps' outputs, not with its steps times its payload.
+So a step that returns nothing costs two short arrays (``[1,5120,2]``, ``[3,5480,2]``) where
+its JSON events took some 400 bytes, and a run's bytes grow with its payload and its steps'
+outputs, not with its steps times its payload.
 """
 
 from __future__ import annotations
@@ -54,14 +57,14 @@ CODES: dict[EventType, int] = {
 TYPES = {code: kind for kind, code in CODES.items()}
 
 _STEP = ("version", "step")
-#: The positional fields of each event type, after ``[code, at]``. A started event ends with
-#: ``attempt, version`` because ``begin.lua`` appends those two.
+#: The positional fields of each event type, after ``[code, at]`` (``begin.lua`` writes the
+#: started events itself, in this order).
 SCHEMA: dict[EventType, tuple[str, ...]] = {
     EventType.SAGA_STARTED: ("version", "saga", "payload", "definition_version"),
-    EventType.STEP_STARTED: ("step", "attempt", "version"),
-    EventType.COMPENSATION_STARTED: ("step", "attempt", "version"),
-    EventType.STEP_SUCCEEDED: (*_STEP, "current_step", "status", "hash", "output"),
-    EventType.COMPENSATION_SUCCEEDED: (*_STEP, "current_step"),
+    EventType.STEP_STARTED: ("step", "attempt"),
+    EventType.COMPENSATION_STARTED: ("step", "attempt"),
+    EventType.STEP_SUCCEEDED: ("step", "status", "hash", "output", "current_step", "version"),
+    EventType.COMPENSATION_SUCCEEDED: ("step", "current_step", "version"),
     EventType.STEP_RETRYING: (*_STEP, "direction", "attempt", "delay", "error_type", "error_message"),
     EventType.STEP_FAILED: (*_STEP, "error"),
     EventType.COMPENSATION_FAILED: (*_STEP, "error"),
@@ -86,6 +89,11 @@ SCHEMA: dict[EventType, tuple[str, ...]] = {
     EventType.SAGA_MESSAGE_REJECTED: ("version", "task", "reason"),
 }
 _DERIVED = frozenset({"type", "run_id", "at", "name"})
+#: Events recorded at the run's current version (snapshot-neutral, appended by begin.lua), whose
+#: version is not stored: it is the highest version of the events before them.
+_AT_CURRENT_VERSION = frozenset({EventType.STEP_STARTED, EventType.COMPENSATION_STARTED})
+#: Events that open a commit: their version, one above the highest before them, is left out.
+_OPEN_A_COMMIT = frozenset({EventType.STEP_SUCCEEDED, EventType.COMPENSATION_SUCCEEDED})
 
 
 def micros(at: str) -> int:
@@ -104,17 +112,26 @@ def _dumps(value: Any) -> str:
 
 
 class Packer:
-    """Packs the events of one run in order, from its start time and last checkpoint hash."""
+    """Packs the events that follow a run's version ``version`` in order, knowing its start time
+    and its last checkpoint's hash."""
 
-    def __init__(self, started_us: int, last_hash: str | None) -> None:
+    def __init__(self, started_us: int, last_hash: str | None, version: int = 0) -> None:
         self.started_us = started_us
         self.last_hash = last_hash
+        self.version = version
 
     def pack(self, event: Mapping[str, Any]) -> str:
         """One event as its stored form."""
         kind = EventType(event["type"])
         at: Any = event["at"] if kind is EventType.SAGA_STARTED else micros(event["at"]) - self.started_us
         fields = dict(event)
+        if kind in _AT_CURRENT_VERSION:
+            fields.pop("version", None)
+            if fields.get("attempt") == 1:
+                del fields["attempt"]
+        elif kind in _OPEN_A_COMMIT and fields.get("version") == self.version + 1:
+            del fields["version"]
+        self.version = max(self.version, event.get("version", 0))
         if kind is EventType.STEP_SUCCEEDED:
             if fields.get("hash") == self.last_hash:
                 del fields["hash"]
@@ -122,6 +139,8 @@ class Packer:
                 self.last_hash = fields.get("hash")
             if fields.get("output") == {}:
                 del fields["output"]
+            if fields.get("current_step") == fields.get("step", -1) + 1:
+                del fields["current_step"]
         schema = SCHEMA[kind]
         row: list[Any] = [CODES[kind], at, *(fields.get(name) for name in schema)]
         while len(row) > 2 and row[-1] is None:
@@ -137,6 +156,7 @@ def unpack(run_id: str, rows: Iterable[str], shape: Shape | None) -> list[Event]
     events: list[Event] = []
     started_us = 0
     last_hash: str | None = None
+    version = 0
     for text in rows:
         row = json.loads(text)
         kind = TYPES[row[0]]
@@ -149,7 +169,13 @@ def unpack(run_id: str, rows: Iterable[str], shape: Shape | None) -> list[Event]
             started_us = micros(at)
         else:
             at = iso(started_us + row[1])
-        event: Event = {"type": kind.value, "run_id": run_id, "version": fields.pop("version"), "at": at}
+        if kind in _AT_CURRENT_VERSION:
+            at_version = version
+            fields.setdefault("attempt", 1)
+        else:
+            at_version = fields.pop("version") if "version" in fields else version + 1
+            version = max(version, at_version)
+        event: Event = {"type": kind.value, "run_id": run_id, "version": at_version, "at": at}
         if "step" in fields:
             event["step"] = fields.pop("step")
             if shape is not None and "name" not in extra and 0 <= event["step"] < len(shape.steps):
@@ -157,6 +183,7 @@ def unpack(run_id: str, rows: Iterable[str], shape: Shape | None) -> list[Event]
         if kind is EventType.STEP_SUCCEEDED:
             fields.setdefault("output", {})
             fields.setdefault("hash", last_hash)
+            fields.setdefault("current_step", event["step"] + 1)
             last_hash = fields["hash"]
         event.update(extra)
         event.update(fields)

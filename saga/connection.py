@@ -61,6 +61,22 @@ def _options(retries: int) -> dict[str, Any]:
     }
 
 
+def same_server(url: str, other: str) -> bool:
+    """Whether two Redis URLs name the same server and database (as the same user)."""
+    try:
+        a, b = urlsplit(url), urlsplit(other)
+        return (a.scheme, a.hostname, a.port or 6379, a.username, a.password, a.path.strip("/") or "0") == (
+            b.scheme,
+            b.hostname,
+            b.port or 6379,
+            b.username,
+            b.password,
+            b.path.strip("/") or "0",
+        ) and a.scheme in ("redis", "rediss")
+    except ValueError:
+        return False
+
+
 def connect(url: str, retries: int) -> Client:
     """A client for ``url`` that retries connection errors ``retries`` times with backoff.
 

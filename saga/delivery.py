@@ -210,6 +210,9 @@ class Delivery:
         if begin.outcome is BeginOutcome.MISSING:
             self.log.error("no such run (expired or never started); message ignored")
             return None
+        if begin.outcome in (BeginOutcome.BUSY, BeginOutcome.STALE):
+            self.log.info("%s: another attempt holds the run or its cursor moved on; skipping", begin.outcome)
+            return None
         if state is None:  # a completed or compensated run keeps no snapshot: nothing runs for it
             self.log.info("the run has finished; skipping (%s)", begin.outcome)
             return None
@@ -217,9 +220,6 @@ class Delivery:
             self.log.info("already committed: skipping the body (duplicate delivery)")
             if begin.idle and not state.status.terminal:
                 dispatch(rt, state)  # make sure the run moves on; a duplicate is deduplicated too
-            return None
-        if begin.outcome in (BeginOutcome.BUSY, BeginOutcome.STALE):
-            self.log.info("%s: another attempt holds the run or its cursor moved on; skipping", begin.outcome)
             return None
         if begin.outcome is BeginOutcome.DRIFT:
             if self.by_name:
@@ -241,7 +241,7 @@ class Delivery:
                 _await(done)
             return None
         output: Any = step.fn(payload, ctx)
-        if inspect.isawaitable(output):
+        if output is not None and not isinstance(output, dict) and inspect.isawaitable(output):
             output = _await(output)
         return output
 

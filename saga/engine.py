@@ -20,11 +20,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import decide, metrics, policy, tasks
+from . import decide, messages, metrics, policy, tasks
 from .errors import BrokerUnavailable, CheckpointCorrupted, InvalidPayload, KeyConflict, SagaDefinitionError
 from .heartbeat import Heartbeat
 from .log import RunLog, run_logger
-from .schema import PLAIN_COMMIT, CommitOptions, CommitResult, CreateOutcome, ParkOutcome
+from .schema import PLAIN_COMMIT, CommitOptions, CommitResult, CreateOutcome, Message, ParkOutcome
 from .settings import Settings
 from .state import Direction, SagaState, Shape, Status, Transition
 from .store import RedisStore
@@ -106,14 +106,31 @@ class Runtime:
 # --- sending and committing ------------------------------------------------------------------
 
 
+def _task_of(rt: Runtime, index: int, direction: Direction) -> tuple[str, str]:
+    """The task name and queue of step ``index`` in ``direction``."""
+    s = rt.settings
+    queue = s.step_queue if direction is Direction.FORWARD else s.compensation_queue
+    return tasks.task_name(rt.name, rt.step_name(index), direction), queue
+
+
+def next_message(rt: Runtime, state: SagaState) -> Message | None:
+    """The message of the task at the cursor of the run in ``state``, for the store to push with
+    the commit that leads there — when the broker is the store's Redis (one round trip, and no
+    moment where a committed step has no message). None when the run is finished or the
+    message must be sent after the commit instead (:func:`dispatch`)."""
+    app = rt.definition.app
+    if state.status.terminal or not rt.store.pushes_messages(messages.broker_url(app)):
+        return None
+    name, queue = _task_of(rt, state.current_step, state.direction)
+    return messages.redis_message(app, name, state.id, version=state.definition_version, queue=queue)
+
+
 def send_step(rt: Runtime, state: SagaState, index: int, direction: Direction, **options: Any) -> bool:
     """Send the task of step ``index`` in ``direction`` for the run in ``state`` (carrying the
     run's definition version). A broker that cannot be reached is logged, not raised: the run
     is saved, and the watchdog sends its step once ``SAGA_DISPATCH_TIMEOUT`` passes."""
-    s = rt.settings
+    name, queue = _task_of(rt, index, direction)
     step = rt.step_name(index)
-    queue = s.step_queue if direction is Direction.FORWARD else s.compensation_queue
-    name = tasks.task_name(rt.name, step, direction)
     try:
         tasks.send(rt.definition.app, name, state.id, version=state.definition_version, queue=queue, **options)
     except BrokerUnavailable as exc:
@@ -143,20 +160,22 @@ def commit_and_follow(
     The retention of the run's keys and its next watchdog deadline come from :mod:`saga.policy`.
     """
     after = transition.state
+    message = next_message(rt, after)
     result = rt.store.commit(
         before,
         transition,
         options,
         check_at=policy.next_check_at(after.status, time.time(), rt.settings.lease_seconds),
         ttl_ms=policy.retention_ms(after.status, rt.settings.retention_seconds),
+        message=message,
     )
     if not result.applied:
         return result
     if result.cancel and after.status is Status.RUNNING:
-        cancel_now(rt, after, result.cancel)
+        cancel_now(rt, after, result.cancel)  # the commit pushed no message: the cancel decides
     elif after.status.terminal:
         metrics.run_finished(rt.name, after.status.value)
-    else:
+    elif message is None:
         dispatch(rt, after)
     return result
 
@@ -182,10 +201,11 @@ def start_run(rt: Runtime, payload: object, key: str | None) -> str:
     run_id = str(uuid.uuid5(_KEY_NAMESPACE, f"{rt.name}\0{key}")) if key is not None else str(uuid.uuid4())
     start = decide.decide_start(run_id, rt.name, body, definition_version=rt.definition.version)
     check_at = policy.dispatch_check_at(time.time(), rt.settings.dispatch_timeout)
-    outcome = rt.store.create(shape, start, key, check_at=check_at)
+    message = next_message(rt, start.state)
+    outcome = rt.store.create(shape, start, key, check_at=check_at, message=message)
     if outcome is CreateOutcome.CONFLICT:
         raise KeyConflict(rt.name, key or "", run_id)
-    if outcome is CreateOutcome.CREATED:
+    if outcome is CreateOutcome.CREATED and message is None:
         dispatch(rt, start.state)
     return run_id
 

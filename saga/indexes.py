@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import cast
 
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
 from .connection import Client, connect, guard, load_script, redact
@@ -92,6 +93,11 @@ class BucketedStore:
                 f"SAGA_BUCKETS is {self.buckets} but the store at {redact(self.url)} (prefix {self.prefix!r}) "
                 f"was laid out with {stored}; set SAGA_BUCKETS={stored} on every worker and client"
             )
+
+    @property
+    def on_cluster(self) -> bool:
+        """Whether the store is a Redis Cluster."""
+        return isinstance(self.client, RedisCluster)
 
     def script(self, name: str) -> Script:
         """A script of ``saga/lua/``, registered on the client."""

@@ -61,6 +61,7 @@ _metrics: _Metrics | None = None
 def _get() -> _Metrics:
     global _metrics
     if _metrics is None:
+        _children.clear()
         _metrics = _Metrics(
             Counter("saga_runs_started_total", "Runs whose first step began.", ["saga"]),
             Counter("saga_runs_finished_total", "Runs that reached a terminal status.", ["saga", "status"]),
@@ -76,6 +77,19 @@ def _get() -> _Metrics:
             Counter("saga_poison_messages_total", "Malformed messages rejected unprocessed.", ["task"]),
         )
     return _metrics
+
+
+#: Labelled children already looked up: ``labels()`` validates and locks on every call, and a
+#: step's histogram is observed on every delivery.
+_children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def _child(metric: Counter | Histogram, *labels: str) -> Any:
+    key = (id(metric), labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
 
 
 def _safely(record: Callable[[], Any]) -> None:
@@ -100,9 +114,9 @@ def step_finished(saga: str, step: str, direction: str, seconds: float, outcome:
 
     def record() -> None:
         m = _get()
-        m.step_duration.labels(saga, step, direction, outcome).observe(seconds)
+        _child(m.step_duration, saga, step, direction, outcome).observe(seconds)
         if outcome == "retrying":
-            m.retries.labels(saga, step, direction).inc()
+            _child(m.retries, saga, step, direction).inc()
 
     _safely(record)
 

@@ -10,14 +10,15 @@ does. ``P`` is the key prefix.
 ==============================  ======  ==========================================================
 key                             type    holds
 ==============================  ======  ==========================================================
-``P:{k}:r:R``                   hash    the run's bookkeeping: saga, sv (definition version),
-                                        fingerprint, input (start payload hash), key, t0 (start,
-                                        µs), version, status, cursor, fence, attempt, dups,
-                                        cancel, parked, unwind, the dedup marks
-                                        ``d:forward:i`` / ``d:compensation:i``; ``s``, the latest
-                                        snapshot, while the run is unfinished or failed; ``h``,
-                                        the head (version, status, cursor, payload hash) of a
-                                        completed or compensated run
+``P:{k}:r:R``                   hash    the run's bookkeeping, short fields only (so Redis keeps
+                                        it a compact listpack): saga, sv (definition version),
+                                        fingerprint, input (start payload hash, with a start
+                                        key), t0 (start, µs), version, status, cursor, fence,
+                                        attempt, dups, cancel, parked, unwind, the dedup marks
+                                        ``d:forward:i`` / ``d:compensation:i`` (all but the last
+                                        dropped when the run completes or is compensated)
+``P:{k}:s:R``                   string  the latest snapshot (JSON), while the run is unfinished
+                                        or failed
 ``P:{k}:e:R``                   list    the run's events, oldest first (:mod:`saga.codec`)
 ``P:{k}:l:R``                   string  fencing token of the running attempt (or ``backoff:n``)
 ``P:{k}:active``                zset    unfinished run -> time by which it must show progress
@@ -52,12 +53,13 @@ class RunKeys(NamedTuple):
     meta: str
     events: str
     lease: str
+    snapshot: str
 
 
 def run_keys(prefix: str, bucket: int, run_id: str) -> RunKeys:
     """Every key of one run, tagged with its bucket."""
     base = f"{prefix}:{{{bucket}}}"
-    return RunKeys(f"{base}:r:{run_id}", f"{base}:e:{run_id}", f"{base}:l:{run_id}")
+    return RunKeys(f"{base}:r:{run_id}", f"{base}:e:{run_id}", f"{base}:l:{run_id}", f"{base}:s:{run_id}")
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,15 @@ class CommitReason(StrEnum):
     DONE = "done"  # the step's dedup mark is set by another commit
     MISSING = "missing"  # no such run
     LEASED = "leased"  # refused while an attempt holds a live lease
+
+
+@dataclass(frozen=True)
+class Message:
+    """A task message a commit script pushes to the broker (when the broker is the store's own
+    Redis): the list it goes to and the message as the broker's consumers read it."""
+
+    key: str
+    body: str
 
 
 @dataclass(frozen=True)

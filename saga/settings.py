@@ -71,6 +71,11 @@ class Settings(BaseModel):
     @model_validator(mode="after")
     def _broker_defaults_to_redis(self) -> Settings:
         if not self.broker_url:
+            if "+cluster://" in self.redis_url:
+                raise ValueError(
+                    "SAGA_REDIS_URL names a Redis Cluster, which cannot be the Celery broker: "
+                    "set SAGA_BROKER_URL to a plain Redis or RabbitMQ"
+                )
             object.__setattr__(self, "broker_url", self.redis_url)
         return self
 
@@ -86,6 +91,8 @@ class Settings(BaseModel):
             return cls.model_validate(values)
         except ValidationError as exc:
             first = exc.errors()[0]
+            if not first["loc"] and "error" in first.get("ctx", {}):
+                raise SettingsError(str(first["ctx"]["error"])) from None
             field = ENV_PREFIX + str(first["loc"][0]).upper() if first["loc"] else "SAGA_*"
             if first["type"] == "extra_forbidden":
                 raise SettingsError(f"{field} is not a known setting; see README 'Settings'") from None

@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import replace
-from typing import Any, cast
+from typing import Any
 
 from . import codec
-from .errors import RunNotFound
-from .indexes import BucketedStore
+from .connection import same_server
+from .reads import RunReads, snapshot_state
 from .schema import (
     PLAIN_COMMIT,
     Begin,
@@ -26,11 +25,11 @@ from .schema import (
     CommitReason,
     CommitResult,
     CreateOutcome,
+    Message,
     ParkOutcome,
-    Progress,
 )
 from .settings import DEFAULT_BUCKETS
-from .state import Direction, Event, EventType, SagaState, Shape, Status, Transition, json_copy, payload_hash, rebuild
+from .state import Direction, Event, EventType, SagaState, Shape, Status, Transition, payload_hash
 
 #: Statuses whose runs keep no snapshot: their events are their whole record.
 _SETTLED = frozenset({Status.COMPLETED, Status.COMPENSATED})
@@ -40,21 +39,18 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
-def _state(snapshot: str | None) -> SagaState | None:
-    return SagaState.from_dict(json.loads(snapshot)) if snapshot else None
-
-
 def _packer(state: SagaState) -> codec.Packer:
     """Packs events that follow ``state``."""
     last = state.checkpoints[-1].hash if state.checkpoints else None
-    return codec.Packer(codec.micros(state.created_at), last)
+    return codec.Packer(codec.micros(state.created_at), last, state.version)
 
 
-class RedisStore(BucketedStore):
+class RedisStore(RunReads):
     """Runs, their events, leases and dead letters in one Redis or one Redis Cluster.
 
-    The cross-run operations (watchdog list, lock, parked runs, dead letters, listing) come from
-    :class:`~saga.indexes.BucketedStore`, with the connection and key layout.
+    The reads of a run come from :class:`~saga.reads.RunReads`; the cross-run operations
+    (watchdog list, lock, parked runs, dead letters, listing) and the connection and key layout
+    from :class:`~saga.indexes.BucketedStore`.
 
     Guarantees: each transition is committed by one script call (one round trip) that also
     moves the run in its bucket's indexes, so a reader sees a run either before or after it,
@@ -66,15 +62,19 @@ class RedisStore(BucketedStore):
 
     def __init__(self, url: str, *, prefix: str = "saga", retries: int = 8, buckets: int = DEFAULT_BUCKETS) -> None:
         super().__init__(url, prefix=prefix, retries=retries, buckets=buckets)
-        self._shapes: dict[str, Shape] = {}
+        self._pushes: dict[str, bool] = {}
 
     # --- writing ---------------------------------------------------------------------------
 
-    def create(self, shape: Shape, start: Transition, key: str | None, *, check_at: float) -> CreateOutcome:
+    def create(
+        self, shape: Shape, start: Transition, key: str | None, *, check_at: float, message: Message | None = None
+    ) -> CreateOutcome:
         """Write a new run from its start transition, listed as pending and due for the watchdog
         at ``check_at``, recording the definition's shape (and, with a start ``key``, a hash of
-        the start payload). A run with this id already there is left as it is: ``EXISTS`` when
-        it was started with the same payload, ``CONFLICT`` when with another."""
+        the start payload); with ``message``, push its first task's message in the same script
+        (see :meth:`pushes_messages`). A run with this id already there is left as it is (and
+        nothing is pushed): ``EXISTS`` when it was started with the same payload, ``CONFLICT``
+        when with another."""
         state = start.state
         k, b = self.keys(state.id), self.bucket_keys(state.id)
         started_us = codec.micros(state.created_at)
@@ -84,7 +84,7 @@ class RedisStore(BucketedStore):
             shape.fingerprint,
             _dumps(shape.to_list()),
             _dumps(state.to_dict()),
-            codec.Packer(started_us, None).pack(start.events[0]),
+            codec.Packer(started_us, None, 0).pack(start.events[0]),
             key or "",
             state.status.value,
             state.current_step,
@@ -93,8 +93,11 @@ class RedisStore(BucketedStore):
             started_us,
             time.time(),
             check_at,
+            message.body if message else "",
         ]
-        keys = [k.meta, k.events, b.active, b.status(state.status), b.shapes]
+        keys = [k.meta, k.events, b.active, b.status(state.status), b.shapes, k.snapshot]
+        if message is not None:
+            keys.append(message.key)
         with self._guard():
             return CreateOutcome(self.script("create")(keys=keys, args=args))
 
@@ -114,7 +117,7 @@ class RedisStore(BucketedStore):
         deadline becomes ``check_at``, so the watchdog follows every lease, the first step's
         too. ``fingerprint`` '' runs a compensation by name for an operator's unwind.
 
-        The state comes with every outcome but ``MISSING``, except for a completed or
+        The state comes with ``RUN``, ``DONE`` and ``DRIFT``, except for a completed or
         compensated run (it keeps no snapshot; nothing runs for it).
         """
         k, b = self.keys(run_id), self.bucket_keys(run_id)
@@ -123,12 +126,12 @@ class RedisStore(BucketedStore):
         args = [direction.value, index, lease_ms, attempt, fingerprint, codec.CODES[kind], now_us, check_at, run_id]
         with self._guard():
             outcome, snapshot, token, n, extra = self.script("begin")(
-                keys=[k.meta, k.events, k.lease, b.active], args=args
+                keys=[k.meta, k.events, k.lease, b.active, k.snapshot], args=args
             )
         result = BeginOutcome(outcome)
         return Begin(
             result,
-            _state(snapshot),
+            snapshot_state(snapshot),
             token,
             int(n),
             idle=result is BeginOutcome.DONE and extra == "1",
@@ -143,12 +146,16 @@ class RedisStore(BucketedStore):
         *,
         check_at: float | None,
         ttl_ms: int = 0,
+        message: Message | None = None,
     ) -> CommitResult:
         """Commit one transition (see commit.lua): the new snapshot, its events, and as
         ``options`` say the step's dedup mark, the lease released, a dead-letter entry; the run
         moves to its new status's index and its watchdog deadline becomes ``check_at`` (None:
-        off the list, it is finished). Its keys expire after ``ttl_ms`` (0: kept). If the
-        version moved or the token no longer holds the run, nothing at all is written.
+        off the list, it is finished). Its keys expire after ``ttl_ms`` (0: kept). With
+        ``message``, the next task's message is pushed to the broker in the same script, unless
+        the run goes on running while an operator asked to cancel it (the result's ``cancel``
+        says so, and the caller cancels). If the
+        version moved or the token no longer holds the run, nothing at all is written or pushed.
         """
         after = transition.state
         o = options
@@ -176,6 +183,8 @@ class RedisStore(BucketedStore):
             b.status(after.status),
             b.dlq,
             b.dlq_index,
+            k.snapshot,
+            *([message.key] if message else []),
         ]
         args = [
             before.version,
@@ -192,6 +201,7 @@ class RedisStore(BucketedStore):
             time.time(),
             "" if check_at is None else check_at,
             after.id,
+            message.body if message else "",
             *(packer.pack(e) for e in transition.events),
         ]
         with self._guard():
@@ -252,6 +262,13 @@ class RedisStore(BucketedStore):
         with self._guard():
             return ParkOutcome(self.script("park")(keys=[k.meta, k.events, k.lease, b.parked], args=args))
 
+    def pushes_messages(self, broker_url: str) -> bool:
+        """Whether task messages for the broker at ``broker_url`` can be pushed by this store's
+        scripts: the broker is this very Redis (same server and database) and not a cluster."""
+        if broker_url not in self._pushes:
+            self._pushes[broker_url] = same_server(self.url, broker_url) and not self.on_cluster
+        return self._pushes[broker_url]
+
     def request_cancel(self, run_id: str, reason: str) -> None:
         """Ask the attempt running now to cancel the run when it commits."""
         with self._guard():
@@ -261,119 +278,3 @@ class RedisStore(BucketedStore):
         """Extend a lease that still carries ``token``."""
         with self._guard():
             return bool(self.script("renew")(keys=[self.keys(run_id).lease], args=[token, lease_ms]))
-
-    # --- reading ---------------------------------------------------------------------------
-
-    def get(self, run_id: str) -> SagaState:
-        """The latest state of a run."""
-        state = self.snapshots([run_id])[0]
-        if state is None:
-            raise RunNotFound(run_id)
-        return state
-
-    def snapshots(self, run_ids: Sequence[str]) -> list[SagaState | None]:
-        """The latest state of each run (None where there is no such run), in one round trip
-        for runs with a snapshot and one more for those rebuilt from their events."""
-        with self._guard():
-            pipe = self.client.pipeline(transaction=False)
-            for run_id in run_ids:
-                pipe.hmget(self.keys(run_id).meta, ["s", "fingerprint"])
-            rows = cast(list[list[str | None]], pipe.execute())
-        states = [_state(snapshot) for snapshot, _ in rows]
-        settled = [i for i, (snapshot, fingerprint) in enumerate(rows) if snapshot is None and fingerprint]
-        if settled:
-            logs = self._logs([(run_ids[i], rows[i][1] or "") for i in settled])
-            for i, events in zip(settled, logs, strict=True):
-                states[i] = rebuild(events) if events else None
-        return states
-
-    def labels(self, run_ids: Sequence[str]) -> list[tuple[str, int] | None]:
-        """The saga name and definition version of each run (None where there is no such run),
-        in one round trip."""
-        with self._guard():
-            pipe = self.client.pipeline(transaction=False)
-            for run_id in run_ids:
-                pipe.hmget(self.keys(run_id).meta, ["saga", "sv"])
-            rows = cast(list[list[str | None]], pipe.execute())
-        return [(saga, int(sv or 1)) if saga else None for saga, sv in rows]
-
-    def events(self, run_id: str) -> list[Event]:
-        """Every event of a run, oldest first."""
-        with self._guard():
-            fingerprint = cast(str | None, self.client.hget(self.keys(run_id).meta, "fingerprint"))
-        events = self._logs([(run_id, fingerprint or "")])[0]
-        if not events:
-            raise RunNotFound(run_id)
-        return events
-
-    def history(self, run_id: str) -> list[SagaState]:
-        """The run at every version, oldest first, rebuilt from its events (each state with a
-        payload of its own)."""
-        return [_own(s) for s in codec.versions(self.events(run_id))]
-
-    def at_version(self, run_id: str, version: int) -> SagaState:
-        """The run at one version, rebuilt from its events."""
-        states = codec.versions(self.events(run_id), until=version)
-        if version < 1 or states[-1].version != version:
-            raise RunNotFound(f"{run_id}@v{version}")
-        return _own(states[-1])
-
-    def meta(self, run_id: str) -> dict[str, str]:
-        """The run's bookkeeping fields (fingerprint, fence, attempt, dups, ...)."""
-        with self._guard():
-            data = cast(dict[str, str], self.client.hgetall(self.keys(run_id).meta))
-        if not data:
-            raise RunNotFound(run_id)
-        return data
-
-    def lease(self, run_id: str) -> str | None:
-        """The run's current lease value, if one is live."""
-        with self._guard():
-            return cast(str | None, self.client.get(self.keys(run_id).lease))
-
-    def progress(self, run_id: str) -> Progress:
-        """What the watchdog needs beyond the snapshot (see :class:`Progress`), in one round trip."""
-        k = self.keys(run_id)
-        with self._guard():
-            pipe = self.client.pipeline(transaction=False)
-            pipe.get(k.lease)
-            pipe.pttl(k.lease)
-            pipe.hmget(k.meta, ["attempt", "fingerprint", "parked"])
-            lease, left, (attempt, fingerprint, parked) = pipe.execute()
-        return Progress(
-            lease, max(int(left), 0) if lease is not None else 0, int(attempt or 0), fingerprint or "", parked
-        )
-
-    def shape(self, run_id: str) -> Shape | None:
-        """The shape of the definition a run started with (None for an unknown run)."""
-        with self._guard():
-            fingerprint = cast(str | None, self.client.hget(self.keys(run_id).meta, "fingerprint"))
-        return self._shape(run_id, fingerprint) if fingerprint else None
-
-    def _shape(self, run_id: str, fingerprint: str) -> Shape | None:
-        """A recorded shape by fingerprint (read once per process: a fingerprint's shape never
-        changes)."""
-        if fingerprint not in self._shapes:
-            with self._guard():
-                raw = cast(str | None, self.client.hget(self.bucket_keys(run_id).shapes, fingerprint))
-            if raw is None:
-                return None
-            self._shapes[fingerprint] = Shape.from_list(json.loads(raw))
-        return self._shapes[fingerprint]
-
-    def _logs(self, runs: Sequence[tuple[str, str]]) -> list[list[Event]]:
-        """The events of each (run id, fingerprint), in one round trip ([] for a run without)."""
-        with self._guard():
-            pipe = self.client.pipeline(transaction=False)
-            for run_id, _ in runs:
-                pipe.lrange(self.keys(run_id).events, 0, -1)
-            rows = cast(list[list[str]], pipe.execute())
-        return [
-            codec.unpack(run_id, raw, self._shape(run_id, fingerprint) if fingerprint else None) if raw else []
-            for (run_id, fingerprint), raw in zip(runs, rows, strict=True)
-        ]
-
-
-def _own(state: SagaState) -> SagaState:
-    """``state`` with a payload that shares nothing with any other state's."""
-    return replace(state, payload=json_copy(state.payload))

@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 LAYERS: list[tuple[str, list[str], bool]] = [
     ("core (pure: no I/O)", ["errors", "settings", "state", "codec", "validate", "schema", "decide", "policy"], False),
     ("logging and connections", ["log", "connection"], True),
-    ("cross-run index operations", ["indexes"], False),
-    ("adapters (one third-party library each)", ["store", "tasks", "metrics", "heartbeat"], True),
+    ("connection, indexes and reads", ["indexes", "reads"], False),
+    ("adapters (one third-party library each)", ["store", "tasks", "messages", "metrics", "heartbeat"], True),
     ("engine", ["engine", "delivery", "watchdog"], False),
     ("registry and definition API", ["registry", "definition"], False),
     ("operator actions and test harness", ["control", "testing"], True),
@@ -38,8 +38,8 @@ LAYERS: list[tuple[str, list[str], bool]] = [
 #: Third-party top-level packages, and the modules that alone may import them.
 ADAPTERS: dict[str, set[str]] = {
     "redis": {"connection", "indexes", "store"},
-    "celery": {"tasks"},
-    "kombu": {"tasks"},
+    "celery": {"tasks", "messages"},
+    "kombu": {"tasks", "messages"},
     "prometheus_client": {"metrics"},
     "pydantic": {"settings"},
     "click": {"cli", "cli_common", "cli_inspect", "cli_act"},

@@ -270,8 +270,9 @@ def test_an_unreachable_redis_is_one_line_exit_4_and_quick(command: list[str]) -
 def test_an_unexpected_error_is_one_line_unless_debug(redis_client: Client) -> None:
     # Given a snapshot that is not JSON at all
     run_id = f"garbled-{uuid.uuid4()}"
-    meta = default_registry().store.keys(run_id).meta
-    redis_client.hset(meta, mapping={"s": "not json", "fingerprint": "0"})
+    keys = default_registry().store.keys(run_id)
+    redis_client.hset(keys.meta, "fingerprint", "0")
+    redis_client.set(keys.snapshot, "not json")
     try:
         line = assert_one_line_error(saga("show", run_id), EXIT_ERROR)
         assert "unexpected JSONDecodeError" in line and "--debug" in line
@@ -279,7 +280,7 @@ def test_an_unexpected_error_is_one_line_unless_debug(redis_client: Client) -> N
         assert debug.returncode == EXIT_ERROR
         assert "Traceback" in debug.stderr and debug.stderr.splitlines()[-1].startswith("error: JSONDecodeError")
     finally:
-        redis_client.delete(meta)
+        redis_client.delete(keys.meta, keys.snapshot)
 
 
 def test_saga_app_comes_from_the_environment_and_a_bad_one_is_one_line(runs: dict[str, str]) -> None:

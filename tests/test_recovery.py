@@ -134,9 +134,9 @@ def test_a_checkpoint_that_does_not_verify_is_never_resumed(redis_client: Client
     keys = trip.store.keys(run_id)
     redis_client.delete(keys.lease)
     # ... whose stored payload was altered after its checkpoint
-    snap = json.loads(cast(str, redis_client.hget(keys.meta, "s")))
+    snap = json.loads(cast(str, redis_client.get(keys.snapshot)))
     snap["payload"]["hotel"] = "tampered"
-    redis_client.hset(keys.meta, "s", json.dumps(snap))
+    redis_client.set(keys.snapshot, json.dumps(snap))
     # When the watchdog looks at it
     trip.store.schedule(run_id, 0)
     watchdog.scan()

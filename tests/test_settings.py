@@ -30,3 +30,11 @@ def test_a_bad_value_is_one_line_naming_the_variable() -> None:
 def test_an_unknown_saga_variable_is_refused() -> None:
     with pytest.raises(SettingsError, match="SAGA_LEASE_SECS is not a known setting"):
         Settings.from_env({"SAGA_LEASE_SECS": "3"})
+
+
+def test_a_cluster_store_needs_a_broker_of_its_own() -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"SAGA_REDIS_URL": "redis+cluster://10.0.0.1:7000"})
+    assert str(info.value).startswith("SAGA_REDIS_URL names a Redis Cluster") and "SAGA_BROKER_URL" in str(info.value)
+    both = {"SAGA_REDIS_URL": "redis+cluster://10.0.0.1:7000", "SAGA_BROKER_URL": "amqp://guest@mq//"}
+    assert Settings.from_env(both).broker_url == "amqp://guest@mq//"

@@ -1,37 +1,41 @@
 -- begin.lua: decide whether this delivery of a step (or compensation) may run its body, and if so
 -- take the run's lease with a new fencing token. Caller: RedisStore.begin (each delivery).
 -- KEYS[1] meta (hash; dedup marks are its 'd:<direction>:<index>' fields)   KEYS[2] events
--- KEYS[3] lease (string)   KEYS[4] bucket's active index (zset)
+-- KEYS[3] lease (string)   KEYS[4] bucket's active index (zset)   KEYS[5] snapshot (string)
 -- ARGV[1] direction ('forward' | 'compensation')   ARGV[2] step index   ARGV[3] lease ms
 -- ARGV[4] attempt the message carries   ARGV[5] definition fingerprint of the caller, or '' for a
 --   compensation run by name for an operator's unwind (accepted only while meta.unwind = 'operator')
 -- ARGV[6] code of the started event (saga/codec.py)   ARGV[7] now, µs   ARGV[8] watchdog deadline, s
 -- ARGV[9] run id
--- Returns {outcome, snapshot, token, attempt, extra}:
+-- Returns {outcome, snapshot, token, attempt, extra}; the snapshot comes with run, done and drift
+-- (a completed or compensated run has none):
 --   run      lease taken: run the body (token fences its commit); a parked mark is cleared; the
---            started event is appended; the run is due to the watchdog a lease from now
+--            started event is appended; the run is due to the watchdog a lease from now at the
+--            latest (an earlier deadline, e.g. the one its last commit set, stands: a live lease
+--            only makes the watchdog look again when it lapses)
 --   done     this step already committed: skip (extra = '1' when no lease is live, i.e. nothing runs)
 --   busy     another attempt holds a live lease: skip
 --   stale    the run's cursor is elsewhere (or the run is finished): skip (extra = status)
--- done, busy and stale count the delivery in meta.dups (deliveries that found nothing to do).
 --   drift    the run was started under another definition (extra = the stored fingerprint)
 --   missing  no such run
--- Common path: HMGET, SET NX, HSET, RPUSH, ZADD.
-local m = redis.call('HMGET', KEYS[1], 'fingerprint', 'status', 'cursor', 'version', 'fence', 'attempt',
-  'd:' .. ARGV[1] .. ':' .. ARGV[2], 'unwind', 'parked', 's', 't0')
-local fp, status, cursor, version, snap = m[1], m[2], m[3], m[4], m[10] or ''
+-- done, busy and stale count the delivery in meta.dups (deliveries that found nothing to do).
+-- Common path: HMGET, SET NX, HSET, RPUSH, ZADD, GET.
+local m = redis.call('HMGET', KEYS[1], 'fingerprint', 'status', 'cursor', 'fence', 'attempt',
+  'd:' .. ARGV[1] .. ':' .. ARGV[2], 'unwind', 'parked', 't0')
+local fp, status, cursor = m[1], m[2], m[3]
 if not fp then
   return {'missing', '', '', 0, ''}
 end
-if m[7] then
+local function snapshot() return redis.call('GET', KEYS[5]) or '' end
+if m[6] then
   redis.call('HINCRBY', KEYS[1], 'dups', 1)
   local idle = '0'
   if redis.call('EXISTS', KEYS[3]) == 0 then idle = '1' end
-  return {'done', snap, '', 0, idle}
+  return {'done', snapshot(), '', 0, idle}
 end
-local by_name = ARGV[5] == '' and ARGV[1] == 'compensation' and m[8] == 'operator'
+local by_name = ARGV[5] == '' and ARGV[1] == 'compensation' and m[7] == 'operator'
 if fp ~= ARGV[5] and not by_name then
-  return {'drift', snap, '', 0, fp}
+  return {'drift', snapshot(), '', 0, fp}
 end
 local here
 if ARGV[1] == 'forward' then
@@ -41,22 +45,23 @@ else
 end
 if (not here) or cursor ~= ARGV[2] then
   redis.call('HINCRBY', KEYS[1], 'dups', 1)
-  return {'stale', snap, '', 0, status}
+  return {'stale', '', '', 0, status}
 end
-local token = tostring(tonumber(m[5] or '0') + 1)
+local token = tostring(tonumber(m[4] or '0') + 1)
 if not redis.call('SET', KEYS[3], token, 'PX', ARGV[3], 'NX') then
   -- a live lease: only the retry it was handed to ('backoff:<attempt>') may take it over
   if redis.call('GET', KEYS[3]) ~= ('backoff:' .. ARGV[4]) then
     redis.call('HINCRBY', KEYS[1], 'dups', 1)
-    return {'busy', snap, '', 0, ''}
+    return {'busy', '', '', 0, ''}
   end
   redis.call('SET', KEYS[3], token, 'PX', ARGV[3])
 end
-local attempt = tonumber(m[6] or '0') + 1
+local attempt = tonumber(m[5] or '0') + 1
 redis.call('HSET', KEYS[1], 'fence', token, 'attempt', attempt)
-if m[9] then redis.call('HDEL', KEYS[1], 'parked') end
-local at = tonumber(ARGV[7]) - tonumber(m[11])
-redis.call('RPUSH', KEYS[2], '[' .. ARGV[6] .. ',' .. string.format('%d', at) .. ',' .. ARGV[2] .. ',' .. attempt
-  .. ',' .. version .. ']')
-redis.call('ZADD', KEYS[4], 'XX', ARGV[8], ARGV[9])
-return {'run', snap, token, attempt, status}
+if m[8] then redis.call('HDEL', KEYS[1], 'parked') end
+local at = tonumber(ARGV[7]) - tonumber(m[9])
+local row = '[' .. ARGV[6] .. ',' .. string.format('%d', at) .. ',' .. ARGV[2]
+if attempt ~= 1 then row = row .. ',' .. attempt end  -- attempt 1 is left out (saga/codec.py)
+redis.call('RPUSH', KEYS[2], row .. ']')
+redis.call('ZADD', KEYS[4], 'XX', 'LT', ARGV[8], ARGV[9])
+return {'run', snapshot(), token, attempt, status}

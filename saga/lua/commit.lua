@@ -5,6 +5,8 @@
 -- KEYS[1] meta   KEYS[2] events   KEYS[3] lease   KEYS[4] bucket's active index
 -- KEYS[5] bucket's index of the status the run leaves   KEYS[6] ... of the status it enters
 -- KEYS[7] bucket's dead-letter entries (hash)   KEYS[8] bucket's dead-letter order (zset)
+-- KEYS[9] snapshot (string)
+-- KEYS[10] (only with a message) the broker's list the next task's message goes to
 -- ARGV[1] expected version   ARGV[2] fencing token ('' = none)   ARGV[3] new version
 -- ARGV[4] new snapshot ('' = drop it: the run completed or was compensated, its events are its
 --   record)   ARGV[5] new status   ARGV[6] new cursor   ARGV[7] dedup mark field ('' = none)
@@ -14,12 +16,13 @@
 --   the bookkeeping only a moving run needs
 -- ARGV[9] retention ms (0 = keep)   ARGV[10] dead-letter entry ('' = none)   ARGV[11] its id
 -- ARGV[12] now, s   ARGV[13] watchdog deadline, s ('' = off the list)   ARGV[14] run id
--- ARGV[15..] events, stored form
+-- ARGV[15] the next task's message ('' = none; pushed unless the run goes on running while an
+--   operator asked to cancel it: the caller then cancels instead)   ARGV[16..] events, stored form
 -- Fencing: the lease is only ever set by begin.lua under a new fence (or handed to a retry by its
 -- holder), so the token still holds the run exactly when it is still the run's fence.
 -- Returns {1,'ok',cancel} | {1,'again',cancel} (this very commit was applied before) | {0, reason}:
 -- cancel is the reason an operator gave to cancel the run while this attempt ran, or ''.
--- A step's commit: HMGET, HSET, RPUSH, ZADD, DEL.
+-- A step's commit: HMGET, HSET, SET, RPUSH, ZADD, DEL, and LPUSH of the next message.
 local dfield = ARGV[7]
 if dfield == '' then dfield = 'version' end
 local m = redis.call('HMGET', KEYS[1], 'version', 'fence', 'cancel', dfield)
@@ -42,14 +45,14 @@ local fields = {'version', ARGV[3], 'status', ARGV[5], 'cursor', ARGV[6]}
 local function set(field, value) fields[#fields + 1] = field; fields[#fields + 1] = value end
 if flag('a') then set('attempt', 0) end
 if ARGV[7] ~= '' then set(ARGV[7], mark) end
-if ARGV[4] ~= '' then set('s', ARGV[4]) end
 if flag('u') then
   set('unwind', 'operator')
   redis.call('HDEL', KEYS[1], 'parked')
 end
 redis.call('HSET', KEYS[1], unpack(fields))
+if ARGV[4] ~= '' then redis.call('SET', KEYS[9], ARGV[4]) else redis.call('DEL', KEYS[9]) end
 if flag('f') then
-  local gone = {'s', 'fence', 'attempt', 'cursor', 'cancel', 'unwind', 'parked'}
+  local gone = {'fence', 'attempt', 'cursor', 'cancel', 'unwind', 'parked'}
   for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
     if string.sub(field, 1, 2) == 'd:' and field ~= ARGV[7] then gone[#gone + 1] = field end
   end
@@ -57,7 +60,7 @@ if flag('f') then
 elseif cancel ~= '' and ARGV[5] ~= 'running' and ARGV[5] ~= 'pending' then
   redis.call('HDEL', KEYS[1], 'cancel')
 end
-if #ARGV >= 15 then redis.call('RPUSH', KEYS[2], unpack(ARGV, 15)) end
+if #ARGV >= 16 then redis.call('RPUSH', KEYS[2], unpack(ARGV, 16)) end
 if KEYS[5] ~= KEYS[6] then
   redis.call('ZREM', KEYS[5], ARGV[14])
   redis.call('ZADD', KEYS[6], ARGV[12], ARGV[14])
@@ -72,6 +75,7 @@ if ARGV[10] ~= '' then
   redis.call('ZADD', KEYS[8], ARGV[12], ARGV[11])
 end
 if flag('r') then redis.call('DEL', KEYS[3]) end
+if ARGV[15] ~= '' and (cancel == '' or ARGV[5] ~= 'running') then redis.call('LPUSH', KEYS[10], ARGV[15]) end
 local ttl = tonumber(ARGV[9])
 if ttl > 0 then
   redis.call('PEXPIRE', KEYS[1], ttl)

@@ -2,11 +2,14 @@
 -- Caller: RedisStore.create (start() of a run). One slot: the run's keys and its bucket's indexes.
 -- KEYS[1] meta (hash)   KEYS[2] events (list)   KEYS[3] bucket's active index (zset)
 -- KEYS[4] bucket's index of the run's status (zset)   KEYS[5] bucket's shapes (hash)
+-- KEYS[6] snapshot (string)
+-- KEYS[7] (only with a message) the broker's list the first task's message goes to
 -- ARGV[1] run id   ARGV[2] saga name   ARGV[3] definition fingerprint   ARGV[4] its shape (JSON)
--- ARGV[5] snapshot v1   ARGV[6] saga.started, stored form   ARGV[7] start key ('' if none)
+-- ARGV[5] snapshot v1   ARGV[6] saga.started, stored form   ARGV[7] (unused)
 -- ARGV[8] status   ARGV[9] cursor   ARGV[10] definition version
 -- ARGV[11] sha256 of the start payload ('' = no start key, so no second start to compare with)
 -- ARGV[12] start time, µs   ARGV[13] now, s   ARGV[14] watchdog deadline, s
+-- ARGV[15] the first task's message ('' = none: the caller sends it)
 -- Returns 'created' | 'exists' (a run with this id and the same start payload: nothing written)
 --       | 'conflict' (a run with this id was started with another payload: nothing written).
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -15,14 +18,13 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   return 'exists'
 end
 local fields = {'saga', ARGV[2], 'fingerprint', ARGV[3], 'version', 1, 'status', ARGV[8], 'cursor', ARGV[9],
-  'sv', ARGV[10], 't0', ARGV[12], 's', ARGV[5]}
-if ARGV[7] ~= '' then
-  fields[#fields + 1] = 'key'; fields[#fields + 1] = ARGV[7]
-  fields[#fields + 1] = 'input'; fields[#fields + 1] = ARGV[11]
-end
+  'sv', ARGV[10], 't0', ARGV[12]}
+if ARGV[11] ~= '' then fields[#fields + 1] = 'input'; fields[#fields + 1] = ARGV[11] end
 redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('SET', KEYS[6], ARGV[5])
 redis.call('RPUSH', KEYS[2], ARGV[6])
 redis.call('HSETNX', KEYS[5], ARGV[3], ARGV[4])
 redis.call('ZADD', KEYS[4], ARGV[13], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[14], ARGV[1])
+if ARGV[15] ~= '' then redis.call('LPUSH', KEYS[7], ARGV[15]) end
 return 'created'

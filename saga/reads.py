@@ -1,0 +1,151 @@
+"""Reading one run: its latest state (the snapshot of an unfinished or failed run, else folded
+from its events), any version of it, its events and its bookkeeping.
+
+:class:`RunReads` sits between the connection and key layout (:class:`~saga.indexes.BucketedStore`)
+and the writes (:class:`~saga.store.RedisStore`). Every read returns objects of its own: a
+payload read here shares nothing with any other reader's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import cast
+
+from . import codec
+from .errors import RunNotFound
+from .indexes import BucketedStore
+from .schema import Progress
+from .state import Event, SagaState, Shape, json_copy, rebuild
+
+
+def snapshot_state(snapshot: str | None) -> SagaState | None:
+    """The state a stored snapshot holds (None for none)."""
+    return SagaState.from_dict(json.loads(snapshot)) if snapshot else None
+
+
+class RunReads(BucketedStore):
+    """The reads of one run (see the module). Shapes are read once per process: a fingerprint's
+    shape never changes."""
+
+    def __init__(self, url: str, *, prefix: str, retries: int, buckets: int) -> None:
+        super().__init__(url, prefix=prefix, retries=retries, buckets=buckets)
+        self._shapes: dict[str, Shape] = {}
+
+    def get(self, run_id: str) -> SagaState:
+        """The latest state of a run."""
+        state = self.snapshots([run_id])[0]
+        if state is None:
+            raise RunNotFound(run_id)
+        return state
+
+    def snapshots(self, run_ids: Sequence[str]) -> list[SagaState | None]:
+        """The latest state of each run (None where there is no such run), in one round trip
+        for runs with a snapshot and one more for those rebuilt from their events."""
+        with self._guard():
+            pipe = self.client.pipeline(transaction=False)
+            for run_id in run_ids:
+                keys = self.keys(run_id)
+                pipe.get(keys.snapshot)
+                pipe.hget(keys.meta, "fingerprint")
+            replies = cast(list[str | None], pipe.execute())
+        rows = list(zip(replies[::2], replies[1::2], strict=True))
+        states = [snapshot_state(snapshot) for snapshot, _ in rows]
+        settled = [i for i, (snapshot, fingerprint) in enumerate(rows) if snapshot is None and fingerprint]
+        if settled:
+            logs = self._logs([(run_ids[i], rows[i][1] or "") for i in settled])
+            for i, events in zip(settled, logs, strict=True):
+                states[i] = rebuild(events) if events else None
+        return states
+
+    def labels(self, run_ids: Sequence[str]) -> list[tuple[str, int] | None]:
+        """The saga name and definition version of each run (None where there is no such run),
+        in one round trip."""
+        with self._guard():
+            pipe = self.client.pipeline(transaction=False)
+            for run_id in run_ids:
+                pipe.hmget(self.keys(run_id).meta, ["saga", "sv"])
+            rows = cast(list[list[str | None]], pipe.execute())
+        return [(saga, int(sv or 1)) if saga else None for saga, sv in rows]
+
+    def events(self, run_id: str) -> list[Event]:
+        """Every event of a run, oldest first."""
+        with self._guard():
+            fingerprint = cast(str | None, self.client.hget(self.keys(run_id).meta, "fingerprint"))
+        events = self._logs([(run_id, fingerprint or "")])[0]
+        if not events:
+            raise RunNotFound(run_id)
+        return events
+
+    def history(self, run_id: str) -> list[SagaState]:
+        """The run at every version, oldest first, rebuilt from its events (each state with a
+        payload of its own)."""
+        return [_own(s) for s in codec.versions(self.events(run_id))]
+
+    def at_version(self, run_id: str, version: int) -> SagaState:
+        """The run at one version, rebuilt from its events."""
+        states = codec.versions(self.events(run_id), until=version)
+        if version < 1 or states[-1].version != version:
+            raise RunNotFound(f"{run_id}@v{version}")
+        return _own(states[-1])
+
+    def meta(self, run_id: str) -> dict[str, str]:
+        """The run's bookkeeping fields (fingerprint, fence, attempt, dups, ...)."""
+        with self._guard():
+            data = cast(dict[str, str], self.client.hgetall(self.keys(run_id).meta))
+        if not data:
+            raise RunNotFound(run_id)
+        return data
+
+    def lease(self, run_id: str) -> str | None:
+        """The run's current lease value, if one is live."""
+        with self._guard():
+            return cast(str | None, self.client.get(self.keys(run_id).lease))
+
+    def progress(self, run_id: str) -> Progress:
+        """What the watchdog needs beyond the snapshot (see :class:`Progress`), in one round trip."""
+        k = self.keys(run_id)
+        with self._guard():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.get(k.lease)
+            pipe.pttl(k.lease)
+            pipe.hmget(k.meta, ["attempt", "fingerprint", "parked"])
+            lease, left, (attempt, fingerprint, parked) = pipe.execute()
+        return Progress(
+            lease, max(int(left), 0) if lease is not None else 0, int(attempt or 0), fingerprint or "", parked
+        )
+
+    def shape(self, run_id: str) -> Shape | None:
+        """The shape of the definition a run started with (None for an unknown run)."""
+        with self._guard():
+            fingerprint = cast(str | None, self.client.hget(self.keys(run_id).meta, "fingerprint"))
+        return self._shape(run_id, fingerprint) if fingerprint else None
+
+    def _shape(self, run_id: str, fingerprint: str) -> Shape | None:
+        """A recorded shape by fingerprint (read once per process: a fingerprint's shape never
+        changes)."""
+        if fingerprint not in self._shapes:
+            with self._guard():
+                raw = cast(str | None, self.client.hget(self.bucket_keys(run_id).shapes, fingerprint))
+            if raw is None:
+                return None
+            self._shapes[fingerprint] = Shape.from_list(json.loads(raw))
+        return self._shapes[fingerprint]
+
+    def _logs(self, runs: Sequence[tuple[str, str]]) -> list[list[Event]]:
+        """The events of each (run id, fingerprint), in one round trip ([] for a run without)."""
+        with self._guard():
+            pipe = self.client.pipeline(transaction=False)
+            for run_id, _ in runs:
+                pipe.lrange(self.keys(run_id).events, 0, -1)
+            rows = cast(list[list[str]], pipe.execute())
+        return [
+            codec.unpack(run_id, raw, self._shape(run_id, fingerprint) if fingerprint else None) if raw else []
+            for (run_id, fingerprint), raw in zip(runs, rows, strict=True)
+        ]
+
+
+def _own(state: SagaState) -> SagaState:
+    """``state`` with a payload that shares nothing with any other state's."""
+    return replace(state, payload=json_copy(state.payload))

@@ -1,0 +1,120 @@
+"""Task messages pushed by the commit scripts (the broker is the store's Redis): byte for byte what
+Celery and kombu would push themselves, pushed exactly when the commit applies."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any, cast
+
+import pytest
+from celery import Celery
+from celery._state import _task_stack
+
+from saga import RedisStore, Settings, decide
+from saga.connection import Client, connect_node
+from saga.messages import captured, from_template, redis_message
+from saga.schema import CommitOptions, Message
+from saga.state import Shape
+from saga.tasks import create_app, send
+from saga.testing import RedisServer
+
+SHAPE = Shape(("a", "b"), (False, False))
+#: What differs between two messages of the same task: new ids, a new delivery tag.
+FRESH = {("headers", "id"), ("headers", "root_id"), ("properties", "correlation_id"), ("properties", "delivery_tag")}
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def app(broker: RedisServer) -> Celery:
+    app = create_app(f"m{uuid.uuid4().hex[:6]}", Settings(redis_url=broker.url))
+
+    def a(self: Any, run_id: str, **kwargs: Any) -> None:
+        return None
+
+    app.task(name="saga.s.a", bind=True, ignore_result=True, acks_late=True, shared=False)(a)
+    return app
+
+
+def published(broker: RedisServer, send_it: Any, queue: str = "celery") -> dict[str, Any]:
+    """The message a real publish (kombu's Redis transport) pushes."""
+    with connect_node(broker.url) as client:
+        client.delete(queue)
+        send_it()
+        [raw] = cast(list[str], client.lrange(queue, 0, -1))
+        client.delete(queue)
+    message: dict[str, Any] = json.loads(raw)
+    return message
+
+
+def differences(a: dict[str, Any], b: dict[str, Any]) -> set[tuple[str, ...]]:
+    out: set[tuple[str, ...]] = set()
+    for key in set(a) | set(b):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out |= {(key, *rest) for rest in differences(x, y)}
+        elif x != y:
+            out.add((key,))
+    return out
+
+
+@pytest.mark.parametrize("version,queue", [(1, ""), (3, "saga-steps")])
+def test_a_built_message_is_the_one_celery_would_publish(
+    app: Celery, broker: RedisServer, version: int, queue: str
+) -> None:
+    real = published(broker, lambda: send(app, "saga.s.a", "run-1", version=version, queue=queue), queue or "celery")
+    first = redis_message(app, "saga.s.a", "run-1", version=version, queue=queue)  # built by Celery
+    again = redis_message(app, "saga.s.a", "run-1", version=version, queue=queue)  # from its template
+    assert first is not None and again is not None
+    assert first.key == again.key == (queue or "celery")
+    for built in (first, again):
+        message = json.loads(built.body)
+        assert differences(real, message) == FRESH
+        assert message["headers"]["root_id"] == message["headers"]["id"] == message["properties"]["correlation_id"]
+
+
+def test_the_template_sets_the_parent_task_as_celery_does(app: Celery) -> None:
+    template = captured(app, "saga.s.a", "run-0", {}, "")
+    assert template is not None
+
+    # a worker runs a task (what Celery's tracer pushes), which sends the next one
+    parent = app.tasks["saga.s.a"]
+    parent.push_request(id="parent-id", root_id="root-id", called_directly=False)
+    _task_stack.push(parent)
+    try:
+        message = from_template(app, template[1], "run-1", {})
+        real = captured(app, "saga.s.a", "run-1", {}, "")
+    finally:
+        _task_stack.pop()
+        parent.pop_request()
+    assert real is not None
+    assert (message["headers"]["parent_id"], message["headers"]["root_id"]) == ("parent-id", "root-id")
+    assert differences(real[1], message) == FRESH - {("headers", "root_id")}
+
+
+def test_an_eager_app_or_sent_events_are_left_to_a_real_publish(app: Celery) -> None:
+    app.conf.task_send_sent_event = True
+    assert redis_message(app, "saga.s.a", "run-1") is None
+    app.conf.task_send_sent_event, app.conf.task_always_eager = False, True
+    assert redis_message(app, "saga.s.a", "run-1") is None
+
+
+def test_a_commit_pushes_its_message_only_when_it_applies(broker: RedisServer) -> None:
+    store = RedisStore(broker.url, prefix=f"t{uuid.uuid4().hex[:6]}")
+    start = decide.decide_start(str(uuid.uuid4()), "s", {"n": 1})
+    queue = f"q{uuid.uuid4().hex[:6]}"
+    assert store.create(SHAPE, start, None, check_at=time.time() + 30, message=Message(queue, "first")) == "created"
+    moved = decide.decide_step_succeeded(start.state, SHAPE, 0, None)
+    refused = store.commit(moved.state, moved, check_at=time.time() + 30, message=Message(queue, "stale"))
+    applied = store.commit(start.state, moved, CommitOptions(), check_at=time.time() + 30, message=Message(queue, "b"))
+    client: Client = connect_node(broker.url)
+    assert (refused.applied, applied.applied) == (False, True)
+    assert client.lrange(queue, 0, -1) == ["b", "first"]  # LPUSH: the consumer pops from the right
+    assert store.pushes_messages(broker.url) and not store.pushes_messages(broker.url.rsplit("/", 1)[0] + "/1")
