@@ -31,6 +31,14 @@ UNDOABLE = frozenset({"debit", "reserve", "allocate", "notify"})
 
 _client: redis.Redis | None = None
 
+#: Apply an effect once per idempotency key and record the order of first applications.
+_APPLY_ONCE = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  redis.call('RPUSH', KEYS[2], ARGV[2])
+end
+return 0
+"""
+
 
 def ledger() -> redis.Redis:
     global _client
@@ -57,8 +65,9 @@ def act(payload: dict[str, Any], ctx: StepContext) -> None:
             raise PermanentError(f"{ctx.step} refused for good")
         if random.random() < float(payload.get("p_transient", 0)):
             raise Flaky(f"{ctx.step} flaked")
-    if c.hsetnx(f"fx:{ctx.run_id}", ctx.idempotency_key, what):
-        c.rpush(f"fxorder:{ctx.run_id}", what)
+    # One script, so a Redis restart between the two writes cannot keep the effect and lose
+    # its place in the order (a retry would then see the effect applied and not record it).
+    c.eval(_APPLY_ONCE, 2, f"fx:{ctx.run_id}", f"fxorder:{ctx.run_id}", ctx.idempotency_key, what)
     time.sleep(random.uniform(0, float(payload.get("max_sleep", 0))))
 
 
