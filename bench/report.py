@@ -16,7 +16,17 @@ TARGETS = {
     "bytes_10kb": "bytes per run, 5 steps x 10 KB (+2 KB a step) <= 40 KB",
     "listing_commands": "saga list --status failed --limit 20 over 100,000 runs: <= 50 commands",
     "listing_ms": "... and <= 100 ms",
+    "archive_throughput_sqlite": "archiver (SQLite) archives >= 2x the runs/s the saga runs",
+    "archive_throughput_postgresql": "archiver (PostgreSQL) archives >= 2x the runs/s the saga runs",
+    "archive_lag_p95": "archive feed lag p95 under load <= 2 s",
+    "archive_bytes_per_run": "Redis bytes per finished run one hot retention after archiving: 0",
+    "archive_list_sqlite": "saga list --tag customer=... --status compensated --limit 20 over 1M archived runs "
+    "(SQLite): p50 <= 50 ms",
+    "archive_list_postgresql": "... (PostgreSQL): p50 <= 50 ms",
 }
+ARCHIVE_RATIO_MIN = 2.0
+ARCHIVE_LAG_P95_MAX_S = 2.0
+ARCHIVE_LIST_MAX_MS = 50.0
 THROUGHPUT_MIN = 1.1
 LATENCY_MAX = 1.1
 
@@ -75,7 +85,35 @@ def targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "holds": _cmp(r["commands_per_step"], 1.0),
         },
         "recovery_p50": {"value": p50, "limit": limit, "holds": _cmp(p50, limit)},
+        **(archive_targets(result["archive"]) if result.get("archive") else {}),
     }
+
+
+def archive_targets(section: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Whether each target of the archive's figures holds (see :mod:`bench.archive`)."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in section["throughput"]:
+        out[f"archive_throughput_{row['dialect']}"] = {
+            "value": row["ratio"],
+            "limit": ARCHIVE_RATIO_MIN,
+            "holds": _cmp(row["ratio"], ARCHIVE_RATIO_MIN, ge=True),
+        }
+    lag = section["lag"]["p95_s"]
+    out["archive_lag_p95"] = {"value": lag, "limit": ARCHIVE_LAG_P95_MAX_S, "holds": _cmp(lag, ARCHIVE_LAG_P95_MAX_S)}
+    memory = section["memory"]
+    per_run = memory["bytes_per_run"]
+    out["archive_bytes_per_run"] = {
+        "value": per_run,
+        "limit": 0,
+        "holds": memory["run_keys_left"] == 0 and round(per_run) <= 0,
+    }
+    for row in section["listing"]:
+        out[f"archive_list_{row['dialect']}"] = {
+            "value": row["p50_ms"],
+            "limit": ARCHIVE_LIST_MAX_MS,
+            "holds": _cmp(row["p50_ms"], ARCHIVE_LIST_MAX_MS),
+        }
+    return out
 
 
 def _cmp(value: float | None, limit: float, *, ge: bool = False) -> bool | None:
@@ -208,7 +246,9 @@ def markdown(result: dict[str, Any]) -> str:
             f"benchmark calls `get(timeout={result['settings']['get_slice_s']})` in a loop, which reads "
             f"the result again after each slice."
         )
-    return head + "\n\n" + "\n".join(lines) + recovery_note + chain_note + "\n" + hot_tier(result)
+    return (
+        head + "\n\n" + "\n".join(lines) + recovery_note + chain_note + "\n" + hot_tier(result) + archive_table(result)
+    )
 
 
 def hot_tier(result: dict[str, Any]) -> str:
@@ -245,6 +285,128 @@ def hot_tier(result: dict[str, Any]) -> str:
         f"| {_holds(t['listing_ms']['holds'])} |"
     )
     return "\n".join(lines) + "\n"
+
+
+_DIALECT = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+
+
+def archive_table(result: dict[str, Any]) -> str:
+    """The archive's table (:mod:`bench.archive`): archiver against saga throughput, feed lag,
+    Redis bytes left once archived runs left, a listing by tag over a big archive."""
+    a = result.get("archive")
+    if not a:
+        return ""
+    t = result["targets"]
+    lag, mem = a["lag"], a["memory"]
+    hot = a["hot_retention_seconds"]
+    lines = [
+        "",
+        f"Archive (`bench/archive.py`; each part a redis-server and a prefork worker of its own, concurrency "
+        f"{a['concurrency']}, `SAGA_HOT_RETENTION_SECONDS={hot}`; PostgreSQL: {a['postgresql']}):",
+        "",
+        "| figure | value | target | holds |",
+        "| --- | ---: | --- | --- |",
+    ]
+    for row in a["throughput"]:
+        name = _DIALECT[row["dialect"]]
+        holds = _holds(t[f"archive_throughput_{row['dialect']}"]["holds"])
+        lines.append(
+            f"| archiver throughput, {name}: `Archiver.drain()` of the feed left by {row['runs']} noop5 runs "
+            f"(archiver off while they ran), archived runs/s | {row['archived_runs_per_s']:.1f} "
+            f"= {row['ratio']:.2f}x the saga's {row['saga_runs_per_s']:.1f} runs/s (same runs, feed on, first "
+            f"start to last completion) "
+            f"| >= {ARCHIVE_RATIO_MIN:g}x | {holds} |"
+        )
+    lines.append(
+        f"| archive feed lag under load, s: p95 (p50, max) of {lag['samples']} samples every "
+        f"{lag['interval_s'] * 1000:.0f} ms, {lag['runs']} runs at once, archiver thread on "
+        f"| {lag['p95_s']:.2f} ({lag['p50_s']:.2f}, {lag['max_s']:.2f}) | <= {ARCHIVE_LAG_P95_MAX_S:g} "
+        f"| {_holds(t['archive_lag_p95']['holds'])} |"
+    )
+    tidy = mem["after_tidy"]
+    lines.append(
+        f"| Redis bytes per finished run one hot retention ({hot} s) after archiving: `used_memory` delta "
+        f"less the clients' buffers / {mem['runs']} runs (run keys left: {mem['run_keys_left']}) "
+        f"| {mem['bytes_per_run']:+.1f} | 0 | {_holds(t['archive_bytes_per_run']['holds'])} |"
+    )
+    lines.append(
+        f"| ... once the watchdog's tidy (every 60 s) dropped the {mem['tidied_entries']:,} runs' "
+        f"`status:completed` index entries | {tidy['bytes_per_run']:+.1f} | | |"
+    )
+    for row in a["listing"]:
+        name = _DIALECT[row["dialect"]]
+        holds = _holds(t[f"archive_list_{row['dialect']}"]["holds"])
+        lines.append(
+            f"| `saga list --tag customer=… --status compensated --limit 20` over {row['runs']:,} archived runs, "
+            f"{name}: `find_runs` p50 (max) of {row['calls']} customers, ms | {row['p50_ms']:.2f} "
+            f"({row['max_ms']:.2f}) | <= {ARCHIVE_LIST_MAX_MS:g} | {holds} |"
+        )
+        lines.append(
+            f"| ... the same through the CLI once (`python -m saga list ... --json`, wall time with Python "
+            f"start-up), {name}, ms | {row['cli_ms']:.0f} | | |"
+        )
+    main = result.get("saga", {}).get("runs_per_s")
+    against_main = ""
+    if main:
+        against_main = (
+            f" (the main table's saga, without an archive: {main:.1f} runs/s; against it: "
+            + ", ".join(f"{r['archived_runs_per_s'] / main:.2f}x ({_DIALECT[r['dialect']]})" for r in a["throughput"])
+            + ")"
+        )
+    pg_drain = ""
+    if any(r["dialect"] == "postgresql" for r in a["throughput"]):
+        pg_drain = (
+            " The workers' `SAGA_ARCHIVE_URL` is the SQLite file in both drains: with `SAGA_ARCHIVER=false` it "
+            "only turns the feed on; the drains run in the benchmark's process, one Archiver per database."
+        )
+    resumes = ", ".join(
+        f"{r['watchdog_resumes']} ({_DIALECT[r['dialect']]})" for r in a["throughput"] if "watchdog_resumes" in r
+    )
+    seen = ", ".join(
+        f"{r['saga_seen_done_after_s']:.1f} s ({_DIALECT[r['dialect']]}; last completion at {r['saga_seconds']:.1f} s)"
+        for r in a["throughput"]
+        if "saga_seen_done_after_s" in r
+    )
+    notes = [
+        f"Throughput: the saga's runs/s are those of the very runs whose feed is then drained (feed on, archiver "
+        f"off){against_main}; with the archiver thread on, the lag runs went at {lag['saga_runs_per_s']:.1f} "
+        f"runs/s.{pg_drain}"
+        + (
+            f" Watchdog resumes among the runs (steps queued longer than the dispatch timeout): {resumes}."
+            if resumes
+            else ""
+        )
+        + (f" The benchmark saw the `active` index empty after {seen}." if seen else ""),
+        f"Lag: the feed emptied {lag['feed_empty_after_last_run_s']:.2f} s after the last run finished, "
+        f"at most {lag['max_depth']:,} entries waited.",
+    ]
+    notes.append(
+        f"Redis: every run key was gone {mem['keys_gone_after_feed_empty_s']:.1f} s after the feed emptied; "
+        f"what a run still holds then is its entry in its bucket's `status:completed` sorted set "
+        f"({mem['status_index_entries_left']:,} entries left), which the watchdog drops once a minute "
+        f"(`trim_finished`); the feed streams are empty ({mem['feed_entries_left']} entries)"
+        + (
+            f"; {mem['active_entries_left']} entries of finished runs are still in the `active` index (re-added "
+            f"by the watchdog as they finished; it drops them when it looks again)"
+            if mem.get("active_entries_left")
+            else ""
+        )
+        + f". Raw `used_memory` "
+        f"deltas per run: {mem['used_memory_per_run']:+.1f}, then {tidy['used_memory_per_run']:+.1f} after the "
+        f"tidy, of which the clients' query and output buffers {mem['client_buffers_per_run']:+.1f} and "
+        f"{tidy['client_buffers_per_run']:+.1f} (connections' traffic, not runs)."
+    )
+    if a["listing"]:
+        row = a["listing"][0]
+        fills = ", ".join(f"{r['fill_seconds']:g} s ({_DIALECT[r['dialect']]})" for r in a["listing"])
+        notes.append(
+            f"Listing: {row['runs']:,} synthetic finished runs written straight into `saga_runs` and "
+            f"`saga_run_tags` (no events: a listing never reads them), {row['customers']:,} customers "
+            f"uniformly, 5 regions, {row['compensated']:,} compensated, {row['failed']:,} failed, created over "
+            f"30 days; filled in {fills}; PostgreSQL `ANALYZE`d after the fill (as autovacuum would). "
+            f"{row['warmup_calls']} untimed calls (other customers) before the timed ones."
+        )
+    return "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
 
 
 def breakdown(result: dict[str, Any], top: int = 12) -> str:

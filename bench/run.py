@@ -4,9 +4,11 @@ same 5 no-op tasks, on a private Redis and prefork workers (concurrency 2) per v
 In one run it measures, repetitions interleaved A B A B ...: throughput (median of the
 repetitions), single-run latency p50/p95 over sequential runs, Redis commands per step
 (``INFO commandstats`` deltas), peak worker memory, CPU per run; and for the saga, the recovery
-time of a run whose worker is SIGKILLed mid-step (median of the trials). It prints a table with
-the ratios saga/chain and the issue's targets, writes ``bench/results/latest.json`` and
-``bench/last-run.md``, and stops every process it started, also on Ctrl-C or failure.
+time of a run whose worker is SIGKILLed mid-step (median of the trials); then the hot tier's
+figures (:mod:`bench.hot_tier`) and the SQL archive's (:mod:`bench.archive`; ``--skip-archive``
+leaves them out). It prints a table with the ratios saga/chain and the issue's targets, writes
+``bench/results/latest.json`` and ``bench/last-run.md``, and stops every process it started,
+also on Ctrl-C or failure.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from saga.registry import default_registry
 from saga.settings import Settings
 from saga.testing import RedisServer
 
+from .archive import archive_figures
 from .hot_tier import listing_figures, memory_figures
 from .measure import (
     GET_SLICE,
@@ -72,6 +75,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--recovery-trials", type=int, help="SIGKILL recovery trials (default 5; quick 1)")
     p.add_argument("--memory-runs", type=int, help="runs per memory saga (default 2000; quick 50)")
     p.add_argument("--list-runs", type=int, help="runs under the listing figure (default 100000; quick 2000)")
+    p.add_argument(
+        "--archive-runs", type=int, help="archived runs under the archive's listing (default 1000000; quick 20000)"
+    )
+    p.add_argument(
+        "--archive-saga-runs",
+        type=int,
+        help="saga runs of the archiver throughput, feed lag and bytes figures (default 2000; quick 200)",
+    )
+    p.add_argument("--skip-archive", action="store_true", help="leave the archive's figures out")
+    p.add_argument(
+        "--skip-archive-pg", action="store_true", help="archive figures on SQLite only, even when PostgreSQL answers"
+    )
     p.add_argument("--lease", type=float, default=2.0, help="SAGA_LEASE_SECONDS of the saga (default 2)")
     p.add_argument("--quick", action="store_true", help="a tiny smoke run (writes bench/results/quick.*)")
     p.add_argument("--json", type=Path, help="where to write the figures (default bench/results/latest.json)")
@@ -84,10 +99,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.recovery_trials = args.recovery_trials if args.recovery_trials is not None else (1 if quick else 5)
     args.memory_runs = args.memory_runs or (50 if quick else 2000)
     args.list_runs = args.list_runs or (2000 if quick else 100_000)
+    args.archive_runs = args.archive_runs or (20_000 if quick else 1_000_000)
+    args.archive_saga_runs = args.archive_saga_runs or (200 if quick else 2000)
     args.json = args.json or RESULTS / ("quick.json" if quick else "latest.json")
     args.markdown = args.markdown or (RESULTS / "quick.md" if quick else BENCH_DIR / "last-run.md")
-    if min(args.runs, args.reps, args.latency_runs) < 1 or args.recovery_trials < 0 or args.lease <= 0:
-        p.error("counts must be positive and the lease > 0")
+    if min(args.runs, args.reps, args.latency_runs, args.archive_saga_runs) < 1 or args.recovery_trials < 0:
+        p.error("counts must be positive")
+    if args.lease <= 0 or args.archive_runs < 1000:
+        p.error("the lease must be > 0 and --archive-runs at least 1000")
     return args
 
 
@@ -174,6 +193,28 @@ def _print_rep(i: int, n: int, r: Rep) -> None:
         + (f"; {r.missed_notifications} result notification(s) lost by the client" if r.missed_notifications else ""),
         flush=True,
     )
+
+
+def _archive(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
+    """``{"archive": the archive's figures}`` (:mod:`bench.archive`, on servers and workers of
+    their own), or nothing with ``--skip-archive``."""
+    if args.skip_archive:
+        return {}
+    print(
+        f"archive: archiver throughput, feed lag, Redis bytes ({args.archive_saga_runs} runs each), and "
+        f"saga list --tag over {args.archive_runs:,} archived runs...",
+        flush=True,
+    )
+    section = archive_figures(
+        env,
+        runs=args.archive_saga_runs,
+        list_runs=args.archive_runs,
+        concurrency=CONCURRENCY,
+        skip_pg=args.skip_archive_pg,
+        logs=RESULTS,
+    )
+    print(f"  archive figures took {section['seconds']:g} s", flush=True)
+    return {"archive": section}
 
 
 def measure(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
@@ -310,6 +351,7 @@ def measure(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
         f"({result['listing']['calls']} calls; filling took {result['listing']['fill_seconds']:g} s)",
         flush=True,
     )
+    result.update(_archive(args, env))
     result["settings"] = {
         "runs": args.runs,
         "reps": args.reps,
@@ -317,6 +359,8 @@ def measure(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
         "recovery_trials": args.recovery_trials,
         "memory_runs": args.memory_runs,
         "list_runs": args.list_runs,
+        "archive_runs": None if args.skip_archive else args.archive_runs,
+        "archive_saga_runs": None if args.skip_archive else args.archive_saga_runs,
         "warmup_runs": WARMUP_RUNS,
         "steps": STEPS,
         "pool": "prefork",

@@ -5,9 +5,13 @@ and every transition is checkpointed atomically in Redis; a step that gives up i
 dead-lettered and the committed steps are compensated in reverse order.
 """
 
+from .archive import ArchivedRun, RunPage
+from .archive_ops import find_runs
 from .control import dead_letters
 from .definition import Saga, Step
 from .errors import (
+    ArchiveSchemaMismatch,
+    ArchiveUnavailable,
     CheckpointCorrupted,
     DefinitionMismatch,
     EntryNotFound,
@@ -15,6 +19,7 @@ from .errors import (
     InvalidPayload,
     KeyConflict,
     PermanentError,
+    Rejected,
     RunNotFound,
     SagaDefinitionError,
     SagaError,
@@ -34,6 +39,10 @@ __all__ = [
     "Step",
     "StepContext",
     "dead_letters",
+    # The archive
+    "ArchivedRun",
+    "RunPage",
+    "find_runs",
     # State
     "Checkpoint",
     "Direction",
@@ -49,6 +58,8 @@ __all__ = [
     "default_store",
     "get_settings",
     # Errors
+    "ArchiveSchemaMismatch",
+    "ArchiveUnavailable",
     "CheckpointCorrupted",
     "DefinitionMismatch",
     "EntryNotFound",
@@ -56,6 +67,7 @@ __all__ = [
     "InvalidPayload",
     "KeyConflict",
     "PermanentError",
+    "Rejected",
     "RunNotFound",
     "SagaDefinitionError",
     "SagaError",

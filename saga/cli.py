@@ -33,6 +33,7 @@ import click
 from click.exceptions import NoArgsIsHelpError
 
 from .cli_act import cancel, compensate, dlq, resume
+from .cli_archive import archive, db
 from .cli_common import (
     DEFAULT_APP,
     EXIT_ERROR,
@@ -114,7 +115,7 @@ def cli(ctx: click.Context, redis_url: str | None, app: str, debug: bool) -> Non
     ctx.obj = Operator(redis_url=redis_url, app=app, debug=debug, given=given)
 
 
-for command in (list_command, stats, show, history, events, verify, resume, cancel, compensate, dlq):
+for command in (list_command, stats, show, history, events, verify, resume, cancel, compensate, dlq, archive, db):
     cli.add_command(command)
 
 

@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 import click
 
 from . import control
-from .errors import EntryNotFound, RunNotFound, StoreUnavailable
+from .errors import ArchiveUnavailable, EntryNotFound, RunNotFound, StoreUnavailable
 from .registry import Registry, default_registry
 from .settings import Settings
 
@@ -61,7 +61,7 @@ def exit_code_for(exc: BaseException) -> int:
     """The exit code an error ends the command with."""
     if isinstance(exc, RunNotFound | EntryNotFound):
         return EXIT_NOT_FOUND
-    if isinstance(exc, StoreUnavailable):
+    if isinstance(exc, StoreUnavailable | ArchiveUnavailable):
         return EXIT_UNAVAILABLE
     return EXIT_ERROR
 

@@ -172,6 +172,55 @@ def print_stats(rows: Sequence[Mapping[str, Any]]) -> None:
     out.print(table)
 
 
+def print_failing_steps(steps: Sequence[tuple[str, str, int]]) -> None:
+    """``saga stats`` with an archive: the steps where runs fail most."""
+    out = console()
+    if not steps:
+        out.print("no failed steps")
+        return
+    table = _table("saga", "failing step", "runs")
+    for saga, step, n in steps:
+        table.add_row(escape(saga), escape(step), str(n))
+    out.print(table)
+
+
+def print_archived_runs(runs: Sequence[Any], more: str | None) -> None:
+    """``saga list`` from the archive: one row per run, and how to get the next page."""
+    out = console()
+    if not runs:
+        out.print("no runs")
+        return
+    table = _table("run", "saga", "version", "status", "step", "failed step", "tags", "started")
+    for r in runs:
+        table.add_row(
+            r.run_id,
+            escape(r.saga),
+            str(r.definition_version),
+            _status(Status(r.status)),
+            str(r.current_step),
+            escape(r.failed_step or "-"),
+            escape(" ".join(f"{k}={v}" for k, v in sorted(r.tags.items())) or "-"),
+            _when(r.created_at),
+        )
+    out.print(table)
+    if more:
+        out.print(f"more runs: saga list --cursor {more} (with the same filters)", markup=False)
+
+
+def print_feed_status(rows: Sequence[Any], parked: Sequence[Mapping[str, Any]]) -> None:
+    """``saga archive status``: each bucket's feed depth and lag, and the parked entries."""
+    out = console()
+    table = _table("bucket", "waiting", "oldest, s", "parked")
+    for r in rows:
+        table.add_row(str(r.bucket), str(r.depth), f"{r.oldest_age_seconds:.1f}", str(r.parked))
+    out.print(table)
+    waiting = sum(r.depth for r in rows)
+    lag = max((r.oldest_age_seconds for r in rows), default=0.0)
+    out.print(f"{waiting} feed entries waiting; the oldest is {lag:.1f} s old", markup=False)
+    for p in parked:
+        out.print(f"parked: run {p.get('run_id') or '?'} entry {p.get('id')}: {p.get('reason')}", markup=False)
+
+
 def print_state(state: SagaState, latest_version: int) -> None:
     """``saga show``: the state's fields, payload and checkpoints."""
     out = console()

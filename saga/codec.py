@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .state import Event, EventType, SagaState, Shape, apply
+from .errors import RunNotFound
+from .state import Event, EventType, SagaState, Shape, apply, json_copy
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -53,6 +55,7 @@ CODES: dict[EventType, int] = {
     EventType.SAGA_PARKED: 16,
     EventType.SAGA_COMPENSATION_REQUESTED: 17,
     EventType.SAGA_MESSAGE_REJECTED: 18,
+    EventType.SAGA_REJECTED: 19,
 }
 TYPES = {code: kind for kind, code in CODES.items()}
 
@@ -60,7 +63,7 @@ _STEP = ("version", "step")
 #: The positional fields of each event type, after ``[code, at]`` (``begin.lua`` writes the
 #: started events itself, in this order).
 SCHEMA: dict[EventType, tuple[str, ...]] = {
-    EventType.SAGA_STARTED: ("version", "saga", "payload", "definition_version"),
+    EventType.SAGA_STARTED: ("version", "saga", "payload", "definition_version", "tags"),
     EventType.STEP_STARTED: ("step", "attempt"),
     EventType.COMPENSATION_STARTED: ("step", "attempt"),
     EventType.STEP_SUCCEEDED: ("step", "status", "hash", "output", "current_step", "version"),
@@ -87,6 +90,7 @@ SCHEMA: dict[EventType, tuple[str, ...]] = {
     EventType.SAGA_PARKED: ("version", "reason", "definition_version"),
     EventType.SAGA_COMPENSATION_REQUESTED: ("version", "reason", "from_status", "status", "current_step"),
     EventType.SAGA_MESSAGE_REJECTED: ("version", "task", "reason"),
+    EventType.SAGA_REJECTED: (*_STEP, "status", "current_step"),
 }
 _DERIVED = frozenset({"type", "run_id", "at", "name"})
 #: Events recorded at the run's current version (snapshot-neutral, appended by begin.lua), whose
@@ -226,3 +230,17 @@ def versions(events: Iterable[Event], until: int | None = None) -> list[SagaStat
         else:
             states.append(state)
     return states
+
+
+def history(events: Iterable[Event]) -> list[SagaState]:
+    """The run at every version, oldest first, each state with a payload of its own."""
+    return [replace(s, payload=json_copy(s.payload)) for s in versions(events)]
+
+
+def at_version(run_id: str, events: Iterable[Event], version: int) -> SagaState:
+    """The run at one version, with a payload of its own; :class:`RunNotFound` when the log
+    does not reach it."""
+    states = versions(events, until=version)
+    if version < 1 or not states or states[-1].version != version:
+        raise RunNotFound(f"{run_id}@v{version}")
+    return replace(states[-1], payload=json_copy(states[-1].payload))

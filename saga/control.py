@@ -100,19 +100,12 @@ def stats(registry: Registry | None = None) -> list[dict[str, object]]:
                 if label is not None:
                     counts[(*label, status.value)] += 1
     parked = Counter((p.saga, p.definition_version) for p in store.parked(limit=10_000))
-    rows: list[dict[str, object]] = []
-    for saga, version in sorted({(s, v) for s, v, _ in counts}):
-        row: dict[str, object] = {"saga": saga, "version": version}
-        row.update({status.value: counts[(saga, version, status.value)] for status in Status})
-        row["parked"] = parked[(saga, version)]
-        row["unfinished"] = sum(counts[(saga, version, s.value)] for s in Status if not s.terminal)
-        rows.append(row)
-    return rows
+    return policy.version_rows(counts, parked)
 
 
 def verify(run_id: str, *, registry: Registry | None = None) -> list[str]:
     """Problems with a run's records (see :func:`saga.policy.verify_records`); [] when it verifies."""
-    store = _registry(registry).store
+    store = _registry(registry).tiers
     stored = store.get(run_id)
     return policy.verify_records(stored, rebuild(store.events(run_id)), store.history(run_id))
 

@@ -51,12 +51,19 @@ def _step(shape: Shape, index: int) -> dict[str, Any]:
 
 
 def decide_start(
-    run_id: str, saga: str, payload: JSONObject, at: str | None = None, *, definition_version: int = 1
+    run_id: str,
+    saga: str,
+    payload: JSONObject,
+    at: str | None = None,
+    *,
+    definition_version: int = 1,
+    tags: Mapping[str, str] | None = None,
 ) -> Transition:
     """A new run of ``saga`` under its definition ``definition_version``: version 1, pending,
-    cursor on step 0."""
+    cursor on step 0, with its business ``tags`` (recorded in ``saga.started`` when any)."""
     b = _Builder(None, run_id, bump=True, at=at)
-    b.add(EventType.SAGA_STARTED, saga=saga, payload=payload, definition_version=definition_version)
+    extra = {"tags": dict(tags)} if tags else {}
+    b.add(EventType.SAGA_STARTED, saga=saga, payload=payload, definition_version=definition_version, **extra)
     return b.transition(None)
 
 
@@ -199,6 +206,24 @@ def decide_step_gave_up(
     else:
         _unwind(b, state, shape, index, EventType.SAGA_DEAD_LETTERED, **lettered)
     return b.transition(state), entry
+
+
+def decide_step_rejected(
+    state: SagaState, shape: Shape, index: int, error: BaseException, attempts: int, at: str | None = None
+) -> Transition:
+    """Step ``index`` rejected the request (:class:`~saga.errors.Rejected`): record why, then
+    unwind as for a step that gave up — but with no dead letter, since nothing needs an
+    operator."""
+    b = _Builder(state, state.id, bump=True, at=at)
+    error_type, message = describe_error(error)
+    step = _step(shape, index)
+    failure = {"step": index, "name": step["name"], "type": error_type, "message": message, "attempts": attempts}
+    b.add(EventType.STEP_FAILED, **step, error=failure)
+    if shape.undo_own_failure(index):
+        b.add(EventType.SAGA_REJECTED, **step, status=Status.COMPENSATING.value, current_step=index)
+    else:
+        _unwind(b, state, shape, index, EventType.SAGA_REJECTED, **step)
+    return b.transition(state)
 
 
 def decide_compensation_succeeded(state: SagaState, shape: Shape, index: int, at: str | None = None) -> Transition:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, overload
 
 from . import engine, tasks
@@ -32,6 +32,7 @@ from .state import (
     rebuild,
 )
 from .store import RedisStore
+from .tiers import Tiers
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 
@@ -255,20 +256,29 @@ class Saga:
 
     # --- running ---------------------------------------------------------------------------
 
-    def start(self, payload: JSONObject, *, key: str | None = None) -> str:
+    def start(self, payload: JSONObject, *, key: str | None = None, tags: Mapping[str, str] | None = None) -> str:
         """Start a run under the highest version of this saga declared in the process, and
         return its id.
 
         With ``key``, the run id is derived from (saga, key): starting again with the same key
         and payload returns the same id and starts nothing, also when processes race; the same
-        key with another payload raises :class:`~saga.KeyConflict`. A payload that is not a JSON
-        object raises :class:`~saga.InvalidPayload` before anything is written.
+        key with another payload raises :class:`~saga.KeyConflict`. ``tags`` (string keys and
+        values, e.g. ``{"customer": "c-42"}``) are on :attr:`SagaState.tags`, in the
+        ``saga.started`` event, and searchable in the archive (:func:`saga.find_runs`). A
+        payload that is not a JSON object, or tags that are not strings, raise
+        :class:`~saga.InvalidPayload` before anything is written.
         """
-        return engine.start_run(self.registry.get(self.name).runtime(), payload, key)
+        return engine.start_run(self.registry.get(self.name).runtime(), payload, key, tags)
+
+    @property
+    def tiers(self) -> Tiers:
+        """Reads of this saga's runs: Redis first, then the archive for runs that left it."""
+        return Tiers(self.store, self.registry.archive_for(self.settings))
 
     def get(self, run_id: str) -> SagaState:
-        """The run's latest snapshot; :class:`~saga.RunNotFound` for an unknown id."""
-        return self.store.get(run_id)
+        """The run's latest snapshot, from Redis or the archive; :class:`~saga.RunNotFound` for
+        an unknown id."""
+        return self.tiers.get(run_id)
 
     def wait(self, run_id: str, timeout: float = 30.0, poll: float = 0.002) -> SagaState:
         """Block until the run is completed, compensated or failed, and return that state.
@@ -278,7 +288,7 @@ class Saga:
         deadline = time.monotonic() + timeout
         delay = poll
         while True:
-            state = self.store.get(run_id)
+            state = self.tiers.get(run_id)
             if state.status.terminal:
                 return state
             if time.monotonic() >= deadline:
@@ -290,15 +300,15 @@ class Saga:
 
     def history(self, run_id: str) -> list[SagaState]:
         """Every version of the run, oldest first (versions 1..n without gaps)."""
-        return self.store.history(run_id)
+        return self.tiers.history(run_id)
 
     def events(self, run_id: str) -> list[Event]:
         """Every event of the run, oldest first."""
-        return self.store.events(run_id)
+        return self.tiers.events(run_id)
 
     def rebuild(self, run_id: str) -> SagaState:
         """The run's state computed from its events alone; equal to :meth:`get`."""
-        return rebuild(self.store.events(run_id))
+        return rebuild(self.tiers.events(run_id))
 
     def find_step(self, name: str) -> Step | None:
         """The step called ``name``, if there is one."""

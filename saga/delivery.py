@@ -24,12 +24,13 @@ from typing import Any, Protocol, TypeVar
 
 from . import decide, metrics, policy
 from .engine import Runtime, commit_and_follow, dispatch, park, send_step
-from .errors import InvalidOutput, InvalidPayload, StoreUnavailable
+from .errors import InvalidOutput, InvalidPayload, Rejected, StoreUnavailable
 from .schema import BeginOutcome, CommitOptions
 from .settings import Settings
 from .state import (
     CompensationFunction,
     Direction,
+    JSONObject,
     SagaState,
     Status,
     StepContext,
@@ -284,7 +285,10 @@ class Delivery:
         state, n, index = granted.state, granted.number, self.index
         verdict = policy.retry_policy(exc, n, step.retry_policy(rt.settings), rt.settings.lease_seconds)
         retrying = isinstance(verdict, policy.Retry)
-        metrics.step_finished(rt.name, step.name, self.direction.value, seconds, "retrying" if retrying else "failed")
+        outcome = "retrying" if retrying else "failed"
+        if isinstance(exc, Rejected) and self.direction is Direction.FORWARD:
+            outcome = "rejected"
+        metrics.step_finished(rt.name, step.name, self.direction.value, seconds, outcome)
         shape = rt.definition.shape
         if isinstance(verdict, policy.Retry):
             event = decide.decide_retry(state, shape, self.direction, index, n, exc, verdict.delay)
@@ -300,10 +304,15 @@ class Delivery:
             )
             send_step(rt, state, index, self.direction, attempt=n + 1, countdown=verdict.delay)
             return
-        self.log.error("gave up after %d attempt(s): %s: %s", n, type(exc).__name__, cut(exc))
-        if self.direction is Direction.FORWARD:
+        entry: JSONObject | None = None
+        if self.direction is Direction.FORWARD and isinstance(exc, Rejected):
+            self.log.info("rejected: %s", cut(exc))
+            transition = decide.decide_step_rejected(state, shape, index, exc, n)
+        elif self.direction is Direction.FORWARD:
+            self.log.error("gave up after %d attempt(s): %s: %s", n, type(exc).__name__, cut(exc))
             transition, entry = decide.decide_step_gave_up(state, shape, index, exc, n)
         else:
+            self.log.error("gave up after %d attempt(s): %s: %s", n, type(exc).__name__, cut(exc))
             transition, entry = decide.decide_compensation_gave_up(state, shape, index, exc, n)
         options = CommitOptions(token=granted.token, release=True, dead_entry=entry)
         result = self._waiting("commit of the failure", lambda: commit_and_follow(rt, state, transition, options))

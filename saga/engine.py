@@ -28,7 +28,7 @@ from .schema import PLAIN_COMMIT, CommitOptions, CommitResult, CreateOutcome, Me
 from .settings import Settings
 from .state import Direction, SagaState, Shape, Status, Transition
 from .store import RedisStore
-from .validate import cut, validated
+from .validate import cut, validated, validated_tags
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def commit_and_follow(
         transition,
         options,
         check_at=policy.next_check_at(after.status, time.time(), rt.settings.lease_seconds),
-        ttl_ms=policy.retention_ms(after.status, rt.settings.retention_seconds),
+        ttl_ms=policy.retention_ms(after.status, rt.settings.retention_seconds, archived=bool(rt.settings.archive_url)),
         message=message,
     )
     if not result.applied:
@@ -183,7 +183,7 @@ def commit_and_follow(
 # --- runs ------------------------------------------------------------------------------------
 
 
-def start_run(rt: Runtime, payload: object, key: str | None) -> str:
+def start_run(rt: Runtime, payload: object, key: str | None, tags: object = None) -> str:
     """Write version 1 of a new run under ``rt``'s definition and send its first step; returns
     the run id.
 
@@ -198,8 +198,9 @@ def start_run(rt: Runtime, payload: object, key: str | None) -> str:
         raise InvalidPayload(f"the start key must be a string of 1 to {MAX_KEY} characters, got {cut(key, 40)}")
     s = rt.settings
     body = validated(payload, "the saga payload", max_bytes=s.max_payload_bytes, max_depth=s.max_payload_depth)
+    run_tags = validated_tags(tags)
     run_id = str(uuid.uuid5(_KEY_NAMESPACE, f"{rt.name}\0{key}")) if key is not None else str(uuid.uuid4())
-    start = decide.decide_start(run_id, rt.name, body, definition_version=rt.definition.version)
+    start = decide.decide_start(run_id, rt.name, body, definition_version=rt.definition.version, tags=run_tags)
     check_at = policy.dispatch_check_at(time.time(), rt.settings.dispatch_timeout)
     message = next_message(rt, start.state)
     outcome = rt.store.create(shape, start, key, check_at=check_at, message=message)

@@ -102,6 +102,16 @@ class StoreFull(StoreUnavailable):
     is freed or ``maxmemory`` raised."""
 
 
+class ArchiveUnavailable(SagaError):
+    """The SQL archive (``SAGA_ARCHIVE_URL``) cannot be reached or refused a statement; runs keep
+    moving in Redis and the archiver catches up once it answers."""
+
+
+class ArchiveSchemaMismatch(SagaError):
+    """The archive's tables are at another schema revision than this version of saga needs;
+    ``saga db upgrade`` applies the migrations."""
+
+
 class BrokerUnavailable(SagaError):
     """The Celery broker could not take a task message (the run itself is saved)."""
 
@@ -128,6 +138,15 @@ class PermanentError(SagaError):
 
     A step that raises it goes straight to the dead-letter queue and its saga compensates.
     """
+
+
+class Rejected(PermanentError):
+    """Raise from a step to reject the request as a normal business outcome (insufficient
+    funds, an address we do not ship to): the saga compensates at once, like a permanent
+    failure, but records no dead letter — nothing needs an operator. The run ends
+    ``compensated`` with an error of type ``Rejected`` and a ``saga.rejected`` event. A
+    subclass of :class:`PermanentError`, so code that catches that catches this too; raised
+    from a compensation it is a permanent failure of the compensation."""
 
 
 class InvalidOutput(PermanentError):

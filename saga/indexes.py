@@ -26,7 +26,7 @@ from .schema import BucketKeys, GlobalKeys, ParkedRun, RunKeys, bucket_of, run_k
 from .state import JSONObject, Status
 
 #: The scripts in ``saga/lua/``.
-SCRIPTS = ("create", "begin", "commit", "record", "renew", "note", "park")
+SCRIPTS = ("create", "begin", "commit", "record", "renew", "note", "park", "archived")
 #: Statuses whose runs leave the store when their retention ends (their index entries with them).
 EXPIRING = (Status.COMPLETED, Status.COMPENSATED)
 
@@ -75,7 +75,7 @@ class BucketedStore:
     def client(self) -> Client:
         """The Redis (or Redis Cluster) client, connected and checked on first use."""
         if self._client is None:
-            with self._guard():
+            with self.guarded():
                 client = connect(self.url, self.retries)
                 self._check_layout(client)
                 self._scripts = {name: load_script(client, name) for name in SCRIPTS}
@@ -104,12 +104,14 @@ class BucketedStore:
         self.client  # noqa: B018 - connects and loads the scripts on first use
         return self._scripts[name]
 
-    def _guard(self) -> AbstractContextManager[None]:
+    def guarded(self) -> AbstractContextManager[None]:
+        """A context in which this store's connection errors become :class:`StoreUnavailable`
+        (for the other Redis adapters that share its client)."""
         return guard(self.url)
 
     def ping(self) -> None:
         """Raise :class:`StoreUnavailable` unless Redis answers."""
-        with self._guard():
+        with self.guarded():
             self.client.ping()
 
     def bucket(self, run_id: str) -> int:
@@ -124,6 +126,11 @@ class BucketedStore:
         """The index keys of the bucket run ``run_id`` lives in."""
         return self._bucket_keys[self.bucket(run_id)]
 
+    @property
+    def every_bucket(self) -> Sequence[BucketKeys]:
+        """The index keys of every bucket, bucket 0 first (``every_bucket[k]`` is bucket ``k``)."""
+        return self._bucket_keys
+
     # --- reading an index over the buckets ---------------------------------------------------
 
     def _merged(
@@ -135,7 +142,7 @@ class BucketedStore:
         while True:
             empty = [s for s in sources if not s.rows and not s.done]
             if empty:
-                with self._guard():
+                with self.guarded():
                     pipe = self.client.pipeline(transaction=False)
                     for s in empty:
                         if newest_first:
@@ -175,7 +182,7 @@ class BucketedStore:
         """Drop index entries of runs whose keys are gone (their retention ended)."""
         if not run_ids:
             return
-        with self._guard():
+        with self.guarded():
             pipe = self.client.pipeline(transaction=False)
             for run_id in run_ids:
                 b = self.bucket_keys(run_id)
@@ -188,7 +195,7 @@ class BucketedStore:
     def trim_finished(self, before: float) -> int:
         """Drop the listing entries of completed and compensated runs that finished before
         ``before`` (their keys have expired by then); returns how many."""
-        with self._guard():
+        with self.guarded():
             pipe = self.client.pipeline(transaction=False)
             for b in self._bucket_keys:
                 for status in EXPIRING:
@@ -197,7 +204,7 @@ class BucketedStore:
 
     def count_runs(self, status: Status) -> int:
         """How many runs are listed in ``status``."""
-        with self._guard():
+        with self.guarded():
             pipe = self.client.pipeline(transaction=False)
             for b in self._bucket_keys:
                 pipe.zcard(b.status(status))
@@ -207,17 +214,17 @@ class BucketedStore:
 
     def schedule(self, run_id: str, at: float) -> None:
         """Have the watchdog look at an unfinished run at ``at`` (seconds since the epoch)."""
-        with self._guard():
+        with self.guarded():
             self.client.zadd(self.bucket_keys(run_id).active, {run_id: at})
 
     def deadline(self, run_id: str) -> float | None:
         """When the watchdog looks at a run next (None: it is not watched)."""
-        with self._guard():
+        with self.guarded():
             return self.client.zscore(self.bucket_keys(run_id).active, run_id)
 
     def forget_active(self, run_id: str) -> None:
         """Stop watching a run (it is terminal)."""
-        with self._guard():
+        with self.guarded():
             self.client.zrem(self.bucket_keys(run_id).active, run_id)
 
     def due(self, now: float, limit: int = 100) -> list[str]:
@@ -231,7 +238,7 @@ class BucketedStore:
 
     def hold_lock(self, key: str, owner: str, ttl_ms: int) -> bool:
         """Take or extend the lock at ``key`` for ``owner``; False if another owner holds it."""
-        with self._guard():
+        with self.guarded():
             if self.client.set(key, owner, nx=True, px=ttl_ms):
                 return True
             if self.client.get(key) == owner:
@@ -244,7 +251,7 @@ class BucketedStore:
     def forget_parked(self, run_ids: Sequence[str]) -> None:
         """Take runs off the parked runs (they were resumed, unwound or finished)."""
         if run_ids:
-            with self._guard():
+            with self.guarded():
                 pipe = self.client.pipeline(transaction=False)
                 for run_id in run_ids:
                     pipe.zrem(self.bucket_keys(run_id).parked, run_id)
@@ -255,7 +262,7 @@ class BucketedStore:
         out, and their stale index entries removed)."""
         merged = self._merged(self._each_bucket(["parked"]), newest_first=False, page=self._page(limit))
         ids = [run_id for run_id, _ in islice(merged, limit)]
-        with self._guard():
+        with self.guarded():
             pipe = self.client.pipeline(transaction=False)
             for run_id in ids:
                 pipe.hmget(self.keys(run_id).meta, ["saga", "sv", "fingerprint", "parked"])
@@ -284,7 +291,7 @@ class BucketedStore:
 
     def dead_letter(self, entry_id: str) -> JSONObject:
         """One dead-letter entry; :class:`EntryNotFound` if it is not in the queue."""
-        with self._guard():
+        with self.guarded():
             raw = self.client.hget(self._entry_bucket(entry_id).dlq, entry_id)
         if raw is None:
             raise EntryNotFound(entry_id)
@@ -294,7 +301,7 @@ class BucketedStore:
     def remove_dead_letter(self, entry_id: str) -> None:
         """Take an entry off the queue (the run's own record of it stays)."""
         b = self._entry_bucket(entry_id)
-        with self._guard():
+        with self.guarded():
             pipe = self.client.pipeline(transaction=False)
             pipe.hdel(b.dlq, entry_id)
             pipe.zrem(b.dlq_index, entry_id)
@@ -327,7 +334,7 @@ class BucketedStore:
                 break
         more = len(picked) > limit
         picked = picked[:limit]
-        with self._guard():
+        with self.guarded():
             pipe = self.client.pipeline(transaction=False)
             for entry_id, _ in picked:
                 pipe.hget(self._entry_bucket(entry_id).dlq, entry_id)
@@ -351,7 +358,7 @@ class BucketedStore:
             cursor = page.cursor
 
     def _cardinality(self, index: str) -> int:
-        with self._guard():
+        with self.guarded():
             pipe = self.client.pipeline(transaction=False)
             for key in self._each_bucket([index]):
                 pipe.zcard(key)

@@ -29,7 +29,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,14 +176,48 @@ def prepare_multiprocess() -> str | None:
     return folder
 
 
-def serve(port: int, reads: Mapping[str, Callable[[], int]], addr: str = "0.0.0.0") -> bool:
-    """Serve every process's metrics (this one's and its pool children's), and the store
-    gauges ``reads`` gives, on ``port``; False (and one log line) when the port cannot be used."""
+class ArchiveGauges(Collector):
+    """The archive feed's depth and lag per bucket, read at scrape time through ``lag``, which
+    gives (bucket, depth, age of the oldest entry in seconds) for each bucket."""
+
+    def __init__(self, lag: Callable[[], Iterable[tuple[int, int, float]]]) -> None:
+        self._lag = lag
+
+    def collect(self) -> Iterator[Metric]:
+        """The gauges, read now (none while the store does not answer)."""
+        try:
+            rows = list(self._lag())
+        except Exception:
+            return
+        depth = GaugeMetricFamily(
+            "saga_archive_feed_depth", "Feed entries not yet copied to the SQL archive.", labels=["bucket"]
+        )
+        age = GaugeMetricFamily(
+            "saga_archive_lag_seconds", "Age of the oldest feed entry not yet archived.", labels=["bucket"]
+        )
+        for bucket, entries, seconds in rows:
+            depth.add_metric([str(bucket)], entries)
+            age.add_metric([str(bucket)], seconds)
+        yield depth
+        yield age
+
+
+def serve(
+    port: int,
+    reads: Mapping[str, Callable[[], int]],
+    lag: Callable[[], Iterable[tuple[int, int, float]]] | None = None,
+    addr: str = "0.0.0.0",
+) -> bool:
+    """Serve every process's metrics (this one's and its pool children's), the store gauges
+    ``reads`` gives and, with ``lag``, the archive feed's gauges, on ``port``; False (and one
+    log line) when the port cannot be used."""
     registry = REGISTRY
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     registry.register(StoreGauges(reads))
+    if lag is not None:
+        registry.register(ArchiveGauges(lag))
     try:
         start_http_server(port, addr=addr, registry=registry)
     except OSError as exc:

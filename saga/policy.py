@@ -193,15 +193,22 @@ def lease_check_at(now: float, lease_seconds: float) -> float:
     return now + lease_seconds + LEASE_MARGIN
 
 
+def finished_kept_seconds(retention_seconds: int, hot_retention_seconds: int, *, archived: bool) -> int:
+    """How long a finished run stays listed in Redis: its hot retention with an archive (the
+    archive lists it after that), its retention without."""
+    return hot_retention_seconds if archived else retention_seconds
+
+
 def dispatch_check_at(now: float, dispatch_timeout: float) -> float:
     """When the watchdog must look at a run whose step was just sent (at start, or on a resume)."""
     return now + dispatch_timeout
 
 
-def retention_ms(status: Status, retention_seconds: int) -> int:
+def retention_ms(status: Status, retention_seconds: int, *, archived: bool = False) -> int:
     """How long a run's keys are kept after a transition to ``status``: ``retention_seconds`` for
-    completed and compensated runs; 0 (no expiry) otherwise — a failed run waits for an operator."""
-    if status in (Status.COMPLETED, Status.COMPENSATED):
+    completed and compensated runs; 0 (no expiry) otherwise — a failed run waits for an operator.
+    With an archive, 0 as well: the archiver lets the run expire once it holds it."""
+    if not archived and status in (Status.COMPLETED, Status.COMPENSATED):
         return retention_seconds * 1000
     return 0
 
@@ -270,3 +277,19 @@ def verify_records(stored: SagaState, rebuilt: SagaState, history: Sequence[Saga
         if problem:
             problems.append(f"at version {snap.version}, {problem}")
     return problems
+
+
+def version_rows(
+    counts: Mapping[tuple[str, int, str], int], parked: Mapping[tuple[str, int], int]
+) -> list[dict[str, object]]:
+    """``saga stats`` rows from run counts by (saga, version, status) and parked runs by (saga,
+    version): ``saga``, ``version``, one count per status, ``parked`` and ``unfinished`` (a
+    version whose ``unfinished`` is 0 has no run left to drain)."""
+    rows: list[dict[str, object]] = []
+    for saga, version in sorted({(s, v) for s, v, _ in counts}):
+        row: dict[str, object] = {"saga": saga, "version": version}
+        row.update({status.value: counts.get((saga, version, status.value), 0) for status in Status})
+        row["parked"] = parked.get((saga, version), 0)
+        row["unfinished"] = sum(counts.get((saga, version, s.value), 0) for s in Status if not s.terminal)
+        rows.append(row)
+    return rows

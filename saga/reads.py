@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import cast
 
 from . import codec
 from .errors import RunNotFound
 from .indexes import BucketedStore
 from .schema import Progress
-from .state import Event, SagaState, Shape, json_copy, rebuild
+from .state import Event, SagaState, Shape, rebuild
 
 
 def snapshot_state(snapshot: str | None) -> SagaState | None:
@@ -43,18 +42,15 @@ class RunReads(BucketedStore):
     def snapshots(self, run_ids: Sequence[str]) -> list[SagaState | None]:
         """The latest state of each run (None where there is no such run), in one round trip
         for runs with a snapshot and one more for those rebuilt from their events."""
-        with self._guard():
+        with self.guarded():
             pipe = self.client.pipeline(transaction=False)
             for run_id in run_ids:
-                keys = self.keys(run_id)
-                pipe.get(keys.snapshot)
-                pipe.hget(keys.meta, "fingerprint")
+                pipe.get(self.keys(run_id).snapshot)
             replies = cast(list[str | None], pipe.execute())
-        rows = list(zip(replies[::2], replies[1::2], strict=True))
-        states = [snapshot_state(snapshot) for snapshot, _ in rows]
-        settled = [i for i, (snapshot, fingerprint) in enumerate(rows) if snapshot is None and fingerprint]
+        states = [snapshot_state(snapshot) for snapshot in replies]
+        settled = [i for i, snapshot in enumerate(replies) if snapshot is None]
         if settled:
-            logs = self._logs([(run_ids[i], rows[i][1] or "") for i in settled])
+            logs = self.logs([run_ids[i] for i in settled])
             for i, events in zip(settled, logs, strict=True):
                 states[i] = rebuild(events) if events else None
         return states
@@ -62,7 +58,7 @@ class RunReads(BucketedStore):
     def labels(self, run_ids: Sequence[str]) -> list[tuple[str, int] | None]:
         """The saga name and definition version of each run (None where there is no such run),
         in one round trip."""
-        with self._guard():
+        with self.guarded():
             pipe = self.client.pipeline(transaction=False)
             for run_id in run_ids:
                 pipe.hmget(self.keys(run_id).meta, ["saga", "sv"])
@@ -71,9 +67,7 @@ class RunReads(BucketedStore):
 
     def events(self, run_id: str) -> list[Event]:
         """Every event of a run, oldest first."""
-        with self._guard():
-            fingerprint = cast(str | None, self.client.hget(self.keys(run_id).meta, "fingerprint"))
-        events = self._logs([(run_id, fingerprint or "")])[0]
+        events = self.logs([run_id])[0]
         if not events:
             raise RunNotFound(run_id)
         return events
@@ -81,18 +75,15 @@ class RunReads(BucketedStore):
     def history(self, run_id: str) -> list[SagaState]:
         """The run at every version, oldest first, rebuilt from its events (each state with a
         payload of its own)."""
-        return [_own(s) for s in codec.versions(self.events(run_id))]
+        return codec.history(self.events(run_id))
 
     def at_version(self, run_id: str, version: int) -> SagaState:
         """The run at one version, rebuilt from its events."""
-        states = codec.versions(self.events(run_id), until=version)
-        if version < 1 or states[-1].version != version:
-            raise RunNotFound(f"{run_id}@v{version}")
-        return _own(states[-1])
+        return codec.at_version(run_id, self.events(run_id), version)
 
     def meta(self, run_id: str) -> dict[str, str]:
         """The run's bookkeeping fields (fingerprint, fence, attempt, dups, ...)."""
-        with self._guard():
+        with self.guarded():
             data = cast(dict[str, str], self.client.hgetall(self.keys(run_id).meta))
         if not data:
             raise RunNotFound(run_id)
@@ -100,13 +91,13 @@ class RunReads(BucketedStore):
 
     def lease(self, run_id: str) -> str | None:
         """The run's current lease value, if one is live."""
-        with self._guard():
+        with self.guarded():
             return cast(str | None, self.client.get(self.keys(run_id).lease))
 
     def progress(self, run_id: str) -> Progress:
         """What the watchdog needs beyond the snapshot (see :class:`Progress`), in one round trip."""
         k = self.keys(run_id)
-        with self._guard():
+        with self.guarded():
             pipe = self.client.pipeline(transaction=False)
             pipe.get(k.lease)
             pipe.pttl(k.lease)
@@ -118,7 +109,7 @@ class RunReads(BucketedStore):
 
     def shape(self, run_id: str) -> Shape | None:
         """The shape of the definition a run started with (None for an unknown run)."""
-        with self._guard():
+        with self.guarded():
             fingerprint = cast(str | None, self.client.hget(self.keys(run_id).meta, "fingerprint"))
         return self._shape(run_id, fingerprint) if fingerprint else None
 
@@ -126,26 +117,25 @@ class RunReads(BucketedStore):
         """A recorded shape by fingerprint (read once per process: a fingerprint's shape never
         changes)."""
         if fingerprint not in self._shapes:
-            with self._guard():
+            with self.guarded():
                 raw = cast(str | None, self.client.hget(self.bucket_keys(run_id).shapes, fingerprint))
             if raw is None:
                 return None
             self._shapes[fingerprint] = Shape.from_list(json.loads(raw))
         return self._shapes[fingerprint]
 
-    def _logs(self, runs: Sequence[tuple[str, str]]) -> list[list[Event]]:
-        """The events of each (run id, fingerprint), in one round trip ([] for a run without)."""
-        with self._guard():
+    def logs(self, run_ids: Sequence[str]) -> list[list[Event]]:
+        """The events of each run, in one round trip ([] for a run without)."""
+        with self.guarded():
             pipe = self.client.pipeline(transaction=False)
-            for run_id, _ in runs:
-                pipe.lrange(self.keys(run_id).events, 0, -1)
-            rows = cast(list[list[str]], pipe.execute())
+            for run_id in run_ids:
+                keys = self.keys(run_id)
+                pipe.hget(keys.meta, "fingerprint")
+                pipe.lrange(keys.events, 0, -1)
+            replies = pipe.execute()
+        fingerprints = cast(list[str | None], replies[::2])
+        rows = cast(list[list[str]], replies[1::2])
         return [
             codec.unpack(run_id, raw, self._shape(run_id, fingerprint) if fingerprint else None) if raw else []
-            for (run_id, fingerprint), raw in zip(runs, rows, strict=True)
+            for run_id, fingerprint, raw in zip(run_ids, fingerprints, rows, strict=True)
         ]
-
-
-def _own(state: SagaState) -> SagaState:
-    """``state`` with a payload that shares nothing with any other state's."""
-    return replace(state, payload=json_copy(state.payload))

@@ -20,14 +20,18 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 from . import decide, metrics, policy, tasks
+from .archive import Archive
+from .archiver import Archiver
 from .delivery import StepDefinition, deliver
 from .engine import Runtime, SagaDefinition, StoredDefinition, park
 from .errors import RunNotFound, SagaDefinitionError, StoreUnavailable
+from .feed import ArchiveFeed
 from .heartbeat import Heartbeat
 from .log import run_logger
 from .settings import Settings
 from .state import Direction, EventType, Shape
 from .store import RedisStore
+from .tiers import Tiers
 from .validate import call_problem
 from .watchdog import Watchdog
 
@@ -68,7 +72,8 @@ class Registry:
         self._store_retries = store_retries
         self._sagas: dict[str, dict[int, RegisteredSaga]] = {}
         self._tasks: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
-        self._stores: dict[tuple[str, str, int, int], RedisStore] = {}
+        self._stores: dict[tuple[str, str, int, int, bool], RedisStore] = {}
+        self._archives: dict[str, Archive] = {}
         self._hooked: weakref.WeakSet[Any] = weakref.WeakSet()
         self._lock = threading.RLock()
         self.heartbeat = Heartbeat()
@@ -97,7 +102,8 @@ class Registry:
 
     def store_for(self, settings: Settings) -> RedisStore:
         """The store ``settings`` name, shared by every saga that uses it."""
-        key = (settings.redis_url, settings.key_prefix, self._store_retries, settings.buckets)
+        feed = bool(settings.archive_url)
+        key = (settings.redis_url, settings.key_prefix, self._store_retries, settings.buckets, feed)
         with self._lock:
             store = self._stores.get(key)
             if store is None:
@@ -106,9 +112,35 @@ class Registry:
                     prefix=settings.key_prefix,
                     retries=self._store_retries,
                     buckets=settings.buckets,
+                    feed=feed,
                 )
                 self._stores[key] = store
             return store
+
+    def archive_for(self, settings: Settings) -> Archive | None:
+        """The SQL archive ``settings`` name (None without ``SAGA_ARCHIVE_URL``), shared by every
+        saga that uses it; connected on first use."""
+        if not settings.archive_url:
+            return None
+        with self._lock:
+            archive = self._archives.get(settings.archive_url)
+            if archive is None:
+                archive = self._archives[settings.archive_url] = Archive(settings.archive_url)
+            return archive
+
+    def tiers_for(self, settings: Settings) -> Tiers:
+        """Reads of runs over the store and archive ``settings`` name (see :class:`Tiers`)."""
+        return Tiers(self.store_for(settings), self.archive_for(settings))
+
+    @property
+    def archive(self) -> Archive | None:
+        """The archive this registry's settings name, if any."""
+        return self.archive_for(self.settings)
+
+    @property
+    def tiers(self) -> Tiers:
+        """Reads that fall through from this registry's store to its archive."""
+        return self.tiers_for(self.settings)
 
     @property
     def store(self) -> RedisStore:
@@ -268,7 +300,7 @@ class Registry:
                 return
             self._hooked.add(app)
         folders: list[str] = []
-        dogs: list[Watchdog] = []
+        dogs: list[Watchdog | Archiver] = []
 
         def on_init(**_: Any) -> None:  # before the pool forks
             if self.settings.metrics_port:
@@ -281,9 +313,14 @@ class Registry:
             if s.watchdog_interval > 0:
                 dogs.append(self.watchdog())
                 dogs[-1].start()
+            archive = self.archive_for(s)
+            if archive is not None and s.archiver:
+                dogs.append(Archiver(self.store, archive, s))
+                dogs[-1].start()
             if s.metrics_port:
                 reads = {"saga_dead_letters": self.store.dead_letter_depth, "saga_parked_runs": self.store.parked_depth}
-                metrics.serve(s.metrics_port, reads)
+                lag = ArchiveFeed(self.store).lag if s.archive_url else None
+                metrics.serve(s.metrics_port, reads, lag)
 
         def on_stop(**_: Any) -> None:
             for dog in dogs:

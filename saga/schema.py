@@ -73,12 +73,26 @@ class BucketKeys:
     dlq_index: str
     shapes: str
     base: str
+    #: the archive feed (a stream: one entry per committed transition, while an archive is on)
+    feed: str
+    #: feed entries the archiver could not copy, kept for an operator (a list)
+    feed_parked: str
 
     @classmethod
     def of(cls, prefix: str, bucket: int) -> BucketKeys:
         """The index keys of bucket ``bucket`` under ``prefix``."""
         b = f"{prefix}:{{{bucket}}}"
-        return cls(bucket, f"{b}:active", f"{b}:parked", f"{b}:dlq", f"{b}:dlq:index", f"{b}:shapes", b)
+        return cls(
+            bucket,
+            f"{b}:active",
+            f"{b}:parked",
+            f"{b}:dlq",
+            f"{b}:dlq:index",
+            f"{b}:shapes",
+            b,
+            f"{b}:feed",
+            f"{b}:feed:parked",
+        )
 
     def status(self, status: Status | str) -> str:
         """The index of the bucket's runs in ``status``."""
@@ -91,11 +105,12 @@ class GlobalKeys:
 
     config: str
     watchdog: str
+    archiver: str
 
     @classmethod
     def under(cls, prefix: str) -> GlobalKeys:
         """The global keys under ``prefix``."""
-        return cls(f"{prefix}:config", f"{prefix}:watchdog")
+        return cls(f"{prefix}:config", f"{prefix}:watchdog", f"{prefix}:archiver")
 
 
 class BeginOutcome(StrEnum):

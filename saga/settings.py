@@ -23,6 +23,9 @@ DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
 #: few enough that a listing reads each bucket's index in one pipelined round trip.
 DEFAULT_BUCKETS = 16
 
+#: With an archive, how long a finished run stays in Redis once archived (an hour).
+DEFAULT_HOT_RETENTION_SECONDS = 3600
+
 ENV_PREFIX = "SAGA_"
 
 
@@ -67,6 +70,16 @@ class Settings(BaseModel):
     #: How many buckets runs and indexes are spread over (recorded in the store on first use;
     #: every process must use the same number).
     buckets: int = Field(default=DEFAULT_BUCKETS, ge=1, le=16384)
+    #: The durable SQL archive, an SQLAlchemy URL (``sqlite:///runs.db`` or
+    #: ``postgresql+psycopg://user@host/db``); empty: no archive, runs live in Redis only.
+    archive_url: str = ""
+    #: With an archive: how long a finished run stays in Redis after it was archived.
+    hot_retention_seconds: int = Field(default=DEFAULT_HOT_RETENTION_SECONDS, gt=0)
+    #: Whether each worker runs an archiver thread (one is elected at a time); false when
+    #: ``saga archive run`` processes do the archiving.
+    archiver: bool = True
+    #: Feed entries the archiver copies per SQL transaction.
+    archive_batch: int = Field(default=500, ge=1, le=10_000)
 
     @model_validator(mode="after")
     def _broker_defaults_to_redis(self) -> Settings:

@@ -74,6 +74,7 @@ class EventType(StrEnum):
     SAGA_PARKED = "saga.parked"  # no worker here has the definition the run needs: it waits
     SAGA_COMPENSATION_REQUESTED = "saga.compensation_requested"  # an operator unwinds the run
     SAGA_MESSAGE_REJECTED = "saga.message_rejected"  # a malformed message naming the run was dropped
+    SAGA_REJECTED = "saga.rejected"  # a step raised Rejected: compensate, no dead letter
 
 
 #: Events whose ``error`` field becomes the run's error.
@@ -127,6 +128,7 @@ class SagaState:
     updated_at: str = ""
     definition_version: int = 1
     compensated: tuple[int, ...] = ()
+    tags: Mapping[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> JSONObject:
         """The snapshot as a JSON object (the stored form); :meth:`from_dict` reads it back."""
@@ -143,6 +145,7 @@ class SagaState:
             "updated_at": self.updated_at,
             "definition_version": self.definition_version,
             "compensated": list(self.compensated),
+            "tags": dict(self.tags),
         }
 
     @classmethod
@@ -162,6 +165,7 @@ class SagaState:
             updated_at=data.get("updated_at", ""),
             definition_version=int(data.get("definition_version", 1)),
             compensated=tuple(data.get("compensated", ())),
+            tags=dict(data.get("tags") or {}),
         )
 
     def __eq__(self, other: object) -> bool:
@@ -313,6 +317,7 @@ def apply(state: SagaState | None, event: Mapping[str, Any]) -> SagaState:
             created_at=event["at"],
             updated_at=event["at"],
             definition_version=int(event.get("definition_version", 1)),
+            tags=dict(event.get("tags") or {}),
         )
     if state is None:
         raise ValueError(f"event {kind!r} before saga.started")

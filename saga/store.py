@@ -21,6 +21,7 @@ from .schema import (
     PLAIN_COMMIT,
     Begin,
     BeginOutcome,
+    BucketKeys,
     CommitOptions,
     CommitReason,
     CommitResult,
@@ -60,9 +61,14 @@ class RedisStore(RunReads):
     with backoff (``retries``), then raised as :class:`StoreUnavailable` with a one-line message.
     """
 
-    def __init__(self, url: str, *, prefix: str = "saga", retries: int = 8, buckets: int = DEFAULT_BUCKETS) -> None:
+    def __init__(
+        self, url: str, *, prefix: str = "saga", retries: int = 8, buckets: int = DEFAULT_BUCKETS, feed: bool = False
+    ) -> None:
         super().__init__(url, prefix=prefix, retries=retries, buckets=buckets)
         self._pushes: dict[str, bool] = {}
+        #: Whether every script that commits a transition also appends the run to its bucket's
+        #: archive feed (an archive is configured).
+        self.feed = feed
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -85,7 +91,7 @@ class RedisStore(RunReads):
             _dumps(shape.to_list()),
             _dumps(state.to_dict()),
             codec.Packer(started_us, None, 0).pack(start.events[0]),
-            key or "",
+            "1" if self.feed else "",
             state.status.value,
             state.current_step,
             state.definition_version,
@@ -95,10 +101,10 @@ class RedisStore(RunReads):
             check_at,
             message.body if message else "",
         ]
-        keys = [k.meta, k.events, b.active, b.status(state.status), b.shapes, k.snapshot]
+        keys = [k.meta, k.events, b.active, b.status(state.status), b.shapes, k.snapshot, b.feed]
         if message is not None:
             keys.append(message.key)
-        with self._guard():
+        with self.guarded():
             return CreateOutcome(self.script("create")(keys=keys, args=args))
 
     def begin(
@@ -124,7 +130,7 @@ class RedisStore(RunReads):
         kind = EventType.STEP_STARTED if direction is Direction.FORWARD else EventType.COMPENSATION_STARTED
         now_us = time.time_ns() // 1000
         args = [direction.value, index, lease_ms, attempt, fingerprint, codec.CODES[kind], now_us, check_at, run_id]
-        with self._guard():
+        with self.guarded():
             outcome, snapshot, token, n, extra = self.script("begin")(
                 keys=[k.meta, k.events, k.lease, b.active, k.snapshot], args=args
             )
@@ -169,6 +175,7 @@ class RedisStore(RunReads):
                 ("i", o.refuse_while_leased),
                 ("u", o.operator_unwind),
                 ("f", settled),
+                ("x", self.feed),
             )
             if on
         )
@@ -184,6 +191,7 @@ class RedisStore(RunReads):
             b.dlq,
             b.dlq_index,
             k.snapshot,
+            b.feed,
             *([message.key] if message else []),
         ]
         args = [
@@ -204,7 +212,7 @@ class RedisStore(RunReads):
             message.body if message else "",
             *(packer.pack(e) for e in transition.events),
         ]
-        with self._guard():
+        with self.guarded():
             reply = self.script("commit")(keys=keys, args=args)
         applied = bool(reply[0])
         return CommitResult(applied, CommitReason(reply[1]), str(reply[2]) if applied else "")
@@ -215,7 +223,7 @@ class RedisStore(RunReads):
         """Append a fenced attempt's retry events (snapshot-neutral) and hand its lease to the
         retry that follows (see record.lua); False when the token no longer holds the run."""
         k, packer = self.keys(state.id), _packer(state)
-        with self._guard():
+        with self.guarded():
             ok = self.script("record")(
                 keys=[k.meta, k.events, k.lease], args=[token, lease_value, lease_ms, *map(packer.pack, events)]
             )
@@ -249,8 +257,10 @@ class RedisStore(RunReads):
             "" if check_at is None else check_at,
             *map(packer.pack, events),
         ]
-        with self._guard():
-            ok, detail = self.script("note")(keys=[k.meta, k.events, k.lease, b.parked, b.active], args=args)
+        with self.guarded():
+            ok, detail = self.script("note")(
+                keys=[k.meta, k.events, k.lease, b.parked, b.active, *self._feed(b)], args=args
+            )
         return bool(ok), str(detail)
 
     def park(self, state: SagaState, event: Event, reason: str) -> ParkOutcome:
@@ -259,8 +269,15 @@ class RedisStore(RunReads):
         moved."""
         k, b = self.keys(state.id), self.bucket_keys(state.id)
         args: list[str | int | float] = [reason, state.version, _packer(state).pack(event), time.time(), state.id]
-        with self._guard():
-            return ParkOutcome(self.script("park")(keys=[k.meta, k.events, k.lease, b.parked], args=args))
+        with self.guarded():
+            return ParkOutcome(
+                self.script("park")(keys=[k.meta, k.events, k.lease, b.parked, *self._feed(b)], args=args)
+            )
+
+    def _feed(self, b: BucketKeys) -> list[str]:
+        """The feed key a script appends the run to, as its optional last key: none without an
+        archive."""
+        return [b.feed] if self.feed else []
 
     def pushes_messages(self, broker_url: str) -> bool:
         """Whether task messages for the broker at ``broker_url`` can be pushed by this store's
@@ -271,10 +288,10 @@ class RedisStore(RunReads):
 
     def request_cancel(self, run_id: str, reason: str) -> None:
         """Ask the attempt running now to cancel the run when it commits."""
-        with self._guard():
+        with self.guarded():
             self.client.hset(self.keys(run_id).meta, "cancel", reason or "cancelled")
 
     def renew(self, run_id: str, token: str, lease_ms: int) -> bool:
         """Extend a lease that still carries ``token``."""
-        with self._guard():
+        with self.guarded():
             return bool(self.script("renew")(keys=[self.keys(run_id).lease], args=[token, lease_ms]))

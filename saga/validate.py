@@ -58,6 +58,36 @@ def validated(value: Any, what: str, *, max_bytes: int, max_depth: int) -> JSONO
     return _within(text, what, max_bytes)
 
 
+#: Most tags a run may carry, and the longest tag key and value (characters).
+MAX_TAGS = 16
+MAX_TAG_TEXT = 200
+
+
+def validated_tags(tags: object) -> dict[str, str]:
+    """A run's business tags, checked: a dict of at most :data:`MAX_TAGS` string keys (non-empty)
+    and string values, each at most :data:`MAX_TAG_TEXT` characters of valid text;
+    :class:`InvalidPayload` saying which rule is broken otherwise. ``None`` is no tags."""
+    if tags is None:
+        return {}
+    if not isinstance(tags, dict):
+        raise InvalidPayload(f"tags must be a dict of strings to strings, got {type(tags).__name__}")
+    if len(tags) > MAX_TAGS:
+        raise InvalidPayload(f"a run may carry at most {MAX_TAGS} tags, got {len(tags)}")
+    for key, value in tags.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise InvalidPayload(
+                f"tags must map strings to strings; {cut(key, 40)} -> {cut(value, 40)} is "
+                f"{type(key).__name__} -> {type(value).__name__}"
+            )
+        if not key or len(key) > MAX_TAG_TEXT or len(value) > MAX_TAG_TEXT:
+            raise InvalidPayload(f"tag keys must be 1 to {MAX_TAG_TEXT} characters and values at most {MAX_TAG_TEXT}")
+        try:
+            (key + value).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidPayload(f"tag {cut(key, 40)} is not valid UTF-8 text (a lone surrogate)") from None
+    return dict(tags)
+
+
 def _within(text: str, what: str, max_bytes: int) -> JSONObject:
     try:
         size = len(text.encode("utf-8"))

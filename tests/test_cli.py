@@ -226,6 +226,29 @@ def test_dlq_list_shows_the_entry_of_a_step_that_gave_up(runs: dict[str, str]) -
     assert out.returncode == EXIT_OK and entry["id"] in out.stdout and "create_shipment refused order 2" in out.stdout
 
 
+def test_dlq_list_pages_through_every_entry_once(order: Any) -> None:
+    # Given at least two dead-letter entries
+    failed_order(order, 11)
+    failed_order(order, 12)
+    everything = [e["id"] for e in saga_json("dlq", "list")]
+    assert len(everything) >= 2
+    # When an operator reads one entry at a time, following each page's cursor
+    seen: list[str] = []
+    cursor = ""
+    while True:
+        page = saga_json("dlq", "list", "--limit", "1", *(["--cursor", cursor] if cursor else []))
+        if not page:
+            break
+        assert len(page) == 1
+        seen.append(page[0]["id"])
+        cursor = page[0]["cursor"]
+    # Then the pages hold every entry once, in the order of the full listing
+    assert seen == everything
+    # and the table says how to get the next page
+    table = saga("dlq", "list", "--limit", "1")
+    assert table.returncode == EXIT_OK and "more entries: saga dlq list --cursor" in table.stdout
+
+
 # --- errors --------------------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from saga import Settings
+from saga.cli import cli
 from saga.testing import free_port, stop_process_group, wait_for, worker_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,8 +46,13 @@ def test_every_command_names_something_that_exists(compose: dict[str, Any]) -> N
     import celery.bin.celery
 
     for name, service in compose["services"].items():
+        if "command" not in service:
+            assert "image" in service, f"{name}: neither a command nor an image"
+            continue
         cmd = command(service)
-        if cmd[0] == "celery":
+        if cmd[0] == "saga":
+            assert cmd[1] in cli.commands, f"{name}: saga {cmd[1]}"
+        elif cmd[0] == "celery":
             module = cmd[cmd.index("-A") + 1]
             assert hasattr(importlib.import_module(module), "app"), f"{name}: {module} has no Celery app"
             subcommand = next(a for a in cmd[cmd.index("-A") + 2 :] if not a.startswith("-"))
@@ -79,6 +85,15 @@ def test_flower_takes_basic_auth_from_the_environment_and_no_credentials_are_wri
 
 def test_workers_get_the_store_url(compose: dict[str, Any]) -> None:
     assert "SAGA_REDIS_URL" in compose["services"]["worker"]["environment"]
+
+
+def test_workers_archive_to_postgres_after_the_migration_ran(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert services["postgres"]["image"].startswith("postgres:")
+    assert "postgresql+psycopg://" in services["worker"]["environment"]["SAGA_ARCHIVE_URL"]
+    assert command(services["migrate"]) == ["saga", "db", "upgrade"]
+    assert services["worker"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert "${POSTGRES_PASSWORD:?" in services["postgres"]["environment"]["POSTGRES_PASSWORD"]
 
 
 def test_the_example_env_file_lists_only_known_settings() -> None:

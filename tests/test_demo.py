@@ -27,4 +27,9 @@ def test_the_demo_runs_on_an_embedded_redis_and_leaves_nothing_running() -> None
     assert final == {"101": "completed", "102": "compensated", "103": "compensated", "104": "completed"}
     assert "saga.resumed" in out.stdout and "lease expired" in out.stdout  # order 104 came back
     assert "Traceback" not in out.stdout + out.stderr
+    # it ends by listing the four runs from its SQL archive, with where each failed
+    listed = re.findall(r"^  \S+  (completed|compensated)\s+failed at (\S+)", out.stdout, re.MULTILINE)
+    assert sorted(listed) == sorted(
+        [("completed", "-"), ("compensated", "create_shipment"), ("compensated", "charge_payment"), ("completed", "-")]
+    ), out.stdout[-1500:]
     assert not answers(embedded.group(1))  # its Redis is gone with it

@@ -15,6 +15,8 @@ from redis.crc import key_slot
 from saga import (
     InvalidPayload,
     KeyConflict,
+    PermanentError,
+    Rejected,
     RunNotFound,
     Saga,
     SagaDefinitionError,
@@ -86,6 +88,36 @@ def test_every_checkpoint_hash_is_the_sha256_of_the_canonical_payload_after_its_
             assert canonical_json(snap.payload) == text
             checked = len(snap.checkpoints)
     assert checked == len(final.checkpoints) == 4
+
+
+def test_a_rejection_compensates_at_once_and_leaves_no_dead_letter() -> None:
+    # Given a step that rejects the request as a normal business outcome
+    run_id = trip.start({"reject_at": "car"})
+    state = finished(trip, run_id)
+    # Then the committed steps are undone, newest first, without retries
+    assert state.status is Status.COMPENSATED
+    assert ledger(run_id) == [
+        "forward:flight",
+        "forward:hotel",
+        "forward:car",
+        "compensation:hotel",
+        "compensation:flight",
+    ]
+    # and the run says why, while the dead-letter queue keeps only what needs an operator
+    assert state.error is not None
+    assert (state.error.name, state.error.type, state.error.message) == ("car", "Rejected", "insufficient funds")
+    assert [d for d in dead_letters() if d["run_id"] == run_id] == []
+    assert types(trip, run_id)[-7:] == [
+        "step.failed",
+        "saga.rejected",
+        "compensation.started",
+        "compensation.succeeded",
+        "compensation.started",
+        "compensation.succeeded",
+        "saga.compensated",
+    ]
+    assert trip.rebuild(run_id) == state
+    assert issubclass(Rejected, PermanentError)
 
 
 def test_a_failure_at_step_k_compensates_k_minus_1_down_to_1_in_order() -> None:

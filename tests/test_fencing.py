@@ -62,6 +62,7 @@ def test_a_refused_last_commit_leaves_the_run_to_the_watchdog(
                 # When worker B's watchdog resumes the run and B runs the step again
                 b, _ = worker("fenceB")
                 wait_for(lambda: started(run_id, "pay", 2), timeout=30, what="B to take the run over")
+                wait_for(lambda: ledger(run_id).count("forward:pay") == 2, timeout=30, what="B's body to act")
             finally:
                 os.killpg(a.pid, signal.SIGCONT)
             # and A wakes up, finishes its body and commits (refused: B's resume fenced it out)

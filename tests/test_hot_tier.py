@@ -21,7 +21,7 @@ from saga.state import SagaState, Shape
 from saga.testing import RedisServer, wait_for
 
 
-def new_store(url: str, **options: int) -> RedisStore:
+def new_store(url: str, **options: Any) -> RedisStore:
     return RedisStore(url, prefix=f"t{uuid.uuid4().hex[:6]}", **options)
 
 

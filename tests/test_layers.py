@@ -25,7 +25,7 @@ def test_the_package_keeps_the_house_plan() -> None:
 def test_an_upward_import_is_refused(tmp_path: Path) -> None:
     root = package(tmp_path, state="from .engine import Runtime\n", engine="")
     [problem] = check(root)
-    assert "state (core (pure: no I/O)) may not import engine (engine)" in problem
+    assert "state (core (pure: no I/O)) may not import engine (engine, feed, archiver and tiered reads)" in problem
 
 
 def test_adapters_do_not_import_each_other(tmp_path: Path) -> None:

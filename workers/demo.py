@@ -3,7 +3,8 @@
 Uses the Redis at SAGA_REDIS_URL if one answers, else starts a private one. Starts a real
 prefork worker, runs four orders with a live view — one completes, one compensates, one
 exhausts its retries into the dead-letter queue, one loses its worker mid-step and resumes —
-prints each run's timeline, and stops everything it started.
+prints each run's timeline, lists the runs from the SQL archive (SQLite in ``.saga-demo/``
+unless SAGA_ARCHIVE_URL names another), and stops everything it started.
 """
 
 from __future__ import annotations
@@ -20,10 +21,19 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from saga import ArchivedRun, SagaTimeout, Status, archive_ops
 from saga.registry import default_registry
 from saga.settings import DEFAULT_REDIS_URL, Settings
 from saga.state import parse_iso
-from saga.testing import RedisServer, answers, point_at_broker, start_worker_process, stop_process_group, worker_env
+from saga.testing import (
+    RedisServer,
+    answers,
+    point_at_broker,
+    start_worker_process,
+    stop_process_group,
+    wait_for,
+    worker_env,
+)
 from workers.app import app
 from workers.orders import order
 
@@ -81,6 +91,13 @@ def timeline(run_id: str) -> None:
         console.print(f"  v{e['version']:<2} +{offset:>7.0f} ms  {e['type']:<24} {e.get('name', ''):<18} {extra}")
 
 
+def archived_runs(customer: str) -> list[ArchivedRun]:
+    """The demo's runs as the archive lists them, once the workers' archiver copied all four
+    finished (else [])."""
+    runs = archive_ops.find_runs(tags={"customer": customer}).runs
+    return runs if len(runs) == len(ORDERS) and all(Status(r.status).terminal for r in runs) else []
+
+
 def main() -> int:
     """Run the demo; returns the exit status."""
     url = os.environ.get("SAGA_REDIS_URL", DEFAULT_REDIS_URL)
@@ -92,7 +109,12 @@ def main() -> int:
     else:
         console.print(f"Using the Redis at {url}")
     # the demo's defaults (a short lease, no metrics port), under what the environment says
-    demo_defaults = {"SAGA_LEASE_SECONDS": "3", "SAGA_METRICS_PORT": "0"}
+    (ROOT / ".saga-demo").mkdir(exist_ok=True)
+    demo_defaults = {
+        "SAGA_LEASE_SECONDS": "3",
+        "SAGA_METRICS_PORT": "0",
+        "SAGA_ARCHIVE_URL": f"sqlite:///{ROOT / '.saga-demo' / 'archive.db'}",
+    }
     settings = Settings.from_env({**demo_defaults, **os.environ, "SAGA_REDIS_URL": url})
     lease = settings.lease_seconds
     # `python -m workers.demo` imported the workers package, and so made its app, before the
@@ -100,13 +122,16 @@ def main() -> int:
     default_registry().configure(settings)
     point_at_broker(app, settings.broker_url)
     env = worker_env(settings)
+    revision = archive_ops.upgrade()
+    console.print(f"Archive: {settings.archive_url} (schema {revision})")
+    customer = f"demo-{int(time.time())}"
 
     workers = [start_worker(env, "demo1")]
     rows: list[tuple[str, str]] = []
     try:
         with Live(console=console, refresh_per_second=8) as live:
             for scenario, payload in ORDERS:
-                rows.append((scenario, order.start(payload)))
+                rows.append((scenario, order.start(payload, tags={"customer": customer})))
             killed_at = None
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
@@ -137,11 +162,22 @@ def main() -> int:
                     f"  {entry['id']}  {entry['kind']:<12} {entry['step']:<16} "
                     f"{entry['error_type']}: {entry['error_message']} ({entry['attempts']} attempts)"
                 )
+        try:
+            archived = wait_for(lambda: archived_runs(customer), timeout=60, what="the workers to archive the runs")
+        except SagaTimeout as exc:
+            console.print(f"[red]{exc}: see `saga archive status`[/]")
+            return 1
+        console.print(f"\n[bold]The archive[/]: saga list --tag customer={customer}")
+        for run in archived:
+            console.print(
+                f"  {run.run_id}  {run.status:<12} failed at {run.failed_step or '-':<16} started {run.created_at}"
+            )
         console.print("\n[bold]Look further[/] (with Redis running at SAGA_REDIS_URL):")
         note = "   # the embedded one stops with the demo" if embedded else ""
         console.print(f"  export SAGA_REDIS_URL={url}{note}")
+        console.print(f"  export SAGA_ARCHIVE_URL={settings.archive_url}")
         console.print(
-            f"  .venv/bin/saga list\n  .venv/bin/saga show {rows[3][1]}\n"
+            f"  .venv/bin/saga list --tag customer={customer}\n  .venv/bin/saga show {rows[3][1]}\n"
             f"  .venv/bin/saga events {rows[1][1]}\n  .venv/bin/saga dlq list"
         )
         console.print("  .venv/bin/celery -A workers flower --basic-auth=$FLOWER_USER:$FLOWER_PASSWORD")

@@ -5,15 +5,15 @@
 -- KEYS[1] meta   KEYS[2] events   KEYS[3] lease   KEYS[4] bucket's active index
 -- KEYS[5] bucket's index of the status the run leaves   KEYS[6] ... of the status it enters
 -- KEYS[7] bucket's dead-letter entries (hash)   KEYS[8] bucket's dead-letter order (zset)
--- KEYS[9] snapshot (string)
--- KEYS[10] (only with a message) the broker's list the next task's message goes to
+-- KEYS[9] snapshot (string)   KEYS[10] bucket's archive feed (stream)
+-- KEYS[11] (only with a message) the broker's list the next task's message goes to
 -- ARGV[1] expected version   ARGV[2] fencing token ('' = none)   ARGV[3] new version
 -- ARGV[4] new snapshot ('' = drop it: the run completed or was compensated, its events are its
 --   record)   ARGV[5] new status   ARGV[6] new cursor   ARGV[7] dedup mark field ('' = none)
 -- ARGV[8] flags: 'r' release the lease, 'a' reset the attempt count, 'i' refuse while an attempt
 --   holds a live lease (a backoff hold does not count), 'u' an operator unwinds the run
 --   (compensations may then run by name; a parked mark is cleared), 'f' the run finished: drop
---   the bookkeeping only a moving run needs
+--   the bookkeeping only a moving run needs, 'x' append the run to the archive feed
 -- ARGV[9] retention ms (0 = keep)   ARGV[10] dead-letter entry ('' = none)   ARGV[11] its id
 -- ARGV[12] now, s   ARGV[13] watchdog deadline, s ('' = off the list)   ARGV[14] run id
 -- ARGV[15] the next task's message ('' = none; pushed unless the run goes on running while an
@@ -75,7 +75,8 @@ if ARGV[10] ~= '' then
   redis.call('ZADD', KEYS[8], ARGV[12], ARGV[11])
 end
 if flag('r') then redis.call('DEL', KEYS[3]) end
-if ARGV[15] ~= '' and (cancel == '' or ARGV[5] ~= 'running') then redis.call('LPUSH', KEYS[10], ARGV[15]) end
+if ARGV[15] ~= '' and (cancel == '' or ARGV[5] ~= 'running') then redis.call('LPUSH', KEYS[11], ARGV[15]) end
+if flag('x') then redis.call('XADD', KEYS[10], '*', 'r', ARGV[14]) end
 local ttl = tonumber(ARGV[9])
 if ttl > 0 then
   redis.call('PEXPIRE', KEYS[1], ttl)

@@ -2,10 +2,10 @@
 -- Caller: RedisStore.create (start() of a run). One slot: the run's keys and its bucket's indexes.
 -- KEYS[1] meta (hash)   KEYS[2] events (list)   KEYS[3] bucket's active index (zset)
 -- KEYS[4] bucket's index of the run's status (zset)   KEYS[5] bucket's shapes (hash)
--- KEYS[6] snapshot (string)
--- KEYS[7] (only with a message) the broker's list the first task's message goes to
+-- KEYS[6] snapshot (string)   KEYS[7] bucket's archive feed (stream)
+-- KEYS[8] (only with a message) the broker's list the first task's message goes to
 -- ARGV[1] run id   ARGV[2] saga name   ARGV[3] definition fingerprint   ARGV[4] its shape (JSON)
--- ARGV[5] snapshot v1   ARGV[6] saga.started, stored form   ARGV[7] (unused)
+-- ARGV[5] snapshot v1   ARGV[6] saga.started, stored form   ARGV[7] '1' = append the run to the feed
 -- ARGV[8] status   ARGV[9] cursor   ARGV[10] definition version
 -- ARGV[11] sha256 of the start payload ('' = no start key, so no second start to compare with)
 -- ARGV[12] start time, µs   ARGV[13] now, s   ARGV[14] watchdog deadline, s
@@ -26,5 +26,6 @@ redis.call('RPUSH', KEYS[2], ARGV[6])
 redis.call('HSETNX', KEYS[5], ARGV[3], ARGV[4])
 redis.call('ZADD', KEYS[4], ARGV[13], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[14], ARGV[1])
-if ARGV[15] ~= '' then redis.call('LPUSH', KEYS[7], ARGV[15]) end
+if ARGV[7] == '1' then redis.call('XADD', KEYS[7], '*', 'r', ARGV[1]) end
+if ARGV[15] ~= '' then redis.call('LPUSH', KEYS[8], ARGV[15]) end
 return 'created'

@@ -1,7 +1,7 @@
 -- note.lua: append snapshot-neutral events on behalf of the coordinator (resume, operator actions).
 -- Caller: RedisStore.note_events.
 -- KEYS[1] meta   KEYS[2] events   KEYS[3] lease   KEYS[4] bucket's parked index
--- KEYS[5] bucket's active index
+-- KEYS[5] bucket's active index   KEYS[6] (only with an archive) the bucket's archive feed
 -- ARGV[1] expected version ('' = any)   ARGV[2] '1' = refuse while a lease is live
 -- ARGV[3] '1' = take a new fencing token (a zombie attempt of the old token can no longer commit)
 -- ARGV[4] '1' = the run is resumed: clear its parked mark and take it off the parked index
@@ -17,5 +17,8 @@ if ARGV[4] == '1' then
   redis.call('ZREM', KEYS[4], ARGV[5])
 end
 if ARGV[6] ~= '' then redis.call('ZADD', KEYS[5], ARGV[6], ARGV[5]) end
-if #ARGV >= 7 then redis.call('RPUSH', KEYS[2], unpack(ARGV, 7)) end
+if #ARGV >= 7 then
+  redis.call('RPUSH', KEYS[2], unpack(ARGV, 7))
+  if KEYS[6] then redis.call('XADD', KEYS[6], '*', 'r', ARGV[5]) end
+end
 return {1, token}

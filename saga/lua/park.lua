@@ -2,6 +2,7 @@
 -- why, and leave it untouched until a worker with its definition resumes it.
 -- Caller: RedisStore.park (a delivery or the watchdog without the run's definition).
 -- KEYS[1] meta   KEYS[2] events   KEYS[3] lease   KEYS[4] bucket's parked index
+-- KEYS[5] (only with an archive) the bucket's archive feed
 -- ARGV[1] reason   ARGV[2] expected version   ARGV[3] the saga.parked event, stored form
 -- ARGV[4] now, s   ARGV[5] run id
 -- Returns 'parked' | 'already' (parked before: nothing written) | 'leased' (an attempt holds the
@@ -15,4 +16,5 @@ if m[2] then return 'already' end
 redis.call('HSET', KEYS[1], 'parked', ARGV[1])
 redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[4], ARGV[5])
+if KEYS[5] then redis.call('XADD', KEYS[5], '*', 'r', ARGV[5]) end
 return 'parked'

@@ -1,0 +1,53 @@
+"""Reads that fall through the tiers: Redis (the hot tier) first, then the SQL archive for a run
+that has left Redis. Both tiers hold a run's events, and every view of a run — its latest state,
+any version, its history — is folded from them the same way, so a run reads the same from
+either tier.
+"""
+
+from __future__ import annotations
+
+from . import codec
+from .archive import Archive
+from .errors import RunNotFound
+from .state import Event, SagaState, rebuild
+from .store import RedisStore
+
+
+class Tiers:
+    """The reads of one run over a store and, when one is configured, an archive.
+
+    Guarantees: each read returns what the same read of the store returned while the run was
+    in Redis (states with payloads of their own); :class:`RunNotFound` only when neither tier
+    has the run.
+    """
+
+    def __init__(self, store: RedisStore, archive: Archive | None) -> None:
+        self.store = store
+        self.archive = archive
+
+    def get(self, run_id: str) -> SagaState:
+        """The run's latest state."""
+        try:
+            return self.store.get(run_id)
+        except RunNotFound:
+            return rebuild(self._archived(run_id))
+
+    def events(self, run_id: str) -> list[Event]:
+        """Every event of the run, oldest first."""
+        try:
+            return self.store.events(run_id)
+        except RunNotFound:
+            return self._archived(run_id)
+
+    def history(self, run_id: str) -> list[SagaState]:
+        """The run at every version, oldest first."""
+        return codec.history(self.events(run_id))
+
+    def at_version(self, run_id: str, version: int) -> SagaState:
+        """The run at one version."""
+        return codec.at_version(run_id, self.events(run_id), version)
+
+    def _archived(self, run_id: str) -> list[Event]:
+        if self.archive is None:
+            raise RunNotFound(run_id)
+        return self.archive.events(run_id)
