@@ -56,6 +56,8 @@ CODES: dict[EventType, int] = {
     EventType.SAGA_COMPENSATION_REQUESTED: 17,
     EventType.SAGA_MESSAGE_REJECTED: 18,
     EventType.SAGA_REJECTED: 19,
+    EventType.GROUP_COMPENSATED: 20,
+    EventType.SAGA_DEADLINE_EXCEEDED: 21,
 }
 TYPES = {code: kind for kind, code in CODES.items()}
 
@@ -63,7 +65,7 @@ _STEP = ("version", "step")
 #: The positional fields of each event type, after ``[code, at]`` (``begin.lua`` writes the
 #: started events itself, in this order).
 SCHEMA: dict[EventType, tuple[str, ...]] = {
-    EventType.SAGA_STARTED: ("version", "saga", "payload", "definition_version", "tags"),
+    EventType.SAGA_STARTED: ("version", "saga", "payload", "definition_version", "tags", "deadline_at"),
     EventType.STEP_STARTED: ("step", "attempt"),
     EventType.COMPENSATION_STARTED: ("step", "attempt"),
     EventType.STEP_SUCCEEDED: ("step", "status", "hash", "output", "current_step", "version"),
@@ -91,6 +93,8 @@ SCHEMA: dict[EventType, tuple[str, ...]] = {
     EventType.SAGA_COMPENSATION_REQUESTED: ("version", "reason", "from_status", "status", "current_step"),
     EventType.SAGA_MESSAGE_REJECTED: ("version", "task", "reason"),
     EventType.SAGA_REJECTED: (*_STEP, "status", "current_step"),
+    EventType.GROUP_COMPENSATED: (*_STEP, "group", "status", "current_step"),
+    EventType.SAGA_DEADLINE_EXCEEDED: ("version", "deadline_at", "error", "status", "current_step"),
 }
 _DERIVED = frozenset({"type", "run_id", "at", "name"})
 #: Events recorded at the run's current version (snapshot-neutral, appended by begin.lua), whose

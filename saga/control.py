@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from itertools import islice
 
-from . import decide, engine, policy
+from . import decide, engine, policy, runs
 from .errors import ActionRefused, RunNotFound, SagaError
 from .indexes import DeadLetterPage
 from .registry import Registry, default_registry
@@ -119,7 +119,7 @@ def resume(run_id: str, *, reason: str = "operator", registry: Registry | None =
     parked = reg.store.progress(run_id).parked
     if parked and reg.find(state.saga, state.definition_version) is None:
         raise ActionRefused(f"run {run_id} stays parked: {parked}")
-    if engine.resume(reg.runtime_for(state.saga, state.definition_version), run_id, reason) is None:
+    if runs.resume(reg.runtime_for(state.saga, state.definition_version), run_id, reason) is None:
         after = reg.store.get(run_id)
         if after.status is Status.FAILED:
             message = after.error.message if after.error else ""
@@ -134,8 +134,11 @@ def resume(run_id: str, *, reason: str = "operator", registry: Registry | None =
 def cancel(run_id: str, *, reason: str = "operator", registry: Registry | None = None) -> SagaState:
     """Stop a run's forward progress and compensate the steps that committed.
 
-    If a step is running, the cancel is recorded and applied when that step commits (its effect
-    then committed, so it is compensated too). Returns the state after the request.
+    If a step is running, the cancel is recorded and its lease is renewed no more: if the step
+    commits within its lease, the cancel is applied then (its effect committed, so it is
+    compensated too); if it hangs, its lease lapses and the watchdog cancels the run within one
+    lease period, fencing the attempt so it can never commit. Returns the state after the
+    request.
     """
     reg = _registry(registry)
     state = reg.store.get(run_id)
@@ -178,7 +181,7 @@ def compensate(run_id: str, *, reason: str = "operator", registry: Registry | No
             f"run {run_id} cannot be compensated here: no loaded definition of saga {state.saga!r} has a "
             f"compensation for step(s) {', '.join(missing)}; import the module that defines them with --app"
         )
-    result = engine.compensate(reg.stored_runtime(state.saga, state.definition_version, shape), state, reason)
+    result = runs.compensate(reg.stored_runtime(state.saga, state.definition_version, shape), state, reason)
     if not result.applied:
         if result.reason is CommitReason.LEASED:
             raise ActionRefused(
@@ -218,12 +221,12 @@ def retry_dead_letter(entry_id: str, *, registry: Registry | None = None) -> str
         raise ActionRefused(action.reason)
     rt = reg.runtime_for(state.saga, state.definition_version)
     if isinstance(action, policy.ContinueUnwind):
-        if not engine.retry_compensation(rt, state, action.index, entry_id):
+        if not runs.retry_compensation(rt, state, action.index, entry_id):
             raise ActionRefused(f"run {state.id} changed meanwhile; try again")
         store.remove_dead_letter(entry_id)
         return state.id
     original = store.events(state.id)[0]["payload"]
-    new_id = engine.start_run(rt, original, key=f"retry:{entry_id}")
+    new_id = runs.start_run(rt, original, key=f"retry:{entry_id}")
     store.note_events(state, [decide.note_event(state, EventType.SAGA_RETRIED, entry_id=entry_id, new_run_id=new_id)])
     store.remove_dead_letter(entry_id)
     return new_id

@@ -58,11 +58,15 @@ def decide_start(
     *,
     definition_version: int = 1,
     tags: Mapping[str, str] | None = None,
+    deadline_at: str = "",
 ) -> Transition:
     """A new run of ``saga`` under its definition ``definition_version``: version 1, pending,
-    cursor on step 0, with its business ``tags`` (recorded in ``saga.started`` when any)."""
+    cursor on step 0, with its business ``tags`` and its deadline (an ISO-8601 time), each
+    recorded in ``saga.started`` when given."""
     b = _Builder(None, run_id, bump=True, at=at)
-    extra = {"tags": dict(tags)} if tags else {}
+    extra: dict[str, Any] = {"tags": dict(tags)} if tags else {}
+    if deadline_at:
+        extra["deadline_at"] = deadline_at
     b.add(EventType.SAGA_STARTED, saga=saga, payload=payload, definition_version=definition_version, **extra)
     return b.transition(None)
 
@@ -75,13 +79,16 @@ def note_event(state: SagaState, kind: EventType, at: str | None = None, **field
     return b.events[0]
 
 
-def resumed_event(state: SagaState, shape: Shape, reason: str, at: str | None = None) -> Event:
-    """``saga.resumed``: the run goes on at its cursor from this version."""
+def resumed_event(
+    state: SagaState, shape: Shape, reason: str, at: str | None = None, *, index: int | None = None
+) -> Event:
+    """``saga.resumed``: the run goes on at its cursor (or, in a parallel group, at member
+    ``index``) from this version."""
     return note_event(
         state,
         EventType.SAGA_RESUMED,
         at,
-        **_step(shape, state.current_step),
+        **_step(shape, state.current_step if index is None else index),
         direction=state.direction.value,
         reason=reason,
         from_version=state.version,
@@ -98,10 +105,16 @@ def decide_step_succeeded(
     digest: str | None = None,
 ) -> Transition:
     """Step ``index`` committed: merge its output, checkpoint, move on (a pending run becomes
-    running) or complete. ``digest``: the merged payload's hash, when the caller has it already."""
+    running) or complete. ``digest``: the merged payload's hash, when the caller has it already.
+
+    A member of a parallel group moves the run on only when it is the group's last member to
+    commit; one that commits after the group began to unwind (it was in flight) is recorded
+    where the run is, and its compensation follows."""
     b = _Builder(state, state.id, bump=True, at=at)
     out = output or {}
     digest = digest or payload_hash({**state.payload, **out})
+    if shape.group_of(index):
+        return _member_succeeded(b, state, shape, index, out, digest)
     last = index + 1 == len(shape.steps)
     moves: dict[str, Any] = {"current_step": index + 1}
     if state.status is Status.PENDING and not last:
@@ -109,6 +122,62 @@ def decide_step_succeeded(
     b.add(EventType.STEP_SUCCEEDED, **_step(shape, index), output=out, hash=digest, **moves)
     if last:
         b.add(EventType.SAGA_COMPLETED, status=Status.COMPLETED.value)
+    return b.transition(state)
+
+
+def _forward_at(state: SagaState, stage: range) -> bool:
+    """Whether the run still runs forward at the group ``stage``."""
+    return state.status in (Status.PENDING, Status.RUNNING) and state.current_step == stage.start
+
+
+def _member_succeeded(
+    b: _Builder, state: SagaState, shape: Shape, index: int, out: JSONObject, digest: str
+) -> Transition:
+    stage = shape.stage(index)
+    moves: dict[str, Any] = {"current_step": state.current_step}
+    completed = False
+    if _forward_at(state, stage):
+        committed = {*state.committed_steps, index}
+        if all(i in committed for i in stage):
+            moves["current_step"] = stage.stop
+            completed = stage.stop == len(shape.steps)
+        if state.status is Status.PENDING and not completed:
+            moves["status"] = Status.RUNNING.value
+    b.add(EventType.STEP_SUCCEEDED, **_step(shape, index), output=out, hash=digest, **moves)
+    if completed:
+        b.add(EventType.SAGA_COMPLETED, status=Status.COMPLETED.value)
+    return b.transition(state)
+
+
+def decide_group_unwound(state: SagaState, shape: Shape, at: str | None = None) -> Transition:
+    """Every member to undo of the group at the cursor has been compensated, and no member is
+    in flight: ``group.compensated``, then on to the steps before the group (or end
+    compensated)."""
+    b = _Builder(state, state.id, bump=True, at=at)
+    stage = shape.stage(state.current_step)
+    fields = {**_step(shape, stage.start), "group": shape.group_of(stage.start)}
+    _unwind(b, state, shape, stage.start, EventType.GROUP_COMPENSATED, **fields)
+    return b.transition(state)
+
+
+def decide_deadline_exceeded(
+    state: SagaState, shape: Shape, at: str | None = None, *, undo_running: bool = False
+) -> Transition:
+    """The run's deadline passed while it ran forward: ``saga.deadline_exceeded`` with a
+    ``DeadlineExceeded`` error, then unwind every committed step (or end compensated) — and,
+    with ``undo_running`` (an attempt began at the cursor: it may have acted), that step's
+    compensation first."""
+    b = _Builder(state, state.id, bump=True, at=at)
+    index = min(state.current_step, len(shape.steps) - 1)
+    error = {
+        "step": index,
+        "name": shape.steps[index],
+        "type": "DeadlineExceeded",
+        "message": f"the run's deadline {state.deadline_at} passed at step {shape.steps[index]!r}",
+        "attempts": 0,
+    }
+    kind = EventType.SAGA_DEADLINE_EXCEEDED
+    _unwind_cursor(b, state, shape, undo_running, kind, deadline_at=state.deadline_at, error=error)
     return b.transition(state)
 
 
@@ -174,10 +243,12 @@ def _error_of(entry: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def next_compensation(state: SagaState, shape: Shape, below: int) -> int | None:
-    """The highest committed step under ``below`` that defines a compensation not yet committed."""
+    """Where the unwind goes next: the highest committed step under ``below`` that defines a
+    compensation not yet committed — or, for a member of a parallel group, the group's first
+    member (the cursor of a group's unwind, whose members are compensated together)."""
     for index in sorted(state.committed_steps, reverse=True):
         if index < below and shape.compensable[index] and index not in state.compensated:
-            return index
+            return shape.stage(index).start
     return None
 
 
@@ -201,7 +272,9 @@ def decide_step_gave_up(
     entry = dead_letter_entry(state, shape.steps[index], Direction.FORWARD, index, error, attempts, b.at)
     b.add(EventType.STEP_FAILED, **_step(shape, index), error=_error_of(entry))
     lettered = {**_step(shape, index), "entry": entry}
-    if shape.undo_own_failure(index):
+    if shape.group_of(index):
+        _member_failed(b, state, shape, index, EventType.SAGA_DEAD_LETTERED, **lettered)
+    elif shape.undo_own_failure(index):
         b.add(EventType.SAGA_DEAD_LETTERED, **lettered, status=Status.COMPENSATING.value, current_step=index)
     else:
         _unwind(b, state, shape, index, EventType.SAGA_DEAD_LETTERED, **lettered)
@@ -219,16 +292,34 @@ def decide_step_rejected(
     step = _step(shape, index)
     failure = {"step": index, "name": step["name"], "type": error_type, "message": message, "attempts": attempts}
     b.add(EventType.STEP_FAILED, **step, error=failure)
-    if shape.undo_own_failure(index):
+    if shape.group_of(index):
+        _member_failed(b, state, shape, index, EventType.SAGA_REJECTED, **step)
+    elif shape.undo_own_failure(index):
         b.add(EventType.SAGA_REJECTED, **step, status=Status.COMPENSATING.value, current_step=index)
     else:
         _unwind(b, state, shape, index, EventType.SAGA_REJECTED, **step)
     return b.transition(state)
 
 
+def _member_failed(b: _Builder, state: SagaState, shape: Shape, index: int, kind: EventType, **fields: Any) -> None:
+    """A member of a parallel group gave up (or rejected): the group unwinds where it is — no
+    member that has not begun starts, the members in flight run to their end — or, if it
+    unwinds already, the failure is recorded where the run is."""
+    stage = shape.stage(index)
+    if _forward_at(state, stage):
+        b.add(kind, **fields, status=Status.COMPENSATING.value, current_step=stage.start)
+    else:
+        b.add(kind, **fields)
+
+
 def decide_compensation_succeeded(state: SagaState, shape: Shape, index: int, at: str | None = None) -> Transition:
-    """Compensation ``index`` committed: move to the next one down, or end compensated."""
+    """Compensation ``index`` committed: move to the next one down, or end compensated. A
+    member of a parallel group leaves the cursor on its group (:func:`decide_group_unwound`
+    moves on once every member is undone)."""
     b = _Builder(state, state.id, bump=True, at=at)
+    if shape.group_of(index):
+        b.add(EventType.COMPENSATION_SUCCEEDED, **_step(shape, index))
+        return b.transition(state)
     target = next_compensation(state, shape, below=index)
     if target is None:
         b.add(EventType.COMPENSATION_SUCCEEDED, **_step(shape, index))
@@ -262,11 +353,29 @@ def decide_fail(
     return b.transition(state), entry
 
 
-def decide_cancel(state: SagaState, shape: Shape, reason: str, at: str | None = None) -> Transition:
-    """An operator cancels a pending or running run: unwind the committed steps."""
+def decide_cancel(
+    state: SagaState, shape: Shape, reason: str, at: str | None = None, *, undo_running: bool = False
+) -> Transition:
+    """An operator cancels a pending or running run: unwind the committed steps — and, with
+    ``undo_running`` (an attempt began at the cursor and was fenced: it may have acted), that
+    step's compensation first."""
     b = _Builder(state, state.id, bump=True, at=at)
-    _unwind(b, state, shape, state.current_step, EventType.SAGA_CANCELLED, reason=reason)
+    _unwind_cursor(b, state, shape, undo_running, EventType.SAGA_CANCELLED, reason=reason)
     return b.transition(state)
+
+
+def _unwind_cursor(
+    b: _Builder, state: SagaState, shape: Shape, undo_running: bool, kind: EventType, **fields: Any
+) -> None:
+    """Add ``kind`` and unwind the committed steps up to the cursor's stage; with
+    ``undo_running``, from the cursor's own step when it runs alone and can be undone."""
+    cursor = state.current_step
+    if cursor >= len(shape.steps):
+        _unwind(b, state, shape, cursor, kind, **fields)
+    elif undo_running and not shape.group_of(cursor) and shape.compensable[cursor]:
+        b.add(kind, **fields, status=Status.COMPENSATING.value, current_step=cursor)
+    else:
+        _unwind(b, state, shape, shape.stage(cursor).stop, kind, **fields)
 
 
 def decide_compensate(state: SagaState, shape: Shape, reason: str, at: str | None = None) -> Transition:
@@ -305,6 +414,6 @@ def decide_retry_compensation(
         entry_id=entry_id,
         from_version=state.version,
         status=Status.COMPENSATING.value,
-        current_step=index,
+        current_step=shape.stage(index).start,
     )
     return b.transition(state)

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, overload
 
-from . import engine, tasks
-from .errors import SagaDefinitionError, SagaTimeout
+from . import engine, runs, tasks
+from .errors import InvalidPayload, SagaDefinitionError, SagaTimeout
 from .policy import RetryPolicy
 from .registry import Registry, default_registry
 from .settings import Settings
@@ -62,7 +62,16 @@ class Step:
     """
 
     def __init__(
-        self, saga: Saga, index: int, name: str, fn: StepFunction, retry: dict[str, Any], compensate_on_failure: bool
+        self,
+        saga: Saga,
+        index: int,
+        name: str,
+        fn: StepFunction,
+        retry: dict[str, Any],
+        compensate_on_failure: bool,
+        *,
+        group: str = "",
+        timeout: float | None = None,
     ) -> None:
         self.saga = saga
         self.index = index
@@ -70,10 +79,16 @@ class Step:
         self.fn = fn
         self.compensation: CompensationFunction | None = None
         self.compensate_on_failure = compensate_on_failure
+        #: the parallel group this step runs in ('' = alone)
+        self.group = group
+        #: seconds one attempt may run (None = no limit)
+        self.timeout = timeout
         self._retry = retry
         self.task_name = tasks.task_name(saga.name, name, Direction.FORWARD)
         self.compensation_task_name = tasks.task_name(saga.name, name, Direction.COMPENSATION)
         self.task: Any = saga.registry.task_for(saga.app, saga.name, name, Direction.FORWARD)
+        if timeout is not None:
+            tasks.limit_time(self.task, timeout)
         self.compensation_task: Any = None
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
@@ -152,6 +167,7 @@ class Saga:
         settings: Settings | None = None,
         registry: Registry | None = None,
         version: int = 1,
+        deadline: float | None = None,
     ) -> None:
         if not _NAME.match(name):
             raise SagaDefinitionError(f"saga name {name!r} must be letters, digits, '_' or '-'")
@@ -159,6 +175,8 @@ class Saga:
             raise SagaDefinitionError(f"saga version must be a whole number from 1, got {version!r}")
         self.name = name
         self.version = version
+        #: seconds from start() after which an unfinished run is compensated (None = never)
+        self.deadline = _checked_deadline(deadline)
         self.app: Any = app if app is not None else tasks.current_app()
         self.registry = registry if registry is not None else default_registry()
         self._settings = settings
@@ -187,6 +205,7 @@ class Saga:
                 tuple(s.name for s in self.steps),
                 tuple(s.compensation is not None for s in self.steps),
                 tuple(s.compensate_on_failure for s in self.steps),
+                tuple(s.group for s in self.steps) if any(s.group for s in self.steps) else (),
             )
         return self._shape
 
@@ -214,6 +233,8 @@ class Saga:
         retry_backoff: float | None = None,
         retry_backoff_max: float | None = None,
         compensate_on_failure: bool = False,
+        group: str | None = None,
+        timeout: float | None = None,
     ) -> Callable[[StepFunction], Step]: ...
 
     def step(
@@ -226,6 +247,8 @@ class Saga:
         retry_backoff: float | None = None,
         retry_backoff_max: float | None = None,
         compensate_on_failure: bool = False,
+        group: str | None = None,
+        timeout: float | None = None,
     ) -> Step | Callable[[StepFunction], Step]:
         """Declare the next step. Its return value (a JSON object, or None) is merged into the payload.
 
@@ -234,9 +257,26 @@ class Saga:
         With ``compensate_on_failure``, the step's own compensation runs first when the step
         gives up (it may have acted before failing, e.g. timed out against an API that applied
         the change), then the steps before it, newest first.
+
+        ``group``: consecutive steps with the same group run concurrently, each its own task with
+        its own lease, retries and checkpoint; the group is done when every member committed,
+        and members must return disjoint payload keys. If a member gives up, no member that has
+        not begun starts, the members in flight run to their end, and every committed member is
+        compensated (concurrently) before the steps before the group.
+
+        ``timeout``: seconds one attempt may run. Past it the body gets Celery's
+        ``SoftTimeLimitExceeded`` (a prefork worker; retried like any exception), and a few
+        seconds later the worker's child is killed; the lease makes sure a killed attempt never
+        commits.
         """
         if max_retries is not None and max_retries < 0:
             raise SagaDefinitionError("max_retries must be >= 0")
+        if group is not None and (not isinstance(group, str) or not _NAME.match(group)):
+            raise SagaDefinitionError(f"group name {group!r} must be letters, digits, '_' or '-'")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < 86400
+        ):
+            raise SagaDefinitionError(f"timeout must be a number of seconds between 0 and 86400, got {timeout!r}")
         given = {"max_retries": max_retries, "retry_backoff": retry_backoff, "retry_backoff_max": retry_backoff_max}
         retry = {k: v for k, v in given.items() if v is not None}
 
@@ -247,7 +287,14 @@ class Saga:
             if any(s.name == step_name for s in self.steps):
                 raise SagaDefinitionError(f"saga {self.name!r} already has a step named {step_name!r}")
             _check_body(f, f"step {step_name!r} of saga {self.name!r}")
-            s = Step(self, len(self.steps), step_name, f, retry, compensate_on_failure)
+            if group and self.steps and self.steps[-1].group != group and any(s.group == group for s in self.steps):
+                raise SagaDefinitionError(
+                    f"group {group!r} of saga {self.name!r} must be consecutive steps: step {step_name!r} "
+                    f"follows {self.steps[-1].name!r}, which is not in it"
+                )
+            s = Step(
+                self, len(self.steps), step_name, f, retry, compensate_on_failure, group=group or "", timeout=timeout
+            )
             self.steps.append(s)
             self._shape = None
             return s
@@ -256,7 +303,14 @@ class Saga:
 
     # --- running ---------------------------------------------------------------------------
 
-    def start(self, payload: JSONObject, *, key: str | None = None, tags: Mapping[str, str] | None = None) -> str:
+    def start(
+        self,
+        payload: JSONObject,
+        *,
+        key: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        deadline: float | None = None,
+    ) -> str:
         """Start a run under the highest version of this saga declared in the process, and
         return its id.
 
@@ -267,8 +321,16 @@ class Saga:
         ``saga.started`` event, and searchable in the archive (:func:`saga.find_runs`). A
         payload that is not a JSON object, or tags that are not strings, raise
         :class:`~saga.InvalidPayload` before anything is written.
+
+        ``deadline``: seconds from now (default: the saga's ``deadline``). A run not finished by
+        then is cancelled by the watchdog: nothing new starts forward, a running attempt's
+        result is discarded, its committed steps are compensated, and it ends ``compensated``
+        with a ``DeadlineExceeded`` error and a ``saga.deadline_exceeded`` event.
+        Compensations have no deadline.
         """
-        return engine.start_run(self.registry.get(self.name).runtime(), payload, key, tags)
+        latest = self.registry.get(self.name)
+        seconds = deadline if deadline is not None else getattr(latest, "deadline", None)
+        return runs.start_run(latest.runtime(), payload, key, tags, seconds)
 
     @property
     def tiers(self) -> Tiers:
@@ -323,3 +385,11 @@ class Saga:
 
     def __repr__(self) -> str:
         return f"<Saga {self.name} v{self.version} steps={[s.name for s in self.steps]}>"
+
+
+def _checked_deadline(deadline: object) -> float | None:
+    """A saga's default deadline, checked at declaration."""
+    try:
+        return runs.validated_deadline(deadline)
+    except InvalidPayload as exc:
+        raise SagaDefinitionError(str(exc)) from None

@@ -20,12 +20,14 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from . import decide, metrics, policy
-from .engine import Runtime, commit_and_follow, dispatch, park, send_step
-from .errors import InvalidOutput, InvalidPayload, Rejected, StoreUnavailable
-from .schema import BeginOutcome, CommitOptions
+from .engine import Runtime, commit_and_follow, dispatch, send_step
+from .errors import InvalidOutput, InvalidPayload, OutputConflict, Rejected, StoreUnavailable
+from .runs import expire, park, settle_if_unwinding
+from .schema import BeginOutcome, CommitOptions, CommitReason, CommitResult, lane_id
 from .settings import Settings
 from .state import (
     CompensationFunction,
@@ -130,6 +132,8 @@ class Delivery:
         self.by_name = by_name
         steps = rt.definition.shape.steps
         self.index = steps.index(step.name) if by_name and step.name in steps else step.index
+        #: a member of a parallel group runs in a lane of its own (lease, fence, attempts)
+        self.lane = lane_id(direction.value, self.index) if rt.in_group(self.index) else ""
         self.log = rt.log(str(run_id), step.name)
 
     def run(self) -> None:
@@ -161,17 +165,18 @@ class Delivery:
             f"{self.run_id}:{step.name}:{self.direction.value}",
             self.direction,
         )
-        rt.heartbeat.hold(rt.store, self.run_id, granted.token, rt.lease_ms, self.log)
+        rt.heartbeat.hold(rt.store, self.run_id, granted.token, rt.lease_ms, self.log, self.lane)
         began = time.perf_counter()
         try:
             try:
-                transition = self._transition_for(granted, self._body(json_copy(granted.state.payload), ctx))
+                output = self._body(json_copy(granted.state.payload), ctx)
+                transition = self._transition_for(granted.state, output)
             except Exception as exc:  # every failure of user code is recorded; none escapes to Celery
                 self._failed(granted, exc, time.perf_counter() - began)
                 return
             metrics.step_finished(rt.name, step.name, self.direction.value, time.perf_counter() - began, "succeeded")
             try:
-                self._commit(granted, transition)
+                self._commit(granted, transition, output)
             except (_StoreWaitOver, StoreUnavailable):
                 raise
             except Exception as exc:  # a commit that cannot be made is this attempt's failure
@@ -206,6 +211,8 @@ class Delivery:
             lease_ms=rt.lease_ms,
             fingerprint="" if self.by_name else shape.fingerprint,
             check_at=policy.lease_check_at(time.time(), rt.settings.lease_seconds),
+            lane=self.lane,
+            cursor=shape.stage(self.index).start,
         )
         state = begin.state
         if begin.outcome is BeginOutcome.MISSING:
@@ -213,6 +220,13 @@ class Delivery:
             return None
         if begin.outcome in (BeginOutcome.BUSY, BeginOutcome.STALE):
             self.log.info("%s: another attempt holds the run or its cursor moved on; skipping", begin.outcome)
+            if begin.outcome is BeginOutcome.STALE and self.lane and self.direction is Direction.FORWARD:
+                settle_if_unwinding(rt, self.run_id, self.index)
+            return None
+        if begin.outcome is BeginOutcome.EXPIRED:
+            if state is not None:
+                self.log.warning("the run's deadline has passed: not begun; unwinding the run")
+                expire(rt, state)
             return None
         if state is None:  # a completed or compensated run keeps no snapshot: nothing runs for it
             self.log.info("the run has finished; skipping (%s)", begin.outcome)
@@ -246,11 +260,30 @@ class Delivery:
             output = _await(output)
         return output
 
-    def _transition_for(self, granted: Attempt, output: Any) -> Transition:
+    def _conflict(self, state: SagaState, out: JSONObject) -> None:
+        """Raise :class:`~saga.errors.OutputConflict` when another member of this step's group
+        committed an output with a key of ``out``."""
+        shape = self.rt.definition.shape
+        stage = shape.stage(self.index)
+        if not out or not any(i in stage for i in state.committed_steps):
+            return
+        for event in self.rt.store.events(self.run_id):
+            other = event.get("step", -1)
+            if event["type"] != "step.succeeded" or other == self.index or other not in stage:
+                continue
+            common = sorted(set(event.get("output", {})) & set(out))
+            if common:
+                raise OutputConflict(
+                    f"members {shape.steps[other]!r} and {self.step.name!r} of group {shape.group_of(self.index)!r} "
+                    f"both write {', '.join(map(repr, common))}: members of a group must return disjoint keys"
+                )
+
+    def _transition_for(self, state: SagaState, output: Any) -> Transition:
         """The transition a body's result makes: a compensation's is its success; a step's output
         must pass the one validator (and the payload it leaves, the size limit), exactly as the
-        hash and the store encode it, else :class:`~saga.InvalidOutput`."""
-        shape, state, index = self.rt.definition.shape, granted.state, self.index
+        hash and the store encode it, else :class:`~saga.InvalidOutput`; a member of a parallel
+        group must not write a key a sibling wrote (:class:`~saga.errors.OutputConflict`)."""
+        shape, index = self.rt.definition.shape, self.index
         if self.direction is Direction.COMPENSATION:
             return decide.decide_compensation_succeeded(state, shape, index)
         s = self.rt.settings
@@ -267,13 +300,39 @@ class Delivery:
                 f"{exc}; the body ran to its end, so its effect may have happened "
                 "(declare the step with compensate_on_failure=True to undo it)"
             ) from None
+        if self.lane:
+            self._conflict(state, out)
         return decide.decide_step_succeeded(state, shape, index, out, digest=text_hash(text))
 
-    def _commit(self, granted: Attempt, transition: Transition) -> None:
+    def _committed(
+        self, state: SagaState, decision: Callable[[SagaState], tuple[Transition, CommitOptions]], what: str
+    ) -> CommitResult:
+        """Commit the transition ``decision`` makes of ``state``. A member of a parallel group
+        decides again on the run as it is now when a sibling's commit moved the version (its
+        lane's fence still guards it); a step alone never has to."""
+        for _ in range(16):
+            result = self._waiting(what, partial(self._commit_decided, state, decision))
+            if result.applied or result.reason is not CommitReason.VERSION or not self.lane:
+                return result
+            state = self.rt.store.get(self.run_id)
+        return result
+
+    def _commit_decided(
+        self, state: SagaState, decision: Callable[[SagaState], tuple[Transition, CommitOptions]]
+    ) -> CommitResult:
+        transition, options = decision(state)
+        return commit_and_follow(self.rt, state, transition, options)
+
+    def _commit(self, granted: Attempt, transition: Transition, output: Any) -> None:
         self.rt.heartbeat.committing(self.run_id, granted.token)
         mark = f"{self.direction.value}:{self.index}"
-        options = CommitOptions(token=granted.token, dedup_mark=mark, release=True)
-        result = self._waiting("commit", lambda: commit_and_follow(self.rt, granted.state, transition, options))
+        options = CommitOptions(token=granted.token, dedup_mark=mark, release=True, lane=self.lane)
+        first = transition
+
+        def decision(state: SagaState) -> tuple[Transition, CommitOptions]:
+            return (first if state is granted.state else self._transition_for(state, output)), options
+
+        result = self._committed(granted.state, decision, "commit")
         if not result.applied:
             self.log.warning(
                 "commit refused (%s): this attempt lost its lease or was superseded; result discarded", result.reason
@@ -294,7 +353,7 @@ class Delivery:
             event = decide.decide_retry(state, shape, self.direction, index, n, exc, verdict.delay)
             hold = f"backoff:{n + 1}"
             recorded = self._waiting(
-                "retry", lambda: rt.store.record_retry(state, granted.token, [event], hold, verdict.hold_ms)
+                "retry", lambda: rt.store.record_retry(state, granted.token, [event], hold, verdict.hold_ms, self.lane)
             )
             if not recorded:
                 self.log.warning("lost the lease before recording a retry; leaving the run to its holder")
@@ -304,18 +363,23 @@ class Delivery:
             )
             send_step(rt, state, index, self.direction, attempt=n + 1, countdown=verdict.delay)
             return
-        entry: JSONObject | None = None
-        if self.direction is Direction.FORWARD and isinstance(exc, Rejected):
+        rejected = self.direction is Direction.FORWARD and isinstance(exc, Rejected)
+        if rejected:
             self.log.info("rejected: %s", cut(exc))
-            transition = decide.decide_step_rejected(state, shape, index, exc, n)
-        elif self.direction is Direction.FORWARD:
-            self.log.error("gave up after %d attempt(s): %s: %s", n, type(exc).__name__, cut(exc))
-            transition, entry = decide.decide_step_gave_up(state, shape, index, exc, n)
         else:
             self.log.error("gave up after %d attempt(s): %s: %s", n, type(exc).__name__, cut(exc))
-            transition, entry = decide.decide_compensation_gave_up(state, shape, index, exc, n)
-        options = CommitOptions(token=granted.token, release=True, dead_entry=entry)
-        result = self._waiting("commit of the failure", lambda: commit_and_follow(rt, state, transition, options))
+
+        def decision(now: SagaState) -> tuple[Transition, CommitOptions]:
+            entry: JSONObject | None = None
+            if rejected:
+                transition = decide.decide_step_rejected(now, shape, index, exc, n)
+            elif self.direction is Direction.FORWARD:
+                transition, entry = decide.decide_step_gave_up(now, shape, index, exc, n)
+            else:
+                transition, entry = decide.decide_compensation_gave_up(now, shape, index, exc, n)
+            return transition, CommitOptions(token=granted.token, release=True, dead_entry=entry, lane=self.lane)
+
+        result = self._committed(state, decision, "commit of the failure")
         if not result.applied:
             self.log.warning("commit of the failure refused (%s); result discarded", result.reason)
 

@@ -1,9 +1,10 @@
 """The engine: every commit a run goes through, and the task that follows it.
 
-Starting, resuming, cancelling, failing, parking and unwinding a run, and each step's result
-(:mod:`saga.delivery`), go through one function, :func:`commit_and_follow`: commit the
-transition :mod:`saga.decide` chose, with the retention and watchdog deadline :mod:`saga.policy`
-gives, then send the next task or count the run as finished.
+Each step's result (:mod:`saga.delivery`) and every action on a whole run (:mod:`saga.runs`)
+go through one function, :func:`commit_and_follow`: commit the transition :mod:`saga.decide`
+chose, with the retention and watchdog deadline :mod:`saga.policy` gives, then send the tasks
+it made due (at a parallel group, only the members not sent before) or count the run as
+finished.
 
 The engine runs any saga definition that looks like :class:`SagaDefinition`; it never imports
 the definition API, which sits above it. It needs a definition's name, version, shape and Celery
@@ -16,26 +17,26 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from . import decide, messages, metrics, policy, tasks
-from .errors import BrokerUnavailable, CheckpointCorrupted, InvalidPayload, KeyConflict, SagaDefinitionError
+from . import decide, messages, metrics, policy, stages, tasks
+from .errors import BrokerUnavailable
 from .heartbeat import Heartbeat
 from .log import RunLog, run_logger
-from .schema import PLAIN_COMMIT, CommitOptions, CommitResult, CreateOutcome, Message, ParkOutcome
+from .schema import (
+    PLAIN_COMMIT,
+    CommitOptions,
+    CommitReason,
+    CommitResult,
+    Message,
+    lane_id,
+)
 from .settings import Settings
 from .state import Direction, SagaState, Shape, Status, Transition
 from .store import RedisStore
-from .validate import cut, validated, validated_tags
 
 logger = logging.getLogger(__name__)
-
-#: Namespace of run ids derived from (saga, start key).
-_KEY_NAMESPACE = uuid.UUID("5a6a0000-0000-4000-8000-000000000000")
-#: The longest start key.
-MAX_KEY = 1000
 
 
 class SagaDefinition(Protocol):
@@ -102,6 +103,17 @@ class Runtime:
         """A logger whose lines carry the run's identity."""
         return run_logger(logger, run_id, self.name, step)
 
+    def in_group(self, index: int) -> bool:
+        """Whether step ``index`` is a member of a parallel group."""
+        return bool(self.definition.shape.group_of(index))
+
+    def group_lanes(self, state: SagaState) -> tuple[str, ...]:
+        """The forward lanes of the parallel group at the run's cursor (() when the cursor is not
+        on a group): the attempts a cancel, a deadline or a group's unwind must account for."""
+        if not self.in_group(state.current_step):
+            return ()
+        return tuple(lane_id(Direction.FORWARD.value, i) for i in self.definition.shape.stage(state.current_step))
+
 
 # --- sending and committing ------------------------------------------------------------------
 
@@ -119,7 +131,9 @@ def next_message(rt: Runtime, state: SagaState) -> Message | None:
     moment where a committed step has no message). None when the run is finished or the
     message must be sent after the commit instead (:func:`dispatch`)."""
     app = rt.definition.app
-    if state.status.terminal or not rt.store.pushes_messages(messages.broker_url(app)):
+    if state.status.terminal or rt.in_group(state.current_step):
+        return None  # a group's members are sent after the commit (:func:`follow`)
+    if not rt.store.pushes_messages(messages.broker_url(app)):
         return None
     name, queue = _task_of(rt, state.current_step, state.direction)
     return messages.redis_message(app, name, state.id, version=state.definition_version, queue=queue)
@@ -145,10 +159,54 @@ def send_step(rt: Runtime, state: SagaState, index: int, direction: Direction, *
 
 def dispatch(rt: Runtime, state: SagaState) -> bool:
     """Send the task at the run's cursor: a forward step, a compensation, or nothing if the run
-    is finished. Returns whether a task was sent."""
+    is finished. At a parallel group, every member due (:func:`saga.stages.lanes_due`); a
+    group whose unwind has nothing left to send is settled. Returns whether a task was sent."""
     if state.status.terminal:
         return False
+    if rt.in_group(state.current_step):
+        due = stages.lanes_due(state, rt.definition.shape)
+        sent = [send_step(rt, state, i, state.direction) for i in due]
+        if not due and state.status is Status.COMPENSATING:
+            settle_group(rt, state)
+        return any(sent)
     return send_step(rt, state, state.current_step, state.direction)
+
+
+def follow(rt: Runtime, before: SagaState, after: SagaState) -> None:
+    """Send what a commit from ``before`` to ``after`` made due. At a parallel group only the
+    members that were not due before are sent (a member's commit does not resend its running
+    siblings); a group whose unwind has nothing left to send is settled."""
+    if not rt.in_group(after.current_step):
+        dispatch(rt, after)
+        return
+    shape = rt.definition.shape
+    due = stages.lanes_due(after, shape)
+    if (before.current_step, before.direction) == (after.current_step, after.direction):
+        already = set(stages.lanes_due(before, shape))
+        due = [i for i in due if i not in already]
+    for index in due:
+        send_step(rt, after, index, after.direction)
+    if after.status is Status.COMPENSATING and not stages.lanes_due(after, shape):
+        settle_group(rt, after)
+
+
+def settle_group(rt: Runtime, state: SagaState) -> bool:
+    """Move an unwinding run past the parallel group at its cursor once every member to undo
+    was compensated and no member is in flight (checked in the commit itself). Refused while a
+    member runs: its end settles the group (its commit, or the watchdog once its lease lapses)."""
+    shape = rt.definition.shape
+    for _ in range(8):  # members committing concurrently move the version; decide again
+        if state.status is not Status.COMPENSATING or not rt.in_group(state.current_step):
+            return False
+        if stages.lanes_due(state, shape):
+            return False
+        transition = decide.decide_group_unwound(state, shape)
+        options = CommitOptions(refuse_while_leased=True, watch=rt.group_lanes(state))
+        result = commit_and_follow(rt, state, transition, options)
+        if result.applied or result.reason is not CommitReason.VERSION:
+            return result.applied
+        state = rt.store.get(state.id)
+    return False
 
 
 def commit_and_follow(
@@ -161,11 +219,13 @@ def commit_and_follow(
     """
     after = transition.state
     message = next_message(rt, after)
+    if any(rt.definition.shape.groups):
+        options = replace(options, grouped=True)
     result = rt.store.commit(
         before,
         transition,
         options,
-        check_at=policy.next_check_at(after.status, time.time(), rt.settings.lease_seconds),
+        check_at=policy.next_check_at(after.status, time.time(), rt.settings.lease_seconds, policy.deadline_of(after)),
         ttl_ms=policy.retention_ms(after.status, rt.settings.retention_seconds, archived=bool(rt.settings.archive_url)),
         message=message,
     )
@@ -174,126 +234,22 @@ def commit_and_follow(
     if result.cancel and after.status is Status.RUNNING:
         cancel_now(rt, after, result.cancel)  # the commit pushed no message: the cancel decides
     elif after.status.terminal:
-        metrics.run_finished(rt.name, after.status.value)
+        metrics.run_finished(rt.name, after.status.value, policy.compensated_cause(after))
     elif message is None:
-        dispatch(rt, after)
+        follow(rt, before, after)
     return result
 
 
-# --- runs ------------------------------------------------------------------------------------
-
-
-def start_run(rt: Runtime, payload: object, key: str | None, tags: object = None) -> str:
-    """Write version 1 of a new run under ``rt``'s definition and send its first step; returns
-    the run id.
-
-    With ``key`` the run id is derived from (saga, key), so a second start with the same key and
-    payload writes nothing and returns the same id, also when processes race; with another
-    payload it raises :class:`~saga.errors.KeyConflict`.
-    """
-    shape = rt.definition.shape
-    if not shape.steps:
-        raise SagaDefinitionError(f"saga {rt.name!r} has no steps; declare them with @saga.step")
-    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_KEY):
-        raise InvalidPayload(f"the start key must be a string of 1 to {MAX_KEY} characters, got {cut(key, 40)}")
-    s = rt.settings
-    body = validated(payload, "the saga payload", max_bytes=s.max_payload_bytes, max_depth=s.max_payload_depth)
-    run_tags = validated_tags(tags)
-    run_id = str(uuid.uuid5(_KEY_NAMESPACE, f"{rt.name}\0{key}")) if key is not None else str(uuid.uuid4())
-    start = decide.decide_start(run_id, rt.name, body, definition_version=rt.definition.version, tags=run_tags)
-    check_at = policy.dispatch_check_at(time.time(), rt.settings.dispatch_timeout)
-    message = next_message(rt, start.state)
-    outcome = rt.store.create(shape, start, key, check_at=check_at, message=message)
-    if outcome is CreateOutcome.CONFLICT:
-        raise KeyConflict(rt.name, key or "", run_id)
-    if outcome is CreateOutcome.CREATED and message is None:
-        dispatch(rt, start.state)
-    return run_id
-
-
-def fail_run(rt: Runtime, state: SagaState, step_name: str, error: Exception) -> bool:
-    """End a run that cannot be trusted to move: ``failed``, with a dead letter saying why."""
-    transition, entry = decide.decide_fail(state, step_name, error)
-    result = commit_and_follow(rt, state, transition, CommitOptions(dead_entry=entry))
-    rt.log(state.id, step_name).error("run failed: %s", error)
-    return result.applied
-
-
-def park(store: RedisStore, state: SagaState, reason: str, log: logging.LoggerAdapter[logging.Logger]) -> bool:
-    """Park a run this process cannot move (its definition is missing or differs): it waits,
-    untouched, with a ``saga.parked`` event saying why, until a worker with its definition
-    resumes it. True when it was parked now."""
-    outcome = store.park(state, decide.parked_event(state, reason), reason)
-    if outcome is ParkOutcome.PARKED:
-        metrics.run_parked(state.saga)
-        log.warning("parked: %s", reason)
-    return outcome is ParkOutcome.PARKED
-
-
-def cancel_now(rt: Runtime, state: SagaState, reason: str) -> bool:
-    """Commit the cancellation of a run no attempt is running, and send its first compensation.
-    False when an attempt holds a live lease (or the run moved meanwhile)."""
-    transition = decide.decide_cancel(state, rt.definition.shape, reason)
-    result = commit_and_follow(rt, state, transition, CommitOptions(refuse_while_leased=True))
+def cancel_now(rt: Runtime, state: SagaState, reason: str, *, undo_running: bool = False) -> bool:
+    """Commit the cancellation of a run no attempt is running (no member, at a parallel group),
+    and send its first compensation; every fence moves on, so an attempt whose lease lapsed
+    (a hung step) can never commit. False when an attempt holds a live lease (or the run
+    moved meanwhile). With
+    ``undo_running`` (a hung attempt whose lease lapsed), the step it ran is compensated too: it
+    may have acted."""
+    transition = decide.decide_cancel(state, rt.definition.shape, reason, undo_running=undo_running)
+    options = CommitOptions(refuse_while_leased=True, watch=rt.group_lanes(state), fence_all=True)
+    result = commit_and_follow(rt, state, transition, options)
     if result.applied:
         rt.log(state.id).warning("cancelled: %s", reason)
     return result.applied
-
-
-def compensate(rt: Runtime, state: SagaState, reason: str) -> CommitResult:
-    """An operator's unwind: compensate the run's committed steps not compensated yet, newest
-    first, through their compensation tasks by name; refused while an attempt holds a lease."""
-    transition = decide.decide_compensate(state, rt.definition.shape, reason)
-    options = CommitOptions(refuse_while_leased=True, operator_unwind=True)
-    result = commit_and_follow(rt, state, transition, options)
-    if result.applied:
-        rt.store.forget_parked([state.id])
-        rt.log(state.id).warning("compensation requested by an operator: %s", reason)
-    return result
-
-
-def retry_compensation(rt: Runtime, state: SagaState, index: int, entry_id: str) -> bool:
-    """Unwind a failed run again from compensation ``index`` (an operator retried its dead
-    letter). False when the run moved meanwhile."""
-    transition = decide.decide_retry_compensation(state, rt.definition.shape, index, entry_id)
-    return commit_and_follow(rt, state, transition).applied
-
-
-def resume(rt: Runtime, run_id: str, reason: str) -> SagaState | None:
-    """Resume ``run_id`` at its cursor, unless something is moving it already.
-
-    A run started under another definition than ``rt``'s is parked, not moved. A last checkpoint
-    whose hash does not verify fails the run, with a dead letter. Otherwise ``saga.resumed`` is
-    appended with a new fencing token (so a late attempt of the old lease cannot commit), the
-    run leaves the parked runs, and the task at the cursor is sent. Returns the state resumed
-    from, or None when the run was not resumed.
-    """
-    store = rt.store
-    state = store.get(run_id)
-    if state.status.terminal:
-        store.forget_active(run_id)
-        return None
-    step_name = rt.step_name(state.current_step)
-    log = rt.log(run_id, step_name)
-    shape = rt.definition.shape
-    stored = store.progress(run_id).fingerprint
-    if stored != shape.fingerprint:
-        why = policy.drift_reason(rt.name, state.definition_version, stored, shape.fingerprint)
-        park(store, state, why, log)
-        return None
-    problem = policy.checkpoint_problem(state)
-    if problem:
-        fail_run(rt, state, step_name, CheckpointCorrupted(problem + "; not resumed"))
-        return None
-    event = decide.resumed_event(state, shape, reason)
-    check_at = policy.dispatch_check_at(time.time(), rt.settings.dispatch_timeout)
-    ok, detail = store.note_events(
-        state, [event], expected_version=state.version, require_idle=True, fence=True, unpark=True, check_at=check_at
-    )
-    if not ok:
-        log.info("not resumed (%s): the run is moving", detail)
-        return None
-    dispatch(rt, state)
-    metrics.resumed(rt.name, reason)
-    log.warning("resumed from version %d (%s)", state.version, reason)
-    return state

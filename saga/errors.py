@@ -14,8 +14,11 @@
     ├── DefinitionMismatch      a run was started with another definition of its saga
     ├── SagaTimeout             wait() ran out of time (also a builtin TimeoutError)
     ├── ActionRefused           an operator action that does not apply to the run as it is now
+    ├── DeadlineExceeded        a run's deadline passed before it finished: it was compensated
     └── PermanentError          raised by step code: give up now, do not retry
-        └── InvalidOutput       a step returned, but what it returned cannot be used
+        ├── InvalidOutput       a step returned, but what it returned cannot be used
+        ├── OutputConflict      two members of a parallel group wrote the same payload key
+        └── Rejected            an expected business outcome: compensate, no dead letter
 
 Every message is one line that says what to do about it; untrusted values in it (run ids,
 messages) are cut to a sane length by :func:`cut`.
@@ -153,3 +156,15 @@ class InvalidOutput(PermanentError):
     """A step's body returned, but its return value cannot be merged into the payload (not a
     JSON object). The body ran to its end, so its effect may have happened: a step declared
     with ``compensate_on_failure=True`` has its own compensation run for it."""
+
+
+class OutputConflict(PermanentError):
+    """Two members of one parallel group returned the same payload key: members must write
+    disjoint keys. The member that committed second gives up (its own compensation runs only
+    if it was declared with ``compensate_on_failure=True``), and the group unwinds."""
+
+
+class DeadlineExceeded(SagaError):
+    """The error type recorded on a run whose deadline passed before it finished: nothing new
+    ran forward after it, and the run's committed steps were compensated. Not raised by the
+    library; its name is the ``type`` of the run's ``error``."""

@@ -13,8 +13,9 @@ from .errors import StoreUnavailable
 class LeaseStore(Protocol):
     """What the heartbeat needs of a store."""
 
-    def renew(self, run_id: str, token: str, lease_ms: int) -> bool:
-        """Extend the lease of ``run_id`` while it carries ``token``; False when it was lost."""
+    def renew(self, run_id: str, token: str, lease_ms: int, lane: str = "") -> bool:
+        """Extend the lease of ``run_id`` (of its ``lane``, in a parallel group) while it
+        carries ``token``; False when it was lost."""
         ...
 
 
@@ -23,7 +24,7 @@ class Heartbeat:
     (started on first use, and again in a forked child, where threads do not survive)."""
 
     def __init__(self) -> None:
-        self._held: dict[tuple[str, str], tuple[LeaseStore, int, logging.LoggerAdapter[logging.Logger]]] = {}
+        self._held: dict[tuple[str, str], tuple[LeaseStore, int, logging.LoggerAdapter[logging.Logger], str]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._pid = 0
@@ -31,11 +32,18 @@ class Heartbeat:
         self._committing: set[tuple[str, str]] = set()  # their commit may end the lease any moment
 
     def hold(
-        self, store: LeaseStore, run_id: str, token: str, lease_ms: int, log: logging.LoggerAdapter[logging.Logger]
+        self,
+        store: LeaseStore,
+        run_id: str,
+        token: str,
+        lease_ms: int,
+        log: logging.LoggerAdapter[logging.Logger],
+        lane: str = "",
     ) -> None:
-        """Keep renewing ``run_id``'s lease while ``token`` holds it, until :meth:`release`."""
+        """Keep renewing ``run_id``'s lease (``lane``'s, in a parallel group) while ``token``
+        holds it, until :meth:`release`."""
         with self._lock:
-            self._held[(run_id, token)] = (store, lease_ms, log)
+            self._held[(run_id, token)] = (store, lease_ms, log, lane)
             if self._pid != os.getpid():
                 self._pid = os.getpid()
                 threading.Thread(target=self._loop, name="saga-heartbeat", daemon=True).start()
@@ -58,11 +66,11 @@ class Heartbeat:
         while True:
             with self._lock:
                 held = list(self._held.items())
-            interval = min((ms for _, (_, ms, _) in held), default=3000) / 3000
-            for held_key, (store, ms, log) in held:
+            interval = min((ms for _, (_, ms, _, _) in held), default=3000) / 3000
+            for held_key, (store, ms, log, lane) in held:
                 run_id, token = held_key
                 try:
-                    if not store.renew(run_id, token, ms):
+                    if not store.renew(run_id, token, ms, lane):
                         with self._lock:  # released or committed meanwhile: the lease ended, nothing lost
                             lost = self._held.pop(held_key, None) is not None and held_key not in self._committing
                             self._committing.discard(held_key)

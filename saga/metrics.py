@@ -11,6 +11,9 @@ metric                                 type       labels                      me
 ``saga_resumes_total``                 counter    saga, reason                runs the watchdog or an operator resumed
 ``saga_runs_parked_total``             counter    saga                        runs parked: no worker had the definition
 ``saga_poison_messages_total``         counter    task                        malformed messages rejected unprocessed
+``saga_runs_compensated_total``       counter    saga, cause                 compensated runs by cause: rejected,
+                                                                              deadline, cancelled, failure
+``saga_runs_expired_total``            counter    saga                        runs whose deadline passed
 ``saga_dead_letters``                  gauge      (none)                      entries waiting in the dead-letter queue,
                                                                               read from Redis at scrape time
 ``saga_parked_runs``                   gauge      (none)                      runs parked now, read at scrape time
@@ -51,6 +54,8 @@ class _Metrics:
     resumes: Counter
     parked: Counter
     poison: Counter
+    compensated: Counter
+    expired: Counter
 
 
 # Made on first use: prometheus_client picks its value class (in-memory or multiprocess) when a
@@ -75,6 +80,13 @@ def _get() -> _Metrics:
             Counter("saga_resumes_total", "Runs resumed by the watchdog or an operator.", ["saga", "reason"]),
             Counter("saga_runs_parked_total", "Runs parked: no worker had their definition.", ["saga"]),
             Counter("saga_poison_messages_total", "Malformed messages rejected unprocessed.", ["task"]),
+            Counter(
+                "saga_runs_compensated_total",
+                "Runs that ended compensated, by cause: rejected (an expected outcome), deadline, "
+                "cancelled (an operator), failure (a step gave up: it has a dead letter).",
+                ["saga", "cause"],
+            ),
+            Counter("saga_runs_expired_total", "Runs whose deadline passed before they finished.", ["saga"]),
         )
     return _metrics
 
@@ -104,9 +116,22 @@ def run_started(saga: str) -> None:
     _safely(lambda: _get().runs_started.labels(saga).inc())
 
 
-def run_finished(saga: str, status: str) -> None:
-    """Count a run that reached ``status`` (completed, compensated or failed)."""
-    _safely(lambda: _get().runs_finished.labels(saga, status).inc())
+def run_finished(saga: str, status: str, cause: str = "") -> None:
+    """Count a run that reached ``status`` (completed, compensated or failed); a compensated
+    run is counted by ``cause`` too (rejected, deadline, cancelled, failure)."""
+
+    def record() -> None:
+        m = _get()
+        m.runs_finished.labels(saga, status).inc()
+        if cause:
+            m.compensated.labels(saga, cause).inc()
+
+    _safely(record)
+
+
+def run_expired(saga: str) -> None:
+    """Count a run whose deadline passed."""
+    _safely(lambda: _get().expired.labels(saga).inc())
 
 
 def step_finished(saga: str, step: str, direction: str, seconds: float, outcome: str) -> None:

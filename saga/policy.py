@@ -90,6 +90,19 @@ class Forget:
 
 
 @dataclass(frozen=True)
+class Expire:
+    """The run's deadline passed while it went forward: fence whatever runs, and unwind it."""
+
+
+@dataclass(frozen=True)
+class CancelNow:
+    """An operator asked to cancel the run and no attempt holds it any more (a hung attempt's
+    lease is not renewed once a cancel is asked): cancel it now."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Park:
     """The run would be resumed, but this process lacks its definition: park it, saying why."""
 
@@ -110,6 +123,7 @@ class Liveness:
     began: bool  # an attempt at the cursor began (it took the lease at least once)
     parked: bool = False  # the run waits for a worker with its definition
     lease_left: float = 0.0  # seconds the live lease has left
+    cancel: str = ""  # the reason an operator gave to cancel the run, while it waits for its attempt
 
     @property
     def known(self) -> bool:
@@ -119,10 +133,13 @@ class Liveness:
 
 def triage(
     state: SagaState | None, facts: Liveness, *, now: float, lease_seconds: float, dispatch_timeout: float
-) -> Resume | LookAgain | Forget | Park:
+) -> Resume | LookAgain | Forget | Park | Expire | CancelNow:
     """What the watchdog does with a run past its progress deadline.
 
     - finished or expired: forget it;
+    - past its own deadline while going forward: expire it (whatever holds it, whoever defines
+      it);
+    - an operator asked to cancel it and no attempt holds it: cancel it;
     - parked: resume it (``definition available``) once this process has its definition and no
       attempt holds it; else look again after ``dispatch_timeout``;
     - a live lease: something is moving it; look again just after that lease could end;
@@ -134,6 +151,20 @@ def triage(
     """
     if state is None or state.status.terminal:
         return Forget()
+    if past_deadline(state, now):
+        return Expire()
+    verdict = _triage(state, facts, now=now, lease_seconds=lease_seconds, dispatch_timeout=dispatch_timeout)
+    deadline = deadline_of(state)
+    if isinstance(verdict, LookAgain) and deadline is not None and state.status in (Status.PENDING, Status.RUNNING):
+        return LookAgain(min(verdict.at, deadline))  # the deadline is enforced on time, whatever runs
+    return verdict
+
+
+def _triage(
+    state: SagaState, facts: Liveness, *, now: float, lease_seconds: float, dispatch_timeout: float
+) -> Resume | LookAgain | Park | CancelNow:
+    if facts.cancel and not facts.lease_live and state.status in (Status.PENDING, Status.RUNNING):
+        return CancelNow(facts.cancel)
     if facts.parked:
         if facts.known and not facts.lease_live:
             return Resume("definition available")
@@ -168,12 +199,38 @@ def drift_reason(saga: str, version: int, stored: str, here: str) -> str:
     )
 
 
-def next_check_at(status: Status, now: float, lease_seconds: float) -> float | None:
+def next_check_at(status: Status, now: float, lease_seconds: float, deadline: float | None = None) -> float | None:
     """When the watchdog must look at a run that just committed a transition to ``status``: once
-    the next attempt's lease could have lapsed; None for a finished run (off the list)."""
+    the next attempt's lease could have lapsed, or at the run's ``deadline`` if that comes first
+    and the run still goes forward; None for a finished run (off the list)."""
     if status.terminal:
         return None
-    return lease_check_at(now, lease_seconds)
+    at = lease_check_at(now, lease_seconds)
+    if deadline is not None and status in (Status.PENDING, Status.RUNNING):
+        return min(at, deadline)
+    return at
+
+
+def compensated_cause(state: SagaState) -> str:
+    """Why a compensated run was unwound, as metrics count it: ``rejected`` (a step raised
+    Rejected, an expected outcome), ``deadline``, ``cancelled`` (an operator), or ``failure``
+    (a step gave up; it has a dead letter). '' for any other status."""
+    if state.status is not Status.COMPENSATED:
+        return ""
+    kind = state.error.type if state.error is not None else ""
+    return {"Rejected": "rejected", "DeadlineExceeded": "deadline", "": "cancelled"}.get(kind, "failure")
+
+
+def deadline_of(state: SagaState) -> float | None:
+    """The run's deadline, seconds since the epoch (None: it has none)."""
+    return parse_iso(state.deadline_at) if state.deadline_at else None
+
+
+def past_deadline(state: SagaState, now: float) -> bool:
+    """Whether the run still goes forward past its deadline (a run that unwinds already, or is
+    finished, is never subject to it: compensations have no deadline)."""
+    deadline = deadline_of(state)
+    return deadline is not None and now >= deadline and state.status in (Status.PENDING, Status.RUNNING)
 
 
 #: How long an attempt waits out a store that is unreachable or full before it leaves the run to

@@ -94,18 +94,31 @@ class RunReads(BucketedStore):
         with self.guarded():
             return cast(str | None, self.client.get(self.keys(run_id).lease))
 
-    def progress(self, run_id: str) -> Progress:
-        """What the watchdog needs beyond the snapshot (see :class:`Progress`), in one round trip."""
+    def progress(self, run_id: str, lanes: Sequence[str] = ()) -> Progress:
+        """What the watchdog needs beyond the snapshot (see :class:`Progress`), in one round
+        trip. With ``lanes`` (the members of a parallel group due at the cursor), the lease is
+        any of theirs that is live (the one with most time left) and the attempt count is
+        theirs together."""
         k = self.keys(run_id)
+        owned = list(lanes) or [""]
         with self.guarded():
             pipe = self.client.pipeline(transaction=False)
-            pipe.get(k.lease)
-            pipe.pttl(k.lease)
-            pipe.hmget(k.meta, ["attempt", "fingerprint", "parked"])
-            lease, left, (attempt, fingerprint, parked) = pipe.execute()
-        return Progress(
-            lease, max(int(left), 0) if lease is not None else 0, int(attempt or 0), fingerprint or "", parked
-        )
+            for lane in owned:
+                pipe.get(k.lease_of(lane))
+                pipe.pttl(k.lease_of(lane))
+            fields = [f"attempt:{lane}" if lane else "attempt" for lane in owned]
+            pipe.hmget(k.meta, [*fields, "fingerprint", "parked", "cancel"])
+            replies = pipe.execute()
+        meta = replies[-1]
+        fingerprint, parked, cancel = meta[-3:]
+        live = [
+            (max(int(left), 0), lease)
+            for lease, left in zip(replies[0:-1:2], replies[1:-1:2], strict=True)
+            if lease is not None
+        ]
+        left, lease = max(live) if live else (0, None)
+        attempts = sum(int(n or 0) for n in meta[:-3])
+        return Progress(lease, left, attempts, fingerprint or "", parked, cancel or "")
 
     def shape(self, run_id: str) -> Shape | None:
         """The shape of the definition a run started with (None for an unknown run)."""

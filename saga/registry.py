@@ -23,11 +23,12 @@ from . import decide, metrics, policy, tasks
 from .archive import Archive
 from .archiver import Archiver
 from .delivery import StepDefinition, deliver
-from .engine import Runtime, SagaDefinition, StoredDefinition, park
+from .engine import Runtime, SagaDefinition, StoredDefinition
 from .errors import RunNotFound, SagaDefinitionError, StoreUnavailable
 from .feed import ArchiveFeed
 from .heartbeat import Heartbeat
 from .log import run_logger
+from .runs import park
 from .settings import Settings
 from .state import Direction, EventType, Shape
 from .store import RedisStore

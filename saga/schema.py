@@ -55,6 +55,17 @@ class RunKeys(NamedTuple):
     lease: str
     snapshot: str
 
+    def lease_of(self, lane: str) -> str:
+        """The lease key of ``lane`` (the run's own lease for '')."""
+        return f"{self.lease}:{lane}" if lane else self.lease
+
+
+def lane_id(direction: str, index: int) -> str:
+    """The lane of a member of a parallel group in one direction: ``f3`` (forward, step 3) or
+    ``c3`` (its compensation). Each lane has its own lease, fence and attempt count, so members
+    run, retry and are fenced independently."""
+    return f"{direction[0]}{index}"
+
 
 def run_keys(prefix: str, bucket: int, run_id: str) -> RunKeys:
     """Every key of one run, tagged with its bucket."""
@@ -122,6 +133,7 @@ class BeginOutcome(StrEnum):
     STALE = "stale"  # the run's cursor is elsewhere, or the run is finished: skip
     DRIFT = "drift"  # the run was started under another definition
     MISSING = "missing"  # no such run
+    EXPIRED = "expired"  # a forward step of a run past its deadline: nothing new starts
 
 
 class CreateOutcome(StrEnum):
@@ -195,6 +207,14 @@ class CommitOptions:
     refuse_while_leased: bool = False
     #: an operator unwinds the run: its compensations may run by name, under any definition
     operator_unwind: bool = False
+    #: the committing attempt's lane in a parallel group ('' = none; see :func:`lane_id`)
+    lane: str = ""
+    #: lanes whose leases ``refuse_while_leased`` also checks and ``fence_all`` also ends
+    watch: tuple[str, ...] = ()
+    #: fence every attempt: nothing running now can commit (a deadline, a cancel of a hung step)
+    fence_all: bool = False
+    #: the saga has parallel groups: when the cursor moves, drop the lanes' bookkeeping
+    grouped: bool = False
 
 
 #: A commit by the coordinator itself (start, resume, cancel, an operator's action): no attempt's
@@ -224,6 +244,7 @@ class Progress:
     attempt: int
     fingerprint: str
     parked: str | None
+    cancel: str = ""  # an operator's reason to cancel the run, while an attempt held it
 
 
 @dataclass(frozen=True)

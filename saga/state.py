@@ -75,10 +75,14 @@ class EventType(StrEnum):
     SAGA_COMPENSATION_REQUESTED = "saga.compensation_requested"  # an operator unwinds the run
     SAGA_MESSAGE_REJECTED = "saga.message_rejected"  # a malformed message naming the run was dropped
     SAGA_REJECTED = "saga.rejected"  # a step raised Rejected: compensate, no dead letter
+    GROUP_COMPENSATED = "group.compensated"  # every committed member of a group was undone
+    SAGA_DEADLINE_EXCEEDED = "saga.deadline_exceeded"  # the run's deadline passed: compensate
 
 
 #: Events whose ``error`` field becomes the run's error.
-_ERROR_EVENTS = frozenset({EventType.STEP_FAILED, EventType.COMPENSATION_FAILED, EventType.SAGA_FAILED})
+_ERROR_EVENTS = frozenset(
+    {EventType.STEP_FAILED, EventType.COMPENSATION_FAILED, EventType.SAGA_FAILED, EventType.SAGA_DEADLINE_EXCEEDED}
+)
 
 
 @dataclass(frozen=True)
@@ -129,9 +133,11 @@ class SagaState:
     definition_version: int = 1
     compensated: tuple[int, ...] = ()
     tags: Mapping[str, str] = field(default_factory=dict)
+    deadline_at: str = ""
 
     def to_dict(self) -> JSONObject:
         """The snapshot as a JSON object (the stored form); :meth:`from_dict` reads it back."""
+        deadline = {"deadline_at": self.deadline_at} if self.deadline_at else {}
         return {
             "id": self.id,
             "saga": self.saga,
@@ -146,6 +152,7 @@ class SagaState:
             "definition_version": self.definition_version,
             "compensated": list(self.compensated),
             "tags": dict(self.tags),
+            **deadline,
         }
 
     @classmethod
@@ -166,6 +173,7 @@ class SagaState:
             definition_version=int(data.get("definition_version", 1)),
             compensated=tuple(data.get("compensated", ())),
             tags=dict(data.get("tags") or {}),
+            deadline_at=data.get("deadline_at") or "",
         )
 
     def __eq__(self, other: object) -> bool:
@@ -206,25 +214,49 @@ class Shape:
     steps: tuple[str, ...]
     compensable: tuple[bool, ...]
     compensate_on_failure: tuple[bool, ...] = ()
+    groups: tuple[str, ...] = ()
 
     def undo_own_failure(self, index: int) -> bool:
         """Whether step ``index``'s compensation runs when that step itself gives up."""
         flags = self.compensate_on_failure
         return index < len(flags) and flags[index] and self.compensable[index]
 
+    def group_of(self, index: int) -> str:
+        """The parallel group step ``index`` belongs to ('' for a step that runs alone)."""
+        return self.groups[index] if 0 <= index < len(self.groups) else ""
+
+    def stage(self, index: int) -> range:
+        """The steps that run together with step ``index``: its group's members (consecutive
+        steps of one group name), or the step alone."""
+        group = self.group_of(index)
+        if not group:
+            return range(index, index + 1)
+        start, stop = index, index + 1
+        while start > 0 and self.group_of(start - 1) == group:
+            start -= 1
+        while stop < len(self.steps) and self.group_of(stop) == group:
+            stop += 1
+        return range(start, stop)
+
     def to_list(self) -> list[list[Any]]:
-        """The shape as JSON-able lists (the flag list only when a flag is set: a shape from
-        before the flag existed keeps its fingerprint)."""
+        """The shape as JSON-able lists (the flag list only when a flag is set or a group is
+        declared, the group list only when a group is: a shape from before either existed keeps
+        its fingerprint)."""
         lists: list[list[Any]] = [list(self.steps), list(self.compensable)]
-        if any(self.compensate_on_failure):
-            lists.append(list(self.compensate_on_failure))
+        grouped = any(self.groups)
+        if any(self.compensate_on_failure) or grouped:
+            flags = self.compensate_on_failure or (False,) * len(self.steps)
+            lists.append(list(flags))
+        if grouped:
+            lists.append(list(self.groups))
         return lists
 
     @classmethod
     def from_list(cls, lists: Sequence[Sequence[Any]]) -> Shape:
         """Inverse of :meth:`to_list`."""
         flags = tuple(bool(f) for f in lists[2]) if len(lists) > 2 else ()
-        return cls(tuple(lists[0]), tuple(bool(c) for c in lists[1]), flags)
+        groups = tuple(str(g) for g in lists[3]) if len(lists) > 3 else ()
+        return cls(tuple(lists[0]), tuple(bool(c) for c in lists[1]), flags, groups)
 
     @cached_property
     def fingerprint(self) -> str:
@@ -318,6 +350,7 @@ def apply(state: SagaState | None, event: Mapping[str, Any]) -> SagaState:
             updated_at=event["at"],
             definition_version=int(event.get("definition_version", 1)),
             tags=dict(event.get("tags") or {}),
+            deadline_at=event.get("deadline_at") or "",
         )
     if state is None:
         raise ValueError(f"event {kind!r} before saga.started")

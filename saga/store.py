@@ -73,14 +73,22 @@ class RedisStore(RunReads):
     # --- writing ---------------------------------------------------------------------------
 
     def create(
-        self, shape: Shape, start: Transition, key: str | None, *, check_at: float, message: Message | None = None
+        self,
+        shape: Shape,
+        start: Transition,
+        key: str | None,
+        *,
+        check_at: float,
+        message: Message | None = None,
+        deadline: float | None = None,
     ) -> CreateOutcome:
         """Write a new run from its start transition, listed as pending and due for the watchdog
         at ``check_at``, recording the definition's shape (and, with a start ``key``, a hash of
         the start payload); with ``message``, push its first task's message in the same script
         (see :meth:`pushes_messages`). A run with this id already there is left as it is (and
         nothing is pushed): ``EXISTS`` when it was started with the same payload, ``CONFLICT``
-        when with another."""
+        when with another. ``deadline`` (seconds since the epoch) is when forward steps stop
+        being begun."""
         state = start.state
         k, b = self.keys(state.id), self.bucket_keys(state.id)
         started_us = codec.micros(state.created_at)
@@ -100,6 +108,7 @@ class RedisStore(RunReads):
             time.time(),
             check_at,
             message.body if message else "",
+            "" if deadline is None else deadline,
         ]
         keys = [k.meta, k.events, b.active, b.status(state.status), b.shapes, k.snapshot, b.feed]
         if message is not None:
@@ -117,11 +126,15 @@ class RedisStore(RunReads):
         lease_ms: int,
         fingerprint: str,
         check_at: float,
+        lane: str = "",
+        cursor: int | None = None,
     ) -> Begin:
         """Decide whether a delivery may run its body, taking the lease if so and recording its
         started event (see begin.lua). In the same round trip an unfinished run's watchdog
         deadline becomes ``check_at``, so the watchdog follows every lease, the first step's
-        too. ``fingerprint`` '' runs a compensation by name for an operator's unwind.
+        too. ``fingerprint`` '' runs a compensation by name for an operator's unwind. A member of
+        a parallel group begins in its ``lane`` while the run's cursor is on the group's first
+        member (``cursor``).
 
         The state comes with ``RUN``, ``DONE`` and ``DRIFT``, except for a completed or
         compensated run (it keeps no snapshot; nothing runs for it).
@@ -129,10 +142,22 @@ class RedisStore(RunReads):
         k, b = self.keys(run_id), self.bucket_keys(run_id)
         kind = EventType.STEP_STARTED if direction is Direction.FORWARD else EventType.COMPENSATION_STARTED
         now_us = time.time_ns() // 1000
-        args = [direction.value, index, lease_ms, attempt, fingerprint, codec.CODES[kind], now_us, check_at, run_id]
+        args = [
+            direction.value,
+            index,
+            lease_ms,
+            attempt,
+            fingerprint,
+            codec.CODES[kind],
+            now_us,
+            check_at,
+            run_id,
+            lane,
+            index if cursor is None else cursor,
+        ]
         with self.guarded():
             outcome, snapshot, token, n, extra = self.script("begin")(
-                keys=[k.meta, k.events, k.lease, b.active, k.snapshot], args=args
+                keys=[k.meta, k.events, k.lease_of(lane), b.active, k.snapshot], args=args
             )
         result = BeginOutcome(outcome)
         return Begin(
@@ -176,6 +201,8 @@ class RedisStore(RunReads):
                 ("u", o.operator_unwind),
                 ("f", settled),
                 ("x", self.feed),
+                ("k", o.fence_all),
+                ("g", o.grouped and after.current_step != before.current_step),
             )
             if on
         )
@@ -184,7 +211,7 @@ class RedisStore(RunReads):
         keys = [
             k.meta,
             k.events,
-            k.lease,
+            k.lease_of(o.lane),
             b.active,
             b.status(before.status),
             b.status(after.status),
@@ -192,7 +219,8 @@ class RedisStore(RunReads):
             b.dlq_index,
             k.snapshot,
             b.feed,
-            *([message.key] if message else []),
+            message.key if message else k.lease,
+            *(k.lease_of(lane) for lane in o.watch),
         ]
         args = [
             before.version,
@@ -210,6 +238,7 @@ class RedisStore(RunReads):
             "" if check_at is None else check_at,
             after.id,
             message.body if message else "",
+            o.lane,
             *(packer.pack(e) for e in transition.events),
         ]
         with self.guarded():
@@ -218,14 +247,17 @@ class RedisStore(RunReads):
         return CommitResult(applied, CommitReason(reply[1]), str(reply[2]) if applied else "")
 
     def record_retry(
-        self, state: SagaState, token: str, events: Sequence[Event], lease_value: str, lease_ms: int
+        self, state: SagaState, token: str, events: Sequence[Event], lease_value: str, lease_ms: int, lane: str = ""
     ) -> bool:
-        """Append a fenced attempt's retry events (snapshot-neutral) and hand its lease to the
-        retry that follows (see record.lua); False when the token no longer holds the run."""
+        """Append a fenced attempt's retry events (snapshot-neutral) and hand its lease (its
+        ``lane``'s, in a parallel group) to the retry that follows (see record.lua); False when
+        the token no longer holds the run."""
         k, packer = self.keys(state.id), _packer(state)
+        fence_field = f"fence:{lane}" if lane else "fence"
         with self.guarded():
             ok = self.script("record")(
-                keys=[k.meta, k.events, k.lease], args=[token, lease_value, lease_ms, *map(packer.pack, events)]
+                keys=[k.meta, k.events, k.lease_of(lane)],
+                args=[token, lease_value, lease_ms, fence_field, *map(packer.pack, events)],
             )
         return bool(ok)
 
@@ -239,11 +271,13 @@ class RedisStore(RunReads):
         fence: bool = False,
         unpark: bool = False,
         check_at: float | None = None,
+        lane: str = "",
     ) -> tuple[bool, str]:
         """Append snapshot-neutral events for the coordinator to the run of ``state``: a resume,
         an operator's note (see note.lua). With ``fence``, take a new fencing token, so a zombie
         attempt of the old one can no longer commit; with ``unpark``, the run leaves the parked
-        runs; with ``check_at``, that becomes its watchdog deadline — all in one script.
+        runs; with ``check_at``, that becomes its watchdog deadline — all in one script. With a
+        ``lane``, the idle check and the fence are that parallel group lane's.
 
         Returns ``(True, new token or '')`` or ``(False, reason)``.
         """
@@ -255,11 +289,12 @@ class RedisStore(RunReads):
             "1" if unpark else "0",
             state.id,
             "" if check_at is None else check_at,
+            lane,
             *map(packer.pack, events),
         ]
         with self.guarded():
             ok, detail = self.script("note")(
-                keys=[k.meta, k.events, k.lease, b.parked, b.active, *self._feed(b)], args=args
+                keys=[k.meta, k.events, k.lease_of(lane), b.parked, b.active, *self._feed(b)], args=args
             )
         return bool(ok), str(detail)
 
@@ -291,7 +326,8 @@ class RedisStore(RunReads):
         with self.guarded():
             self.client.hset(self.keys(run_id).meta, "cancel", reason or "cancelled")
 
-    def renew(self, run_id: str, token: str, lease_ms: int) -> bool:
-        """Extend a lease that still carries ``token``."""
+    def renew(self, run_id: str, token: str, lease_ms: int, lane: str = "") -> bool:
+        """Extend a lease (``lane``'s, in a parallel group) that still carries ``token``."""
         with self.guarded():
-            return bool(self.script("renew")(keys=[self.keys(run_id).lease], args=[token, lease_ms]))
+            k = self.keys(run_id)
+            return bool(self.script("renew")(keys=[k.lease_of(lane), k.meta], args=[token, lease_ms]))

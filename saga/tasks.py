@@ -196,6 +196,18 @@ def register_task(app: Any, name: str, handler: Handler, doc: str, on_poison: Po
     return app.task(name=name, Strategy=GuardedStrategy(on_poison), **TASK_OPTIONS)(run)
 
 
+#: How long after its soft time limit a step's worker child is killed (the hard limit).
+HARD_LIMIT_GRACE = 5.0
+
+
+def limit_time(task: Any, seconds: float) -> None:
+    """Give ``task`` Celery's soft time limit ``seconds`` (the body gets
+    ``SoftTimeLimitExceeded``) and a hard limit :data:`HARD_LIMIT_GRACE` later (the pool child
+    is killed). Prefork pools enforce them; the lease fences a killed attempt."""
+    task.soft_time_limit = seconds
+    task.time_limit = seconds + HARD_LIMIT_GRACE
+
+
 def send(
     app: Any,
     name: str,

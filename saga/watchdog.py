@@ -17,10 +17,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 
-from . import policy
-from .engine import Runtime, park, resume
+from . import policy, stages
+from .engine import Runtime, StoredDefinition, cancel_now
 from .errors import SagaError, StoreUnavailable
 from .log import run_logger
+from .runs import expire, park, resume
+from .schema import lane_id
 from .settings import Settings
 from .state import SagaState
 from .store import RedisStore
@@ -123,7 +125,7 @@ class Watchdog:
             store.forget_active(run_id)
             return 0
         rt = known.get((state.saga, state.definition_version))
-        progress = store.progress(run_id)
+        progress = store.progress(run_id, self._lanes(rt, state))
         if rt is None:
             versions = [version for name, version in known if name == state.saga]
             missing = policy.missing_reason(state.saga, state.definition_version, versions)
@@ -138,6 +140,7 @@ class Watchdog:
             began=progress.attempt > 0,
             parked=bool(progress.parked),
             lease_left=progress.lease_ms_left / 1000,
+            cancel=progress.cancel,
         )
         settings = rt.settings if rt is not None else self.settings
         now = time.time()
@@ -150,6 +153,20 @@ class Watchdog:
         if isinstance(verdict, policy.LookAgain):
             store.schedule(run_id, verdict.at)
             return 0
+        if isinstance(verdict, policy.Expire | policy.CancelNow):
+            mover = rt if rt is not None and not missing else self._stored(store, known, state)
+            if mover is None:
+                store.schedule(run_id, now + settings.dispatch_timeout)
+                return 0
+            # an attempt that began and is not waiting out a retry's backoff may have acted
+            acted = facts.began and not (progress.lease or "").startswith("backoff:")
+            if isinstance(verdict, policy.Expire):
+                done = expire(mover, state, by_name=mover is not rt, undo_running=acted)
+            else:
+                done = cancel_now(mover, state, verdict.reason, undo_running=acted)
+            if not done:
+                store.schedule(run_id, now + 1.0)  # it moved meanwhile: look again soon
+            return 0
         if isinstance(verdict, policy.Park):
             park(store, state, verdict.reason, run_logger(logger, run_id, state.saga, ""))
             store.schedule(run_id, now + settings.dispatch_timeout)
@@ -161,3 +178,26 @@ class Watchdog:
             rt.log(run_id, rt.step_name(state.current_step)).error("could not resume: %s", exc)
             store.schedule(run_id, now + rt.settings.dispatch_timeout)
             return 0
+
+    @staticmethod
+    def _lanes(rt: Runtime | None, state: SagaState | None) -> list[str]:
+        """The lanes whose leases and attempts tell whether a run at a parallel group moves: the
+        members due at the cursor, or, for a group whose unwind has nothing left to send, its
+        forward members (one may still be in flight)."""
+        if rt is None or state is None or state.status.terminal or not rt.in_group(state.current_step):
+            return []
+        due = stages.lanes_due(state, rt.definition.shape)
+        if not due:
+            return list(rt.group_lanes(state))
+        return [lane_id(state.direction.value, i) for i in due]
+
+    @staticmethod
+    def _stored(store: RedisStore, known: Known, state: SagaState) -> Runtime | None:
+        """A runtime for a run whose definition no saga here has: its recorded shape, sent with
+        the app of any saga on the same store (compensations then run by step name)."""
+        shape = store.shape(state.id)
+        some = next(iter(known.values()), None)
+        if shape is None or some is None:
+            return None
+        definition = StoredDefinition(state.saga, state.definition_version, shape, some.definition.app)
+        return Runtime(definition, store, some.settings, some.heartbeat)

@@ -24,7 +24,11 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 #: Bottom to top. ``independent``: the modules of the layer import none of each other.
 LAYERS: list[tuple[str, list[str], bool]] = [
-    ("core (pure: no I/O)", ["errors", "settings", "state", "codec", "validate", "schema", "decide", "policy"], False),
+    (
+        "core (pure: no I/O)",
+        ["errors", "settings", "state", "stages", "codec", "validate", "schema", "decide", "policy"],
+        False,
+    ),
     ("logging and connections", ["log", "connection"], True),
     ("connection, indexes and reads", ["archive_rows", "archive_tables", "indexes", "reads"], False),
     (
@@ -32,7 +36,11 @@ LAYERS: list[tuple[str, list[str], bool]] = [
         ["store", "tasks", "messages", "metrics", "heartbeat", "archive"],
         True,
     ),
-    ("engine, feed, archiver and tiered reads", ["engine", "delivery", "watchdog", "feed", "archiver", "tiers"], False),
+    (
+        "engine, feed, archiver and tiered reads",
+        ["engine", "runs", "delivery", "watchdog", "feed", "archiver", "tiers"],
+        False,
+    ),
     ("registry and definition API", ["registry", "definition"], False),
     ("operator actions and test harness", ["control", "archive_ops", "testing"], True),
     (

@@ -27,6 +27,9 @@ def test_the_demo_runs_on_an_embedded_redis_and_leaves_nothing_running() -> None
     assert final == {"101": "completed", "102": "compensated", "103": "compensated", "104": "completed"}
     assert "saga.resumed" in out.stdout and "lease expired" in out.stdout  # order 104 came back
     assert "Traceback" not in out.stdout + out.stderr
+    # a trip books its flight, hotel and car in parallel: the three members overlap
+    booked = re.search(r"parallel booking (\w+): the 3 members ran at the same time for (-?\d+) ms", out.stdout)
+    assert booked and booked.group(1) == "completed" and int(booked.group(2)) > 0, out.stdout[-2000:]
     # it ends by listing the four runs from its SQL archive, with where each failed
     listed = re.findall(r"^  \S+  (completed|compensated)\s+failed at (\S+)", out.stdout, re.MULTILINE)
     assert sorted(listed) == sorted(

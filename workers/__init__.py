@@ -1,6 +1,6 @@
 """The Celery worker entry point: ``celery -A workers worker`` runs every example saga."""
 
-from . import orders
+from . import booking, orders
 from .app import app
 
-__all__ = ["app", "orders"]
+__all__ = ["app", "booking", "orders"]

@@ -3,7 +3,8 @@
 Uses the Redis at SAGA_REDIS_URL if one answers, else starts a private one. Starts a real
 prefork worker, runs four orders with a live view — one completes, one compensates, one
 exhausts its retries into the dead-letter queue, one loses its worker mid-step and resumes —
-prints each run's timeline, lists the runs from the SQL archive (SQLite in ``.saga-demo/``
+prints each run's timeline, books a trip whose flight, hotel and car are booked in parallel (a
+group), lists the orders from the SQL archive (SQLite in ``.saga-demo/``
 unless SAGA_ARCHIVE_URL names another), and stops everything it started.
 """
 
@@ -35,6 +36,7 @@ from saga.testing import (
     worker_env,
 )
 from workers.app import app
+from workers.booking import trip
 from workers.orders import order
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +52,7 @@ ORDERS: list[tuple[str, dict[str, Any]]] = [
 
 def start_worker(env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
     """A `celery -A workers worker` process in its own process group."""
-    return start_worker_process("workers", env, name=name, loglevel="ERROR", cwd=ROOT)
+    return start_worker_process("workers", env, name=name, loglevel="ERROR", cwd=ROOT, concurrency=4)
 
 
 def view(rows: list[tuple[str, str]]) -> Table:
@@ -74,11 +76,12 @@ def view(rows: list[tuple[str, str]]) -> Table:
     return table
 
 
-def timeline(run_id: str) -> None:
+def timeline(run_id: str, saga: Any = order) -> None:
     """Print a run's events, one a line."""
-    events = order.events(run_id)
+    events = saga.events(run_id)
     t0 = events[0]["at"]
-    console.print(f"\n[bold]run {run_id}[/] (order {events[0]['payload']['order_id']})")
+    what = events[0]["payload"].get("order_id") or events[0]["payload"].get("trip_id")
+    console.print(f"\n[bold]run {run_id}[/] ({saga.name} {what})")
     for e in events:
         extra = ""
         if e["type"] == "step.retrying":
@@ -89,6 +92,29 @@ def timeline(run_id: str) -> None:
             extra = f"{e['error']['type']}: {e['error']['message']}"
         offset = (parse_iso(e["at"]) - parse_iso(t0)) * 1000
         console.print(f"  v{e['version']:<2} +{offset:>7.0f} ms  {e['type']:<24} {e.get('name', ''):<18} {extra}")
+
+
+def book_trip() -> str | None:
+    """Book a trip: quote, then flight, hotel and car at once (a parallel group), then pay; print
+    its timeline and how far the members overlapped. Returns its run id (None if it failed)."""
+    console.print("\n[bold]A parallel booking[/]: quote -> [book_flight | book_hotel | book_car] -> pay")
+    run_id = trip.start({"trip_id": 7, "nights": 2, "sleep": {"book_flight": 0.4, "book_hotel": 0.4, "book_car": 0.4}})
+    try:
+        state = trip.wait(run_id, timeout=60)
+    except SagaTimeout as exc:
+        console.print(f"[red]{exc}[/]")
+        return None
+    timeline(run_id, trip)
+    spans: dict[str, list[float]] = {}
+    for e in trip.events(run_id):
+        if e["type"] in ("step.started", "step.succeeded") and e["name"].startswith("book_"):
+            spans.setdefault(e["name"], []).append(parse_iso(e["at"]))
+    overlap = min(s[-1] for s in spans.values()) - max(s[0] for s in spans.values())
+    console.print(
+        f"  parallel booking {state.status.value}: the 3 members ran at the same time for {overlap * 1000:.0f} ms; "
+        f"payload {sorted(k for k in state.payload if k in ('flight', 'hotel', 'car', 'paid'))}"
+    )
+    return run_id
 
 
 def archived_runs(customer: str) -> list[ArchivedRun]:
@@ -155,6 +181,9 @@ def main() -> int:
                 return 1
         for _, run_id in rows:
             timeline(run_id)
+        booked = book_trip()
+        if booked is None:
+            return 1
         console.print("\n[bold]Dead-letter queue[/]")
         for entry in order.store.dead_letters():
             if entry["run_id"] in {rid for _, rid in rows}:

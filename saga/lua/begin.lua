@@ -6,7 +6,10 @@
 -- ARGV[4] attempt the message carries   ARGV[5] definition fingerprint of the caller, or '' for a
 --   compensation run by name for an operator's unwind (accepted only while meta.unwind = 'operator')
 -- ARGV[6] code of the started event (saga/codec.py)   ARGV[7] now, µs   ARGV[8] watchdog deadline, s
--- ARGV[9] run id
+-- ARGV[9] run id   ARGV[10] lane ('' for a step that runs alone; '<f|c><index>' for a member of
+--   a parallel group, which has its own lease key, fence field 'fence:<lane>' and attempt count
+--   'attempt:<lane>'; its token still comes from the run's fence counter, so tokens are unique)
+-- ARGV[11] the cursor this step runs at (its own index; a group's first member for a member)
 -- Returns {outcome, snapshot, token, attempt, extra}; the snapshot comes with run, done and drift
 -- (a completed or compensated run has none):
 --   run      lease taken: run the body (token fences its commit); a parked mark is cleared; the
@@ -17,11 +20,15 @@
 --   busy     another attempt holds a live lease: skip
 --   stale    the run's cursor is elsewhere (or the run is finished): skip (extra = status)
 --   drift    the run was started under another definition (extra = the stored fingerprint)
+--   expired  a forward step of a run whose deadline (meta.dl) has passed: nothing new starts
 --   missing  no such run
 -- done, busy and stale count the delivery in meta.dups (deliveries that found nothing to do).
 -- Common path: HMGET, SET NX, HSET, RPUSH, ZADD, GET.
-local m = redis.call('HMGET', KEYS[1], 'fingerprint', 'status', 'cursor', 'fence', 'attempt',
-  'd:' .. ARGV[1] .. ':' .. ARGV[2], 'unwind', 'parked', 't0')
+local lane = ARGV[10]
+local attempt_field = 'attempt'
+if lane ~= '' then attempt_field = 'attempt:' .. lane end
+local m = redis.call('HMGET', KEYS[1], 'fingerprint', 'status', 'cursor', 'fence', attempt_field,
+  'd:' .. ARGV[1] .. ':' .. ARGV[2], 'unwind', 'parked', 't0', 'dl')
 local fp, status, cursor = m[1], m[2], m[3]
 if not fp then
   return {'missing', '', '', 0, ''}
@@ -43,9 +50,12 @@ if ARGV[1] == 'forward' then
 else
   here = (status == 'compensating')
 end
-if (not here) or cursor ~= ARGV[2] then
+if (not here) or cursor ~= ARGV[11] then
   redis.call('HINCRBY', KEYS[1], 'dups', 1)
   return {'stale', '', '', 0, status}
+end
+if ARGV[1] == 'forward' and m[10] and tonumber(m[10]) * 1000000 <= tonumber(ARGV[7]) then
+  return {'expired', snapshot(), '', 0, ''}
 end
 local token = tostring(tonumber(m[4] or '0') + 1)
 if not redis.call('SET', KEYS[3], token, 'PX', ARGV[3], 'NX') then
@@ -57,7 +67,11 @@ if not redis.call('SET', KEYS[3], token, 'PX', ARGV[3], 'NX') then
   redis.call('SET', KEYS[3], token, 'PX', ARGV[3])
 end
 local attempt = tonumber(m[5] or '0') + 1
-redis.call('HSET', KEYS[1], 'fence', token, 'attempt', attempt)
+if lane == '' then
+  redis.call('HSET', KEYS[1], 'fence', token, 'attempt', attempt)
+else
+  redis.call('HSET', KEYS[1], 'fence', token, 'fence:' .. lane, token, attempt_field, attempt)
+end
 if m[8] then redis.call('HDEL', KEYS[1], 'parked') end
 local at = tonumber(ARGV[7]) - tonumber(m[9])
 local row = '[' .. ARGV[6] .. ',' .. string.format('%d', at) .. ',' .. ARGV[2]
