@@ -9,9 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .notes import Builder, step_fields
+from .notes import decide_retry as decide_retry
+from .notes import note_event as note_event
+from .notes import parked_event as parked_event
+from .notes import resumed_event as resumed_event
 from .state import (
     Direction,
-    Event,
     EventType,
     JSONObject,
     SagaState,
@@ -19,33 +23,8 @@ from .state import (
     Status,
     Transition,
     describe_error,
-    fold,
-    now_iso,
     payload_hash,
 )
-
-# --- building events -------------------------------------------------------------------------
-
-
-class _Builder:
-    """Collects the events of one transition, stamping run id, version and time."""
-
-    def __init__(self, state: SagaState | None, run_id: str, *, bump: bool, at: str | None) -> None:
-        self.run_id = run_id
-        self.version = (state.version if state else 0) + (1 if bump else 0)
-        self.at = at or now_iso()
-        self.events: list[Event] = []
-
-    def add(self, kind: EventType, **fields: Any) -> None:
-        self.events.append({"type": kind, "run_id": self.run_id, "version": self.version, "at": self.at, **fields})
-
-    def transition(self, state: SagaState | None) -> Transition:
-        return Transition(fold(state, self.events), self.events)
-
-
-def _step(shape: Shape, index: int) -> dict[str, Any]:
-    return {"step": index, "name": shape.steps[index]}
-
 
 # --- transitions -----------------------------------------------------------------------------
 
@@ -63,36 +42,12 @@ def decide_start(
     """A new run of ``saga`` under its definition ``definition_version``: version 1, pending,
     cursor on step 0, with its business ``tags`` and its deadline (an ISO-8601 time), each
     recorded in ``saga.started`` when given."""
-    b = _Builder(None, run_id, bump=True, at=at)
+    b = Builder(None, run_id, bump=True, at=at)
     extra: dict[str, Any] = {"tags": dict(tags)} if tags else {}
     if deadline_at:
         extra["deadline_at"] = deadline_at
     b.add(EventType.SAGA_STARTED, saga=saga, payload=payload, definition_version=definition_version, **extra)
     return b.transition(None)
-
-
-def note_event(state: SagaState, kind: EventType, at: str | None = None, **fields: Any) -> Event:
-    """An event that changes nothing in the snapshot (a resume, an operator's note), at the
-    state's version."""
-    b = _Builder(state, state.id, bump=False, at=at)
-    b.add(kind, **fields)
-    return b.events[0]
-
-
-def resumed_event(
-    state: SagaState, shape: Shape, reason: str, at: str | None = None, *, index: int | None = None
-) -> Event:
-    """``saga.resumed``: the run goes on at its cursor (or, in a parallel group, at member
-    ``index``) from this version."""
-    return note_event(
-        state,
-        EventType.SAGA_RESUMED,
-        at,
-        **_step(shape, state.current_step if index is None else index),
-        direction=state.direction.value,
-        reason=reason,
-        from_version=state.version,
-    )
 
 
 def decide_step_succeeded(
@@ -110,7 +65,7 @@ def decide_step_succeeded(
     A member of a parallel group moves the run on only when it is the group's last member to
     commit; one that commits after the group began to unwind (it was in flight) is recorded
     where the run is, and its compensation follows."""
-    b = _Builder(state, state.id, bump=True, at=at)
+    b = Builder(state, state.id, bump=True, at=at)
     out = output or {}
     digest = digest or payload_hash({**state.payload, **out})
     if shape.group_of(index):
@@ -119,7 +74,7 @@ def decide_step_succeeded(
     moves: dict[str, Any] = {"current_step": index + 1}
     if state.status is Status.PENDING and not last:
         moves["status"] = Status.RUNNING.value
-    b.add(EventType.STEP_SUCCEEDED, **_step(shape, index), output=out, hash=digest, **moves)
+    b.add(EventType.STEP_SUCCEEDED, **step_fields(shape, index), output=out, hash=digest, **moves)
     if last:
         b.add(EventType.SAGA_COMPLETED, status=Status.COMPLETED.value)
     return b.transition(state)
@@ -131,7 +86,7 @@ def _forward_at(state: SagaState, stage: range) -> bool:
 
 
 def _member_succeeded(
-    b: _Builder, state: SagaState, shape: Shape, index: int, out: JSONObject, digest: str
+    b: Builder, state: SagaState, shape: Shape, index: int, out: JSONObject, digest: str
 ) -> Transition:
     stage = shape.stage(index)
     moves: dict[str, Any] = {"current_step": state.current_step}
@@ -143,7 +98,7 @@ def _member_succeeded(
             completed = stage.stop == len(shape.steps)
         if state.status is Status.PENDING and not completed:
             moves["status"] = Status.RUNNING.value
-    b.add(EventType.STEP_SUCCEEDED, **_step(shape, index), output=out, hash=digest, **moves)
+    b.add(EventType.STEP_SUCCEEDED, **step_fields(shape, index), output=out, hash=digest, **moves)
     if completed:
         b.add(EventType.SAGA_COMPLETED, status=Status.COMPLETED.value)
     return b.transition(state)
@@ -153,9 +108,9 @@ def decide_group_unwound(state: SagaState, shape: Shape, at: str | None = None) 
     """Every member to undo of the group at the cursor has been compensated, and no member is
     in flight: ``group.compensated``, then on to the steps before the group (or end
     compensated)."""
-    b = _Builder(state, state.id, bump=True, at=at)
+    b = Builder(state, state.id, bump=True, at=at)
     stage = shape.stage(state.current_step)
-    fields = {**_step(shape, stage.start), "group": shape.group_of(stage.start)}
+    fields = {**step_fields(shape, stage.start), "group": shape.group_of(stage.start)}
     _unwind(b, state, shape, stage.start, EventType.GROUP_COMPENSATED, **fields)
     return b.transition(state)
 
@@ -167,7 +122,7 @@ def decide_deadline_exceeded(
     ``DeadlineExceeded`` error, then unwind every committed step (or end compensated) — and,
     with ``undo_running`` (an attempt began at the cursor: it may have acted), that step's
     compensation first."""
-    b = _Builder(state, state.id, bump=True, at=at)
+    b = Builder(state, state.id, bump=True, at=at)
     index = min(state.current_step, len(shape.steps) - 1)
     error = {
         "step": index,
@@ -179,34 +134,6 @@ def decide_deadline_exceeded(
     kind = EventType.SAGA_DEADLINE_EXCEEDED
     _unwind_cursor(b, state, shape, undo_running, kind, deadline_at=state.deadline_at, error=error)
     return b.transition(state)
-
-
-def decide_retry(
-    state: SagaState,
-    shape: Shape,
-    direction: Direction,
-    index: int,
-    attempt: int,
-    error: BaseException,
-    delay: float,
-    *,
-    at: str | None = None,
-) -> Event:
-    """An attempt failed and will be tried again after ``delay`` seconds (an event only: the
-    snapshot does not change). Compensation retries are ``step.retrying`` events too, with
-    ``direction: compensation``."""
-    error_type, message = describe_error(error)
-    b = _Builder(state, state.id, bump=False, at=at)
-    b.add(
-        EventType.STEP_RETRYING,
-        **_step(shape, index),
-        direction=direction.value,
-        attempt=attempt,
-        delay=round(delay, 3),
-        error_type=error_type,
-        error_message=message,
-    )
-    return b.events[0]
 
 
 def dead_letter_entry(
@@ -252,7 +179,7 @@ def next_compensation(state: SagaState, shape: Shape, below: int) -> int | None:
     return None
 
 
-def _unwind(b: _Builder, state: SagaState, shape: Shape, below: int, kind: EventType, **fields: Any) -> None:
+def _unwind(b: Builder, state: SagaState, shape: Shape, below: int, kind: EventType, **fields: Any) -> None:
     """Add ``kind`` and start unwinding the committed steps under ``below`` (or end compensated)."""
     target = next_compensation(state, shape, below=below)
     if target is None:
@@ -268,10 +195,10 @@ def decide_step_gave_up(
     """Step ``index`` gave up: dead-letter it, then unwind — from the step itself when it is
     undone also on its own failure (it may have acted), else from the step below — or end
     compensated if there is nothing to undo."""
-    b = _Builder(state, state.id, bump=True, at=at)
+    b = Builder(state, state.id, bump=True, at=at)
     entry = dead_letter_entry(state, shape.steps[index], Direction.FORWARD, index, error, attempts, b.at)
-    b.add(EventType.STEP_FAILED, **_step(shape, index), error=_error_of(entry))
-    lettered = {**_step(shape, index), "entry": entry}
+    b.add(EventType.STEP_FAILED, **step_fields(shape, index), error=_error_of(entry))
+    lettered = {**step_fields(shape, index), "entry": entry}
     if shape.group_of(index):
         _member_failed(b, state, shape, index, EventType.SAGA_DEAD_LETTERED, **lettered)
     elif shape.undo_own_failure(index):
@@ -287,9 +214,9 @@ def decide_step_rejected(
     """Step ``index`` rejected the request (:class:`~saga.errors.Rejected`): record why, then
     unwind as for a step that gave up — but with no dead letter, since nothing needs an
     operator."""
-    b = _Builder(state, state.id, bump=True, at=at)
+    b = Builder(state, state.id, bump=True, at=at)
     error_type, message = describe_error(error)
-    step = _step(shape, index)
+    step = step_fields(shape, index)
     failure = {"step": index, "name": step["name"], "type": error_type, "message": message, "attempts": attempts}
     b.add(EventType.STEP_FAILED, **step, error=failure)
     if shape.group_of(index):
@@ -301,7 +228,7 @@ def decide_step_rejected(
     return b.transition(state)
 
 
-def _member_failed(b: _Builder, state: SagaState, shape: Shape, index: int, kind: EventType, **fields: Any) -> None:
+def _member_failed(b: Builder, state: SagaState, shape: Shape, index: int, kind: EventType, **fields: Any) -> None:
     """A member of a parallel group gave up (or rejected): the group unwinds where it is — no
     member that has not begun starts, the members in flight run to their end — or, if it
     unwinds already, the failure is recorded where the run is."""
@@ -316,16 +243,16 @@ def decide_compensation_succeeded(state: SagaState, shape: Shape, index: int, at
     """Compensation ``index`` committed: move to the next one down, or end compensated. A
     member of a parallel group leaves the cursor on its group (:func:`decide_group_unwound`
     moves on once every member is undone)."""
-    b = _Builder(state, state.id, bump=True, at=at)
+    b = Builder(state, state.id, bump=True, at=at)
     if shape.group_of(index):
-        b.add(EventType.COMPENSATION_SUCCEEDED, **_step(shape, index))
+        b.add(EventType.COMPENSATION_SUCCEEDED, **step_fields(shape, index))
         return b.transition(state)
     target = next_compensation(state, shape, below=index)
     if target is None:
-        b.add(EventType.COMPENSATION_SUCCEEDED, **_step(shape, index))
+        b.add(EventType.COMPENSATION_SUCCEEDED, **step_fields(shape, index))
         b.add(EventType.SAGA_COMPENSATED, status=Status.COMPENSATED.value)
     else:
-        b.add(EventType.COMPENSATION_SUCCEEDED, **_step(shape, index), current_step=target)
+        b.add(EventType.COMPENSATION_SUCCEEDED, **step_fields(shape, index), current_step=target)
     return b.transition(state)
 
 
@@ -333,10 +260,10 @@ def decide_compensation_gave_up(
     state: SagaState, shape: Shape, index: int, error: BaseException, attempts: int, at: str | None = None
 ) -> tuple[Transition, JSONObject]:
     """Compensation ``index`` gave up: the unwind is stuck; the run fails and waits for an operator."""
-    b = _Builder(state, state.id, bump=True, at=at)
+    b = Builder(state, state.id, bump=True, at=at)
     entry = dead_letter_entry(state, shape.steps[index], Direction.COMPENSATION, index, error, attempts, b.at)
-    b.add(EventType.COMPENSATION_FAILED, **_step(shape, index), error=_error_of(entry))
-    b.add(EventType.SAGA_DEAD_LETTERED, **_step(shape, index), entry=entry)
+    b.add(EventType.COMPENSATION_FAILED, **step_fields(shape, index), error=_error_of(entry))
+    b.add(EventType.SAGA_DEAD_LETTERED, **step_fields(shape, index), entry=entry)
     b.add(EventType.SAGA_FAILED, status=Status.FAILED.value)
     return b.transition(state), entry
 
@@ -346,7 +273,7 @@ def decide_fail(
 ) -> tuple[Transition, JSONObject]:
     """The run cannot be trusted to move (corrupt checkpoint, definition drift): it fails and is
     dead-lettered, so an operator sees it."""
-    b = _Builder(state, state.id, bump=True, at=at)
+    b = Builder(state, state.id, bump=True, at=at)
     entry = dead_letter_entry(state, step_name, state.direction, state.current_step, error, 0, b.at)
     b.add(EventType.SAGA_DEAD_LETTERED, step=state.current_step, name=step_name, entry=entry)
     b.add(EventType.SAGA_FAILED, status=Status.FAILED.value, error=_error_of(entry))
@@ -359,13 +286,13 @@ def decide_cancel(
     """An operator cancels a pending or running run: unwind the committed steps — and, with
     ``undo_running`` (an attempt began at the cursor and was fenced: it may have acted), that
     step's compensation first."""
-    b = _Builder(state, state.id, bump=True, at=at)
+    b = Builder(state, state.id, bump=True, at=at)
     _unwind_cursor(b, state, shape, undo_running, EventType.SAGA_CANCELLED, reason=reason)
     return b.transition(state)
 
 
 def _unwind_cursor(
-    b: _Builder, state: SagaState, shape: Shape, undo_running: bool, kind: EventType, **fields: Any
+    b: Builder, state: SagaState, shape: Shape, undo_running: bool, kind: EventType, **fields: Any
 ) -> None:
     """Add ``kind`` and unwind the committed steps up to the cursor's stage; with
     ``undo_running``, from the cursor's own step when it runs alone and can be undone."""
@@ -381,7 +308,7 @@ def _unwind_cursor(
 def decide_compensate(state: SagaState, shape: Shape, reason: str, at: str | None = None) -> Transition:
     """An operator unwinds an unfinished, parked or failed run: compensate exactly its committed
     steps not compensated yet, newest first (or end compensated if there are none)."""
-    b = _Builder(state, state.id, bump=True, at=at)
+    b = Builder(state, state.id, bump=True, at=at)
     fields = {"reason": reason, "from_status": state.status.value}
     _unwind(b, state, shape, len(shape.steps), EventType.SAGA_COMPENSATION_REQUESTED, **fields)
     return b.transition(state)
@@ -396,19 +323,14 @@ def compensations_due(state: SagaState, shape: Shape) -> list[str]:
     ]
 
 
-def parked_event(state: SagaState, reason: str, at: str | None = None) -> Event:
-    """``saga.parked``: the run waits, untouched, for a worker with the definition it needs."""
-    return note_event(state, EventType.SAGA_PARKED, at, reason=reason, definition_version=state.definition_version)
-
-
 def decide_retry_compensation(
     state: SagaState, shape: Shape, index: int, entry_id: str, at: str | None = None
 ) -> Transition:
     """An operator retries a stuck compensation: the failed run unwinds again from ``index``."""
-    b = _Builder(state, state.id, bump=True, at=at)
+    b = Builder(state, state.id, bump=True, at=at)
     b.add(
         EventType.SAGA_RESUMED,
-        **_step(shape, index),
+        **step_fields(shape, index),
         direction=Direction.COMPENSATION.value,
         reason="dead letter retried",
         entry_id=entry_id,

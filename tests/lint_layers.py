@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 LAYERS: list[tuple[str, list[str], bool]] = [
     (
         "core (pure: no I/O)",
-        ["errors", "settings", "state", "stages", "codec", "validate", "schema", "decide", "policy"],
+        ["errors", "settings", "state", "stages", "codec", "validate", "schema", "notes", "decide", "policy"],
         False,
     ),
     ("logging and connections", ["log", "connection"], True),
