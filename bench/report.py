@@ -247,7 +247,15 @@ def markdown(result: dict[str, Any]) -> str:
             f"the result again after each slice."
         )
     return (
-        head + "\n\n" + "\n".join(lines) + recovery_note + chain_note + "\n" + hot_tier(result) + archive_table(result)
+        head
+        + "\n\n"
+        + "\n".join(lines)
+        + recovery_note
+        + chain_note
+        + "\n"
+        + hot_tier(result)
+        + group_table(result)
+        + archive_table(result)
     )
 
 
@@ -285,6 +293,62 @@ def hot_tier(result: dict[str, Any]) -> str:
         f"| {_holds(t['listing_ms']['holds'])} |"
     )
     return "\n".join(lines) + "\n"
+
+
+def group_table(result: dict[str, Any]) -> str:
+    """The parallel group's table (:mod:`bench.group`): a 5-step saga whose steps 2-4 are a group,
+    against ``chain(a, chord([b, c, d], e))``."""
+    g = result.get("group")
+    if not g:
+        return ""
+    s, c, r = g["saga"], g["chord"], g["ratios"]
+    lat = f"{g['latency_runs']} sequential runs"
+    lines = [
+        "",
+        f"Parallel group vs chord (`bench/group.py`): a 5-step saga, steps 2-4 a parallel group ({g['shape']}; "
+        f"no result backend), against `chain(a.si(), chord([b.si(), c.si(), d.si()], e.si()))` with a Redis "
+        f"result backend; each a redis-server and a prefork worker of its own, concurrency {g['concurrency']}; "
+        f"repetitions interleaved A B A B:",
+        "",
+        "| figure | saga | chord | saga/chord |",
+        "| --- | ---: | ---: | ---: |",
+        f"| throughput, runs/s (median of {g['reps']} x {g['runs']} runs) | {_f(s['runs_per_s'])} "
+        f"| {_f(c['runs_per_s'])} | {_x(r['throughput'])} |",
+        f"| latency p50, ms (start to completion committed, {lat}) | {_f(s['latency']['p50_ms'])} "
+        f"| {_f(c['latency']['p50_ms'])} | {_x(r['latency_p50'])} |",
+        f"| latency p95, ms | {_f(s['latency']['p95_ms'])} | {_f(c['latency']['p95_ms'])} | {_x(r['latency_p95'])} |",
+        f"| latency p50 via `Saga.wait()` / `AsyncResult.get()`, ms | {_f(s['latency_api']['p50_ms'])} "
+        f"| {_f(c['latency_api']['p50_ms'])} | {_x(r['latency_api_p50'])} |",
+        f"| Redis commands per step (`INFO commandstats`, incl. inside scripts) | {_f(s['commands_per_step'], 2)} "
+        f"| {_f(c['commands_per_step'], 2)} | {_x(r['commands_per_step'])} |",
+        f"| worker CPU per run, ms | {_f(s['cpu_ms_per_run']['worker'], 2)} "
+        f"| {_f(c['cpu_ms_per_run']['worker'], 2)} | {_x(r['worker_cpu_per_run'])} |",
+        f"| Redis CPU per run, ms | {_f(s['cpu_ms_per_run']['redis'], 2)} "
+        f"| {_f(c['cpu_ms_per_run']['redis'], 2)} | {_x(r['redis_cpu_per_run'])} |",
+    ]
+    notes = []
+    main = result.get("saga")
+    if main:
+        notes.append(
+            f"The main table's saga of 5 sequential steps: {_f(main['runs_per_s'])} runs/s, latency p50 "
+            f"{_f(main['latency']['p50_ms'])} ms."
+        )
+    stale = sum(s.get("stale_active_entries_per_rep", []))
+    if stale:
+        notes.append(
+            f"Saga: {stale} finished run(s) were left in the store's `active` index by the watchdog (per "
+            f"repetition: {', '.join(str(n) for n in s['stale_active_entries_per_rep'])}): it read a run whose "
+            f"last step was queued, the run completed, and its ZADD (look again at dispatch + 30 s) came after "
+            f"the commit's ZREM. The wait ends once every run left in the index has finished (ZRANGE and HGET "
+            f"of the leftovers, not counted), not when the index empties up to 30 s later."
+        )
+    if c.get("missed_result_notifications"):
+        notes.append(
+            f"Chord: the client lost {c['missed_result_notifications']} result notification(s) (Celery's result "
+            f"consumer subscribes and reads the result on two connections without waiting; `get()` is called in "
+            f"slices of {g['get_slice_s']:g} s and reads the result again after each)."
+        )
+    return "\n".join(lines) + "\n" + ("\n" + " ".join(notes) + "\n" if notes else "")
 
 
 _DIALECT = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}

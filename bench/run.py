@@ -5,10 +5,11 @@ In one run it measures, repetitions interleaved A B A B ...: throughput (median 
 repetitions), single-run latency p50/p95 over sequential runs, Redis commands per step
 (``INFO commandstats`` deltas), peak worker memory, CPU per run; and for the saga, the recovery
 time of a run whose worker is SIGKILLed mid-step (median of the trials); then the hot tier's
-figures (:mod:`bench.hot_tier`) and the SQL archive's (:mod:`bench.archive`; ``--skip-archive``
-leaves them out). It prints a table with the ratios saga/chain and the issue's targets, writes
-``bench/results/latest.json`` and ``bench/last-run.md``, and stops every process it started,
-also on Ctrl-C or failure.
+figures (:mod:`bench.hot_tier`), a 5-step saga with a 3-member parallel group against a Celery
+chord of the same shape (:mod:`bench.group`; ``--skip-group`` leaves it out) and the SQL
+archive's figures (:mod:`bench.archive`; ``--skip-archive`` leaves them out). It prints a table
+with the ratios saga/chain and the issue's targets, writes ``bench/results/latest.json`` and
+``bench/last-run.md``, and stops every process it started, also on Ctrl-C or failure.
 """
 
 from __future__ import annotations
@@ -85,6 +86,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--skip-archive", action="store_true", help="leave the archive's figures out")
     p.add_argument(
+        "--group-runs", type=int, help="runs per group-vs-chord throughput repetition (default 500; quick 30)"
+    )
+    p.add_argument(
+        "--group-latency-runs", type=int, help="sequential group-vs-chord runs timed (default 100; quick 10)"
+    )
+    p.add_argument("--skip-group", action="store_true", help="leave the parallel group vs chord figures out")
+    p.add_argument(
         "--skip-archive-pg", action="store_true", help="archive figures on SQLite only, even when PostgreSQL answers"
     )
     p.add_argument("--lease", type=float, default=2.0, help="SAGA_LEASE_SECONDS of the saga (default 2)")
@@ -101,9 +109,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.list_runs = args.list_runs or (2000 if quick else 100_000)
     args.archive_runs = args.archive_runs or (20_000 if quick else 1_000_000)
     args.archive_saga_runs = args.archive_saga_runs or (200 if quick else 2000)
+    args.group_runs = args.group_runs or (30 if quick else 500)
+    args.group_latency_runs = args.group_latency_runs or (10 if quick else 100)
     args.json = args.json or RESULTS / ("quick.json" if quick else "latest.json")
     args.markdown = args.markdown or (RESULTS / "quick.md" if quick else BENCH_DIR / "last-run.md")
-    if min(args.runs, args.reps, args.latency_runs, args.archive_saga_runs) < 1 or args.recovery_trials < 0:
+    counts = (args.runs, args.reps, args.latency_runs, args.archive_saga_runs, args.group_runs, args.group_latency_runs)
+    if min(counts) < 1 or args.recovery_trials < 0:
         p.error("counts must be positive")
     if args.lease <= 0 or args.archive_runs < 1000:
         p.error("the lease must be > 0 and --archive-runs at least 1000")
@@ -215,6 +226,25 @@ def _archive(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
     )
     print(f"  archive figures took {section['seconds']:g} s", flush=True)
     return {"archive": section}
+
+
+def _group(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
+    """``{"group": the parallel group vs chord figures}`` (:mod:`bench.group`, on servers and
+    workers of their own, ``args.reps`` repetitions), or nothing with ``--skip-group``."""
+    if args.skip_group:
+        return {}
+    from .group import group_figures  # imported here: bench.group imports this module's helpers
+
+    print(
+        f"parallel group vs chord: {args.reps} x {args.group_runs} runs per variant, "
+        f"{args.group_latency_runs} latency runs...",
+        flush=True,
+    )
+    section = group_figures(
+        env, runs=args.group_runs, reps=args.reps, latency_runs=args.group_latency_runs, concurrency=CONCURRENCY
+    )
+    print(f"  group figures took {section['seconds']:g} s", flush=True)
+    return {"group": section}
 
 
 def measure(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
@@ -351,6 +381,7 @@ def measure(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
         f"({result['listing']['calls']} calls; filling took {result['listing']['fill_seconds']:g} s)",
         flush=True,
     )
+    result.update(_group(args, env))
     result.update(_archive(args, env))
     result["settings"] = {
         "runs": args.runs,
@@ -361,6 +392,8 @@ def measure(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
         "list_runs": args.list_runs,
         "archive_runs": None if args.skip_archive else args.archive_runs,
         "archive_saga_runs": None if args.skip_archive else args.archive_saga_runs,
+        "group_runs": None if args.skip_group else args.group_runs,
+        "group_latency_runs": None if args.skip_group else args.group_latency_runs,
         "warmup_runs": WARMUP_RUNS,
         "steps": STEPS,
         "pool": "prefork",

@@ -213,9 +213,11 @@ class BucketedStore:
     # --- the watchdog ------------------------------------------------------------------------
 
     def schedule(self, run_id: str, at: float) -> None:
-        """Have the watchdog look at an unfinished run at ``at`` (seconds since the epoch)."""
+        """Have the watchdog look at an unfinished run at ``at`` (seconds since the epoch). Only a
+        run still on the watchdog's list is moved (``ZADD XX``): one whose terminal commit took
+        it off while the watchdog looked at it stays off."""
         with self.guarded():
-            self.client.zadd(self.bucket_keys(run_id).active, {run_id: at})
+            self.client.zadd(self.bucket_keys(run_id).active, {run_id: at}, xx=True)
 
     def deadline(self, run_id: str) -> float | None:
         """When the watchdog looks at a run next (None: it is not watched)."""

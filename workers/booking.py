@@ -18,7 +18,7 @@ from saga import PermanentError, Saga, StepContext
 from .app import app
 
 #: A trip not booked within 10 minutes of its start is undone (the customer's hold expires).
-trip = Saga("trip", app=app, deadline=600)
+trip = Saga("booking", app=app, deadline=600)
 
 
 def _inject(payload: dict[str, Any], ctx: StepContext) -> None:
