@@ -16,7 +16,7 @@ import pytest
 
 from saga import Saga, SagaState, Settings, Status, control, dead_letters
 from saga.registry import default_registry
-from saga.testing import configured, start_worker_process, stop_process_group, wait_for, worker_env
+from saga.testing import RedisServer, configured, start_worker_process, stop_process_group, wait_for, worker_env
 from tests import trips
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,8 +24,20 @@ LEASE = 1.5
 
 
 @pytest.fixture(scope="module")
-def trip_settings(settings: Settings) -> Settings:
-    return settings.replace(lease_seconds=LEASE, watchdog_interval=0.3, dispatch_timeout=3.0)
+def private_redis() -> Iterator[RedisServer]:
+    """A Redis of this module's own: its workers' queues are theirs alone (the suite's in-process
+    worker, consuming the shared Redis, knows none of these sagas)."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def trip_settings(settings: Settings, private_redis: RedisServer) -> Iterator[Settings]:
+    ours = settings.replace(
+        redis_url=private_redis.url, lease_seconds=LEASE, watchdog_interval=0.3, dispatch_timeout=3.0
+    )
+    trips.use_ledger(private_redis.url)
+    yield ours
 
 
 class Workers:

@@ -42,6 +42,12 @@ def client() -> Client:
     return _client
 
 
+def use_ledger(url: str) -> None:
+    """Keep the ledger in the Redis at ``url`` (the test process, before its first read)."""
+    global _client
+    _client = connect(url, retries=3)
+
+
 def effects(run_id: str) -> list[str]:
     """Effects applied, in order of first application: ``forward:<step>``, ``compensation:<step>``."""
     return cast(list[str], client().lrange(f"{{fx}}:order:{run_id}", 0, -1))
