@@ -69,7 +69,7 @@ from saga.state import Status
 from saga.store import RedisStore
 from saga.testing import RedisServer, configured
 
-from .measure import BenchError, SagaVariant, own_cpu, percentile, redis_cpu
+from .measure import BenchError, SagaVariant, own_cpu, percentile, redis_cpu, run_section
 from .procs import Worker
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -768,21 +768,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     base.update({"SAGA_LEASE_SECONDS": f"{args.lease:g}", "SAGA_METRICS_PORT": "0", "PYTHONUNBUFFERED": "1"})
     default_registry().configure(Settings(metrics_port=0))
     print(f"archive benchmark: {runs} saga runs, a listing over {list_runs:,} archived runs", flush=True)
-    try:
+
+    def measure() -> dict[str, Any]:
         section = archive_figures(base, runs=runs, list_runs=list_runs, skip_pg=args.skip_archive_pg)
-    except KeyboardInterrupt:
-        print("\ninterrupted: every process the benchmark started is stopped", file=sys.stderr)
-        return 130
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}\n(worker logs in {RESULTS})", file=sys.stderr)
-        return 1
-    result = {"archive": section, "targets": archive_targets(section)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print()
-    print(archive_table(result))
-    print(f"wrote {out}")
-    return 0
+        return {"archive": section, "targets": archive_targets(section)}
+
+    return run_section(out, measure, archive_table, RESULTS)
 
 
 if __name__ == "__main__":

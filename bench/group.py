@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import signal
 import sys
@@ -42,6 +41,7 @@ from .measure import (
     Variant,
     enable_notifications,
     latency_pair,
+    run_section,
     summarize_latency,
     throughput_rep,
 )
@@ -283,21 +283,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}",
         flush=True,
     )
-    try:
-        section = group_figures(base, runs=runs, reps=reps, latency_runs=latency_runs)
-    except KeyboardInterrupt:
-        print("\ninterrupted: every process the benchmark started is stopped", file=sys.stderr)
-        return 130
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}\n(worker logs in {RESULTS})", file=sys.stderr)
-        return 1
-    result = {"group": section}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print()
-    print(group_table(result))
-    print(f"wrote {out}")
-    return 0
+    return run_section(
+        out,
+        lambda: {"group": group_figures(base, runs=runs, reps=reps, latency_runs=latency_runs)},
+        group_table,
+        RESULTS,
+    )
 
 
 if __name__ == "__main__":

@@ -8,15 +8,18 @@ both. Each variant has a Redis of its own (broker, and store or result backend),
 
 from __future__ import annotations
 
+import json
 import resource
 import statistics
+import sys
 import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -508,3 +511,25 @@ def recovery_trial(
         "resumes": len(resumed),
         "step3_attempts": sum(1 for e in events if e.get("type") == "step.started" and e.get("step") == 2),
     }
+
+
+def run_section(
+    out: Path, measure: Callable[[], dict[str, Any]], table: Callable[[dict[str, Any]], str], logs: Path
+) -> int:
+    """Run one section of the benchmark on its own (``python -m bench.<section>``): ``measure()``
+    its result, write it to ``out`` as JSON and print ``table(result)``. Returns the exit status:
+    130 on Ctrl-C, 1 when the benchmark fails (worker logs in ``logs``)."""
+    try:
+        result = measure()
+    except KeyboardInterrupt:
+        print("\ninterrupted: every process the benchmark started is stopped", file=sys.stderr)
+        return 130
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}\n(worker logs in {logs})", file=sys.stderr)
+        return 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print()
+    print(table(result))
+    print(f"wrote {out}")
+    return 0
