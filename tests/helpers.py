@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import urllib.request
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -21,3 +22,19 @@ def scrape(url: str) -> Samples:
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
+
+
+#: Apply an effect once per idempotency key and record the order of first applications, in one
+#: script: a Redis restart between the two writes would keep the effect and lose its place.
+_APPLY_ONCE = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  redis.call('RPUSH', KEYS[2], ARGV[2])
+end
+return 0
+"""
+
+
+def apply_once(client: Any, effects: str, order: str, idempotency_key: str, what: str) -> None:
+    """A test ledger's effect ``what``, applied once per ``idempotency_key`` in the hash
+    ``effects``, its first application appended to the list ``order`` (same slot on a cluster)."""
+    client.eval(_APPLY_ONCE, 2, effects, order, idempotency_key, what)

@@ -20,18 +20,11 @@ from typing import Any, cast
 
 from saga import PermanentError, Saga, StepContext, create_app, get_settings
 from saga.connection import Client, connect
+from tests.helpers import apply_once
 
 app = create_app("trips")
 
 _client: Client | None = None
-
-#: Apply an effect once per idempotency key and record the order of first applications.
-_APPLY_ONCE = """
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
-  redis.call('RPUSH', KEYS[2], ARGV[2])
-end
-return 0
-"""
 
 
 def client() -> Client:
@@ -69,7 +62,7 @@ def _act(payload: dict[str, Any], ctx: StepContext) -> None:
         raise ConnectionError(f"{ctx.step} failed on attempt {ctx.attempt}")
     if forward and ctx.step in payload.get("hang", {}):
         time.sleep(float(payload["hang"][ctx.step]))
-    c.eval(_APPLY_ONCE, 2, f"{{fx}}:{ctx.run_id}", f"{{fx}}:order:{ctx.run_id}", ctx.idempotency_key, what)
+    apply_once(c, f"{{fx}}:{ctx.run_id}", f"{{fx}}:order:{ctx.run_id}", ctx.idempotency_key, what)
     gate = payload.get("gate", {}).get(ctx.step) if forward else None
     if gate:  # wait up to 60 s in short waits (the client's socket times out after 10 s)
         key = str(gate).replace("{attempt}", str(ctx.attempt))

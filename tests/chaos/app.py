@@ -21,6 +21,7 @@ import redis
 
 from saga import PermanentError, Saga, StepContext, create_app, get_settings
 from saga.registry import Registry
+from tests.helpers import apply_once
 
 #: The steps of each version; every step but settle and audit can be undone.
 STEPS = {
@@ -30,14 +31,6 @@ STEPS = {
 UNDOABLE = frozenset({"debit", "reserve", "allocate", "notify"})
 
 _client: redis.Redis | None = None
-
-#: Apply an effect once per idempotency key and record the order of first applications.
-_APPLY_ONCE = """
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
-  redis.call('RPUSH', KEYS[2], ARGV[2])
-end
-return 0
-"""
 
 
 def ledger() -> redis.Redis:
@@ -65,9 +58,7 @@ def act(payload: dict[str, Any], ctx: StepContext) -> None:
             raise PermanentError(f"{ctx.step} refused for good")
         if random.random() < float(payload.get("p_transient", 0)):
             raise Flaky(f"{ctx.step} flaked")
-    # One script, so a Redis restart between the two writes cannot keep the effect and lose
-    # its place in the order (a retry would then see the effect applied and not record it).
-    c.eval(_APPLY_ONCE, 2, f"fx:{ctx.run_id}", f"fxorder:{ctx.run_id}", ctx.idempotency_key, what)
+    apply_once(c, f"fx:{ctx.run_id}", f"fxorder:{ctx.run_id}", ctx.idempotency_key, what)
     time.sleep(random.uniform(0, float(payload.get("max_sleep", 0))))
 
 
