@@ -5,10 +5,12 @@ Nothing here knows what a run is; :mod:`saga.store` builds every run operation o
 
 from __future__ import annotations
 
+import socket
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -18,6 +20,7 @@ from redis.commands.core import Script
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
+from . import memory
 from .errors import StoreFull, StoreUnavailable
 
 #: A client of one Redis, or of a Redis Cluster (the store works the same on both).
@@ -25,6 +28,9 @@ Client = redis.Redis | RedisCluster
 Pipeline = redis.client.Pipeline | ClusterPipeline
 
 #: URL schemes that name a Redis Cluster explicitly (``redis://`` is detected: see :func:`connect`).
+#: Connections a client opens at most; a caller past them waits up to POOL_TIMEOUT seconds.
+MAX_CONNECTIONS = 100
+POOL_TIMEOUT = 30.0
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 
@@ -50,6 +56,31 @@ def answers(url: str, timeout: float = 0.5) -> bool:
             client.close()
     except (redis.RedisError, OSError, ValueError):
         return False
+
+
+class _TLSRefused(redis.RedisError):
+    """The TLS handshake with Redis failed for good: the server's certificate is not trusted or
+    names another host. Never retried (another try fails the same way); :func:`guard` turns it
+    into :class:`StoreUnavailable`, so it never reaches a caller."""
+
+
+class _TLSConnection(redis.SSLConnection):
+    """A ``rediss://`` connection whose TLS handshake is bounded by the connect timeout (redis-py
+    waits for it up to the read timeout, ``socket_timeout``), and whose certificate errors are
+    :class:`_TLSRefused` instead of a connection error to retry: a server that does not speak TLS
+    or a wrong certificate fails in seconds, not after every retry's full read timeout."""
+
+    def _connect(self) -> socket.socket:
+        read_timeout = self.socket_timeout
+        self.socket_timeout = self.socket_connect_timeout
+        try:
+            sock: socket.socket = super()._connect()  # type: ignore[no-untyped-call]
+        except ssl.SSLCertVerificationError as exc:
+            raise _TLSRefused(exc.verify_message or str(exc)) from None
+        finally:
+            self.socket_timeout = read_timeout
+        sock.settimeout(read_timeout)
+        return sock
 
 
 def _options(retries: int) -> dict[str, Any]:
@@ -82,19 +113,29 @@ def connect(url: str, retries: int) -> Client:
 
     ``redis+cluster://host:port`` (or ``rediss+cluster://``) names a node of a Redis Cluster; a
     plain ``redis://`` URL is asked (one ``INFO cluster``) whether it is one, so either works.
+    ``memory://`` (or ``memory://<name>``) is this process's in-memory server (:mod:`saga.memory`).
     Raises :class:`StoreUnavailable` for a URL that is not a Redis URL or a Redis that does not
     answer (the caller's :func:`guard` words it).
     """
+    if memory.is_memory_url(url):  # the in-memory tier: this process's server for the URL
+        return cast(redis.Redis, memory.client(url))
     scheme, _, rest = url.partition("://")
     try:
         if scheme in CLUSTER_SCHEMES:
             return _cluster(f"{CLUSTER_SCHEMES[scheme]}://{rest}", retries)
-        client = redis.Redis.from_url(
+        tls = {"connection_class": _TLSConnection} if scheme == "rediss" else {}
+        # a blocking pool: past MAX_CONNECTIONS a caller waits for a connection (redis-py's
+        # default pool refuses it: a burst of waiters reading at once would fail)
+        pool = redis.BlockingConnectionPool.from_url(
             url,
+            **tls,
+            max_connections=MAX_CONNECTIONS,
+            timeout=POOL_TIMEOUT,
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
             health_check_interval=30,
             **_options(retries),
         )
+        client = redis.Redis(connection_pool=pool)
     except ValueError as exc:
         raise StoreUnavailable(f"SAGA_REDIS_URL {redact(url)!r} is not a Redis URL: {exc}") from None
     if client.info("cluster").get("cluster_enabled") != 1:
@@ -131,8 +172,19 @@ def guard(url: str) -> Iterator[None]:
     each naming the URL without its password."""
     try:
         yield
+    except _TLSRefused as exc:
+        raise StoreUnavailable(
+            f"TLS to Redis at {redact(url)} failed: {str(exc).rstrip('.')}; fix the server's certificate, or name "
+            "its CA in SAGA_REDIS_URL with ?ssl_ca_certs=/path/ca.pem"
+        ) from None
     except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterError, RedisClusterException) as exc:
-        raise StoreUnavailable(f"cannot reach Redis at {redact(url)} ({exc}); start it or set SAGA_REDIS_URL") from None
+        tls = urlsplit(url).scheme.startswith("rediss") and isinstance(exc, redis.TimeoutError)
+        hint = (
+            "no TLS handshake: if that port is not a TLS port, use redis://"
+            if tls
+            else "start it or set SAGA_REDIS_URL"
+        )
+        raise StoreUnavailable(f"cannot reach Redis at {redact(url)} ({exc}); {hint}") from None
     except redis.exceptions.OutOfMemoryError:
         raise StoreFull(
             f"Redis at {redact(url)} is full (maxmemory reached) and refuses writes; free memory or raise "

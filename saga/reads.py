@@ -137,6 +137,14 @@ class RunReads(BucketedStore):
             self._shapes[fingerprint] = Shape.from_list(json.loads(raw))
         return self._shapes[fingerprint]
 
+    def known_shape(self, fingerprint: str) -> Shape | None:
+        """The shape of definition ``fingerprint`` if this process has read it already."""
+        return self._shapes.get(fingerprint)
+
+    def learn_shape(self, fingerprint: str, shape: Shape) -> Shape:
+        """Remember the shape of ``fingerprint`` (read by another client of this store)."""
+        return self._shapes.setdefault(fingerprint, shape)
+
     def logs(self, run_ids: Sequence[str]) -> list[list[Event]]:
         """The events of each run, in one round trip ([] for a run without)."""
         with self.guarded():

@@ -10,12 +10,13 @@ import logging
 import math
 import time
 import uuid
+from dataclasses import dataclass
 
 from . import codec, decide, metrics, policy, stages
 from .engine import Runtime, commit_and_follow, dispatch, next_message, send_step, settle_group
 from .errors import CheckpointCorrupted, InvalidPayload, KeyConflict, RunNotFound, SagaDefinitionError
-from .schema import CommitOptions, CommitResult, CreateOutcome, ParkOutcome, lane_id
-from .state import SagaState, Status, now_iso, parse_iso
+from .schema import CommitOptions, CommitResult, CreateOutcome, Message, ParkOutcome, lane_id
+from .state import Direction, SagaState, Status, Transition, now_iso, parse_iso
 from .store import RedisStore
 from .validate import cut, validated, validated_tags
 
@@ -23,6 +24,66 @@ from .validate import cut, validated, validated_tags
 _KEY_NAMESPACE = uuid.UUID("5a6a0000-0000-4000-8000-000000000000")
 #: The longest start key.
 MAX_KEY = 1000
+
+
+def run_id_for_key(saga: str, key: str) -> str:
+    """The id of the run of saga ``saga`` started with business key ``key`` (the same in every
+    process: a run started with a key can be looked up by it)."""
+    return str(uuid.uuid5(_KEY_NAMESPACE, f"{saga}\0{key}"))
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """A run about to be written: its start transition, and what :meth:`RedisStore.create`
+    takes beside it. Built by :func:`prepare_start`, written by a sync or an async store."""
+
+    rt: Runtime
+    key: str | None
+    start: Transition
+    check_at: float
+    message: Message | None
+    deadline: float | None
+
+    @property
+    def run_id(self) -> str:
+        """The new run's id."""
+        return self.start.state.id
+
+
+def prepare_start(
+    rt: Runtime, payload: object, key: str | None, tags: object = None, deadline: object = None
+) -> NewRun:
+    """Check a start's arguments and build version 1 of the run (nothing written yet).
+    ``deadline``: seconds from now after which the run, if not finished, is compensated."""
+    shape = rt.definition.shape
+    if not shape.steps:
+        raise SagaDefinitionError(f"saga {rt.name!r} has no steps; declare them with @saga.step")
+    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_KEY):
+        raise InvalidPayload(f"the start key must be a string of 1 to {MAX_KEY} characters, got {cut(key, 40)}")
+    s = rt.settings
+    body = validated(payload, "the saga payload", max_bytes=s.max_payload_bytes, max_depth=s.max_payload_depth)
+    run_tags = validated_tags(tags)
+    seconds = validated_deadline(deadline)
+    run_id = run_id_for_key(rt.name, key) if key is not None else str(uuid.uuid4())
+    at = now_iso()
+    deadline_at = _later(at, seconds) if seconds is not None else ""
+    start = decide.decide_start(
+        run_id, rt.name, body, at, definition_version=rt.definition.version, tags=run_tags, deadline_at=deadline_at
+    )
+    until = parse_iso(deadline_at) if deadline_at else None
+    check_at = policy.dispatch_check_at(time.time(), rt.settings.dispatch_timeout)
+    if until is not None:
+        check_at = min(check_at, until)
+    return NewRun(rt, key, start, check_at, next_message(rt, start.state), until)
+
+
+def started(new: NewRun, outcome: CreateOutcome) -> bool:
+    """What a start does once the store answered ``outcome``: raise :class:`KeyConflict` for a
+    key started with another payload; return whether the first step's message is still to be
+    sent (the store did not push it in its script)."""
+    if outcome is CreateOutcome.CONFLICT:
+        raise KeyConflict(new.rt.name, new.key or "", new.run_id)
+    return outcome is CreateOutcome.CREATED and new.message is None
 
 
 def start_run(rt: Runtime, payload: object, key: str | None, tags: object = None, deadline: object = None) -> str:
@@ -34,32 +95,13 @@ def start_run(rt: Runtime, payload: object, key: str | None, tags: object = None
     payload writes nothing and returns the same id, also when processes race; with another
     payload it raises :class:`~saga.errors.KeyConflict`.
     """
-    shape = rt.definition.shape
-    if not shape.steps:
-        raise SagaDefinitionError(f"saga {rt.name!r} has no steps; declare them with @saga.step")
-    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_KEY):
-        raise InvalidPayload(f"the start key must be a string of 1 to {MAX_KEY} characters, got {cut(key, 40)}")
-    s = rt.settings
-    body = validated(payload, "the saga payload", max_bytes=s.max_payload_bytes, max_depth=s.max_payload_depth)
-    run_tags = validated_tags(tags)
-    seconds = validated_deadline(deadline)
-    run_id = str(uuid.uuid5(_KEY_NAMESPACE, f"{rt.name}\0{key}")) if key is not None else str(uuid.uuid4())
-    at = now_iso()
-    deadline_at = _later(at, seconds) if seconds is not None else ""
-    start = decide.decide_start(
-        run_id, rt.name, body, at, definition_version=rt.definition.version, tags=run_tags, deadline_at=deadline_at
+    new = prepare_start(rt, payload, key, tags, deadline)
+    outcome = rt.store.create(
+        rt.definition.shape, new.start, key, check_at=new.check_at, message=new.message, deadline=new.deadline
     )
-    until = parse_iso(deadline_at) if deadline_at else None
-    check_at = policy.dispatch_check_at(time.time(), rt.settings.dispatch_timeout)
-    if until is not None:
-        check_at = min(check_at, until)
-    message = next_message(rt, start.state)
-    outcome = rt.store.create(shape, start, key, check_at=check_at, message=message, deadline=until)
-    if outcome is CreateOutcome.CONFLICT:
-        raise KeyConflict(rt.name, key or "", run_id)
-    if outcome is CreateOutcome.CREATED and message is None:
-        dispatch(rt, start.state)
-    return run_id
+    if started(new, outcome):
+        dispatch(rt, new.start.state, first=True)
+    return new.run_id
 
 
 def validated_deadline(deadline: object) -> float | None:
@@ -83,9 +125,13 @@ def expire(rt: Runtime, state: SagaState, *, by_name: bool = False, undo_running
     fencing every attempt that runs now (its result is discarded), and unwind its committed
     steps. ``by_name``: ``rt`` holds the run's recorded definition only (no worker here
     defines it), so its compensations run by step name, as for an operator's unwind.
-    ``undo_running``: an attempt began at the cursor (it may have acted): its step is
-    compensated too."""
-    transition = decide.decide_deadline_exceeded(state, rt.definition.shape, undo_running=undo_running)
+    A step at the cursor whose attempt began and may have acted is compensated too: with
+    ``undo_running``, or as the run's events show (:func:`saga.stages.unrecorded`, read here:
+    e.g. a killed attempt's step, when a resumed delivery finds the deadline passed) — at a
+    parallel group, every such member, with the committed ones."""
+    shape = rt.definition.shape
+    began = stages.unrecorded(rt.store.events(state.id), shape, state.current_step)
+    transition = decide.decide_deadline_exceeded(state, shape, undo_running=undo_running, began=began)
     options = CommitOptions(fence_all=True, watch=rt.group_lanes(state), operator_unwind=by_name)
     result = commit_and_follow(rt, state, transition, options)
     if result.applied:
@@ -115,9 +161,15 @@ def park(store: RedisStore, state: SagaState, reason: str, log: logging.LoggerAd
 
 def compensate(rt: Runtime, state: SagaState, reason: str) -> CommitResult:
     """An operator's unwind: compensate the run's committed steps not compensated yet, newest
-    first, through their compensation tasks by name; refused while an attempt holds a lease."""
-    transition = decide.decide_compensate(state, rt.definition.shape, reason)
-    options = CommitOptions(refuse_while_leased=True, operator_unwind=True)
+    first, through their compensation tasks by name; refused while an attempt holds a lease
+    (any member's, at a parallel group). At a parallel group, its members that began and may
+    have acted without a record are compensated too, and every lane is fenced."""
+    shape = rt.definition.shape
+    members = shape.stage(state.current_step) if rt.in_group(state.current_step) else range(0)
+    lanes = tuple(lane_id(d.value, i) for i in members for d in Direction)
+    began = stages.unrecorded(rt.store.events(state.id), shape, state.current_step) if lanes else []
+    transition = decide.decide_compensate(state, shape, reason, began=began)
+    options = CommitOptions(refuse_while_leased=True, operator_unwind=True, watch=lanes, fence_all=bool(lanes))
     result = commit_and_follow(rt, state, transition, options)
     if result.applied:
         rt.store.forget_parked([state.id])

@@ -10,12 +10,15 @@ arrive as arguments (:mod:`saga.policy` computes them).
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from . import codec
+from .aio import AsyncReads
 from .connection import same_server
+from .notify import Waiters, subscriptions
 from .reads import RunReads, snapshot_state
 from .schema import (
     PLAIN_COMMIT,
@@ -66,6 +69,10 @@ class RedisStore(RunReads):
     ) -> None:
         super().__init__(url, prefix=prefix, retries=retries, buckets=buckets)
         self._pushes: dict[str, bool] = {}
+        self._waiters: Waiters | None = None
+        self._waiters_lock = threading.Lock()
+        #: the store's reads, scripts and waiters for coroutines (:mod:`saga.aio`)
+        self.aio = AsyncReads(self)
         #: Whether every script that commits a transition also appends the run to its bucket's
         #: archive feed (an archive is configured).
         self.feed = feed
@@ -89,6 +96,22 @@ class RedisStore(RunReads):
         nothing is pushed): ``EXISTS`` when it was started with the same payload, ``CONFLICT``
         when with another. ``deadline`` (seconds since the epoch) is when forward steps stop
         being begun."""
+        keys, args = self.create_call(shape, start, key, check_at=check_at, message=message, deadline=deadline)
+        with self.guarded():
+            return CreateOutcome(self.script("create")(keys=keys, args=args))
+
+    def create_call(
+        self,
+        shape: Shape,
+        start: Transition,
+        key: str | None,
+        *,
+        check_at: float,
+        message: Message | None = None,
+        deadline: float | None = None,
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of ``create.lua`` for :meth:`create` (also run by the asyncio
+        client over its own connection)."""
         state = start.state
         k, b = self.keys(state.id), self.bucket_keys(state.id)
         started_us = codec.micros(state.created_at)
@@ -113,8 +136,7 @@ class RedisStore(RunReads):
         keys = [k.meta, k.events, b.active, b.status(state.status), b.shapes, k.snapshot, b.feed]
         if message is not None:
             keys.append(message.key)
-        with self.guarded():
-            return CreateOutcome(self.script("create")(keys=keys, args=args))
+        return keys, args
 
     def begin(
         self,
@@ -203,6 +225,7 @@ class RedisStore(RunReads):
                 ("x", self.feed),
                 ("k", o.fence_all),
                 ("g", o.grouped and after.current_step != before.current_step),
+                (self.notify_flag, after.status.terminal and not before.status.terminal),
             )
             if on
         )
@@ -239,6 +262,7 @@ class RedisStore(RunReads):
             after.id,
             message.body if message else "",
             o.lane,
+            b.done,
             *(packer.pack(e) for e in transition.events),
         ]
         with self.guarded():
@@ -313,6 +337,23 @@ class RedisStore(RunReads):
         """The feed key a script appends the run to, as its optional last key: none without an
         archive."""
         return [b.feed] if self.feed else []
+
+    @property
+    def waiters(self) -> Waiters:
+        """The threads of this process waiting for runs to finish (subscribed on first use to
+        every bucket's channel; see :mod:`saga.notify`)."""
+        with self._waiters_lock:
+            if self._waiters is None:
+                channels = [b.done for b in self.every_bucket]
+                self._waiters = Waiters(subscriptions(self.url, self.client, channels))
+            return self._waiters
+
+    @property
+    def notify_flag(self) -> str:
+        """commit.lua's flag that tells a run's bucket channel it became terminal: 's' (SPUBLISH)
+        on a cluster, where a sharded channel stays on the bucket's slot, else 'p' (PUBLISH:
+        servers before Redis 7 have no sharded channels)."""
+        return "s" if self.on_cluster else "p"
 
     def pushes_messages(self, broker_url: str) -> bool:
         """Whether task messages for the broker at ``broker_url`` can be pushed by this store's

