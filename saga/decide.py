@@ -6,7 +6,7 @@ Pure functions, no I/O; the choices that lead here (retry or give up, resume or 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .notes import Builder, step_fields
@@ -116,23 +116,35 @@ def decide_group_unwound(state: SagaState, shape: Shape, at: str | None = None) 
 
 
 def decide_deadline_exceeded(
-    state: SagaState, shape: Shape, at: str | None = None, *, undo_running: bool = False
+    state: SagaState,
+    shape: Shape,
+    at: str | None = None,
+    *,
+    undo_running: bool = False,
+    began: Sequence[int] = (),
 ) -> Transition:
     """The run's deadline passed while it ran forward: ``saga.deadline_exceeded`` with a
-    ``DeadlineExceeded`` error, then unwind every committed step (or end compensated) — and,
-    with ``undo_running`` (an attempt began at the cursor: it may have acted), that step's
-    compensation first."""
+    ``DeadlineExceeded`` error naming the step that was running (at a parallel group, the first
+    member begun and not committed), then unwind every committed step (or end compensated) —
+    and the steps at the cursor whose attempt began and may have acted (``undo_running``, or
+    listed in ``began``: :func:`saga.stages.unrecorded`), compensated with them."""
     b = Builder(state, state.id, bump=True, at=at)
     index = min(state.current_step, len(shape.steps) - 1)
+    running = [index]
+    if shape.group_of(index):
+        stage = shape.stage(index)
+        waiting = [i for i in stage if i not in state.committed_steps]
+        running = [i for i in began if i in waiting] or waiting or [stage.start]
+    names = ", ".join(repr(shape.steps[i]) for i in running)
     error = {
-        "step": index,
-        "name": shape.steps[index],
+        "step": running[0],
+        "name": shape.steps[running[0]],
         "type": "DeadlineExceeded",
-        "message": f"the run's deadline {state.deadline_at} passed at step {shape.steps[index]!r}",
+        "message": f"the run's deadline {state.deadline_at} passed at step{'s' if len(running) > 1 else ''} {names}",
         "attempts": 0,
     }
     kind = EventType.SAGA_DEADLINE_EXCEEDED
-    _unwind_cursor(b, state, shape, undo_running, kind, deadline_at=state.deadline_at, error=error)
+    _unwind_cursor(b, state, shape, undo_running, began, kind, deadline_at=state.deadline_at, error=error)
     return b.transition(state)
 
 
@@ -169,19 +181,29 @@ def _error_of(entry: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def next_compensation(state: SagaState, shape: Shape, below: int) -> int | None:
-    """Where the unwind goes next: the highest committed step under ``below`` that defines a
-    compensation not yet committed — or, for a member of a parallel group, the group's first
-    member (the cursor of a group's unwind, whose members are compensated together)."""
-    for index in sorted(state.committed_steps, reverse=True):
+def next_compensation(state: SagaState, shape: Shape, below: int, began: Sequence[int] = ()) -> int | None:
+    """Where the unwind goes next: the highest step under ``below`` that committed (or, for a
+    member of a parallel group, began without a record: ``state.began`` and ``began``) and
+    defines a compensation not yet committed — or, for a member of a parallel group, the
+    group's first member (the cursor of a group's unwind, whose members are compensated
+    together)."""
+    for index in sorted({*state.committed_steps, *state.began, *began}, reverse=True):
         if index < below and shape.compensable[index] and index not in state.compensated:
             return shape.stage(index).start
     return None
 
 
-def _unwind(b: Builder, state: SagaState, shape: Shape, below: int, kind: EventType, **fields: Any) -> None:
-    """Add ``kind`` and start unwinding the committed steps under ``below`` (or end compensated)."""
-    target = next_compensation(state, shape, below=below)
+def _unwind(
+    b: Builder, state: SagaState, shape: Shape, below: int, kind: EventType, began: Sequence[int] = (), **fields: Any
+) -> None:
+    """Add ``kind`` and start unwinding the committed steps under ``below`` (or end compensated).
+    ``began``: members of parallel groups that began without a record (they may have acted),
+    recorded in ``kind`` as its ``began`` field and undone like committed members."""
+    done = {*state.committed_steps, *state.compensated}
+    undo = sorted(i for i in began if i < below and shape.group_of(i) and shape.compensable[i] and i not in done)
+    if undo:
+        fields["began"] = undo
+    target = next_compensation(state, shape, below=below, began=undo)
     if target is None:
         b.add(kind, **fields)
         b.add(EventType.SAGA_COMPENSATED, status=Status.COMPENSATED.value)
@@ -281,46 +303,78 @@ def decide_fail(
 
 
 def decide_cancel(
-    state: SagaState, shape: Shape, reason: str, at: str | None = None, *, undo_running: bool = False
+    state: SagaState,
+    shape: Shape,
+    reason: str,
+    at: str | None = None,
+    *,
+    undo_running: bool = False,
+    began: Sequence[int] = (),
 ) -> Transition:
-    """An operator cancels a pending or running run: unwind the committed steps — and, with
-    ``undo_running`` (an attempt began at the cursor and was fenced: it may have acted), that
-    step's compensation first."""
+    """An operator cancels a pending or running run: unwind the committed steps — and the steps
+    at the cursor whose attempt began and was fenced (it may have acted: ``undo_running``, or
+    listed in ``began``), compensated with them."""
     b = Builder(state, state.id, bump=True, at=at)
-    _unwind_cursor(b, state, shape, undo_running, EventType.SAGA_CANCELLED, reason=reason)
+    _unwind_cursor(b, state, shape, undo_running, began, EventType.SAGA_CANCELLED, reason=reason)
     return b.transition(state)
 
 
 def _unwind_cursor(
-    b: Builder, state: SagaState, shape: Shape, undo_running: bool, kind: EventType, **fields: Any
+    b: Builder, state: SagaState, shape: Shape, undo_running: bool, began: Sequence[int], kind: EventType, **fields: Any
 ) -> None:
-    """Add ``kind`` and unwind the committed steps up to the cursor's stage; with
-    ``undo_running``, from the cursor's own step when it runs alone and can be undone."""
+    """Add ``kind`` and unwind the committed steps up to the cursor's stage: from the cursor's
+    own step when it runs alone, can be undone and may have acted (``undo_running``, or in
+    ``began``); at a parallel group, with its members in ``began`` undone like committed ones."""
     cursor = state.current_step
     if cursor >= len(shape.steps):
         _unwind(b, state, shape, cursor, kind, **fields)
-    elif undo_running and not shape.group_of(cursor) and shape.compensable[cursor]:
+    elif shape.group_of(cursor):
+        stage = shape.stage(cursor)
+        _unwind(b, state, shape, stage.stop, kind, [i for i in began if i in stage], **fields)
+    elif (undo_running or cursor in began) and shape.compensable[cursor]:
         b.add(kind, **fields, status=Status.COMPENSATING.value, current_step=cursor)
     else:
-        _unwind(b, state, shape, shape.stage(cursor).stop, kind, **fields)
+        _unwind(b, state, shape, cursor + 1, kind, **fields)
 
 
-def decide_compensate(state: SagaState, shape: Shape, reason: str, at: str | None = None) -> Transition:
+def decide_compensate(
+    state: SagaState, shape: Shape, reason: str, at: str | None = None, *, began: Sequence[int] = ()
+) -> Transition:
     """An operator unwinds an unfinished, parked or failed run: compensate exactly its committed
-    steps not compensated yet, newest first (or end compensated if there are none)."""
+    steps not compensated yet, newest first (or end compensated if there are none) — and the
+    members of the parallel group at its cursor listed in ``began`` (begun without a record:
+    they may have acted)."""
     b = Builder(state, state.id, bump=True, at=at)
     fields = {"reason": reason, "from_status": state.status.value}
-    _unwind(b, state, shape, len(shape.steps), EventType.SAGA_COMPENSATION_REQUESTED, **fields)
+    _unwind(b, state, shape, len(shape.steps), EventType.SAGA_COMPENSATION_REQUESTED, began, **fields)
     return b.transition(state)
 
 
-def compensations_due(state: SagaState, shape: Shape) -> list[str]:
-    """Names of the committed steps an operator's unwind would compensate, newest first."""
+def compensations_due(state: SagaState, shape: Shape, began: Sequence[int] = ()) -> list[str]:
+    """Names of the steps an operator's unwind would compensate, newest first: the committed
+    ones, and the group members that began without a record (``state.began`` and ``began``)."""
     return [
         shape.steps[i]
-        for i in sorted(state.committed_steps, reverse=True)
+        for i in sorted({*state.committed_steps, *state.began, *began}, reverse=True)
         if shape.compensable[i] and i not in state.compensated
     ]
+
+
+def decide_undo_began(state: SagaState, shape: Shape, members: Sequence[int], at: str | None = None) -> Transition:
+    """The unwind of the parallel group at the cursor found ``members`` begun without a record
+    that it does not undo yet (:func:`saga.stages.left_out`): they may have acted, so they are
+    compensated too. A ``saga.resumed`` event (direction ``compensation``) lists them in
+    ``began``."""
+    b = Builder(state, state.id, bump=True, at=at)
+    b.add(
+        EventType.SAGA_RESUMED,
+        **step_fields(shape, members[0]),
+        direction=Direction.COMPENSATION.value,
+        reason="began, never committed: may have acted",
+        from_version=state.version,
+        began=sorted(members),
+    )
+    return b.transition(state)
 
 
 def decide_retry_compensation(

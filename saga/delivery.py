@@ -41,6 +41,7 @@ from .state import (
     json_copy,
     text_hash,
 )
+from .tasks import COMMITTED, Ending, gave_up, not_begun, skipped, will_retry
 from .validate import call_problem, cut, merged_text, validated
 
 
@@ -136,18 +137,21 @@ class Delivery:
         self.lane = lane_id(direction.value, self.index) if rt.in_group(self.index) else ""
         self.log = rt.log(str(run_id), step.name)
 
-    def run(self) -> None:
-        """Begin, run the body, commit what happened (see the module's docstring)."""
+    def run(self) -> Ending:
+        """Begin, run the body, commit what happened (see the module's docstring); returns how
+        the delivery ended (the Celery task's state: :class:`~saga.tasks.End`)."""
         problem = call_problem(self.run_id, self.attempt)
         if problem:
             self.log.error("malformed message: %s; dropped to the log", problem)
-            return
+            return skipped(f"malformed message: {problem}")
         try:
             granted = self._waiting("begin", self._begin)
             if granted is not None:
                 self._attempt(granted)
         except _StoreWaitOver as exc:
             self.log.error("%s; the watchdog resumes the run once the store takes writes again", exc)
+            self.ending = gave_up(exc, self.attempt)
+        return self.ending
 
     def _attempt(self, granted: Attempt) -> None:
         """Run the body, and everything after it that decides its result, as one attempt: a
@@ -215,6 +219,7 @@ class Delivery:
             cursor=shape.stage(self.index).start,
         )
         state = begin.state
+        self.ending = not_begun(begin.outcome)  # until the attempt's result is recorded
         if begin.outcome is BeginOutcome.MISSING:
             self.log.error("no such run (expired or never started); message ignored")
             return None
@@ -333,6 +338,7 @@ class Delivery:
             return (first if state is granted.state else self._transition_for(state, output)), options
 
         result = self._committed(granted.state, decision, "commit")
+        self.ending = COMMITTED if result.applied else skipped(f"commit refused ({result.reason}): superseded")
         if not result.applied:
             self.log.warning(
                 "commit refused (%s): this attempt lost its lease or was superseded; result discarded", result.reason
@@ -362,6 +368,7 @@ class Delivery:
                 "attempt %d failed (%s: %s); retrying in %.2fs", n, type(exc).__name__, cut(exc), verdict.delay
             )
             send_step(rt, state, index, self.direction, attempt=n + 1, countdown=verdict.delay)
+            self.ending = will_retry(exc, n, verdict.delay)
             return
         rejected = self.direction is Direction.FORWARD and isinstance(exc, Rejected)
         if rejected:
@@ -380,12 +387,13 @@ class Delivery:
             return transition, CommitOptions(token=granted.token, release=True, dead_entry=entry, lane=self.lane)
 
         result = self._committed(state, decision, "commit of the failure")
+        self.ending = gave_up(exc, n, rejected) if result.applied else skipped(f"commit refused ({result.reason})")
         if not result.applied:
             self.log.warning("commit of the failure refused (%s); result discarded", result.reason)
 
 
 def deliver(
     rt: Runtime, step: StepDefinition, direction: Direction, run_id: str, attempt: int, *, by_name: bool = False
-) -> None:
-    """Handle one delivered message (see :class:`Delivery`)."""
-    Delivery(rt, step, direction, run_id, attempt, by_name=by_name).run()
+) -> Ending:
+    """Handle one delivered message (see :class:`Delivery`); returns how it ended."""
+    return Delivery(rt, step, direction, run_id, attempt, by_name=by_name).run()

@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Protocol
 
-from . import decide, messages, metrics, policy, stages, tasks
+from . import decide, memory, messages, metrics, policy, stages, tasks
 from .errors import BrokerUnavailable
 from .heartbeat import Heartbeat
 from .log import RunLog, run_logger
@@ -125,28 +126,52 @@ def _task_of(rt: Runtime, index: int, direction: Direction) -> tuple[str, str]:
     return tasks.task_name(rt.name, rt.step_name(index), direction), queue
 
 
+def _kwargs(rt: Runtime, state: SagaState, index: int, direction: Direction, attempt: int) -> dict[str, Any]:
+    """The keyword arguments of a task message of the run in ``state`` (readable in Flower)."""
+    return tasks.call_kwargs(state.id, rt.name, rt.step_name(index), direction, attempt, state.definition_version)
+
+
 def next_message(rt: Runtime, state: SagaState) -> Message | None:
     """The message of the task at the cursor of the run in ``state``, for the store to push with
     the commit that leads there — when the broker is the store's Redis (one round trip, and no
     moment where a committed step has no message). None when the run is finished or the
-    message must be sent after the commit instead (:func:`dispatch`)."""
+    message must be sent after the commit instead (:func:`dispatch`). The message that starts a
+    run (``state`` at version 1) has the run id as its task id: every later message of the run
+    has it as root id, so Flower's root links open the run's first task."""
     app = rt.definition.app
     if state.status.terminal or rt.in_group(state.current_step):
         return None  # a group's members are sent after the commit (:func:`follow`)
     if not rt.store.pushes_messages(messages.broker_url(app)):
         return None
-    name, queue = _task_of(rt, state.current_step, state.direction)
-    return messages.redis_message(app, name, state.id, version=state.definition_version, queue=queue)
+    index, direction = state.current_step, state.direction
+    name, queue = _task_of(rt, index, direction)
+    kwargs = _kwargs(rt, state, index, direction, 1)
+    task_id = state.id if state.version == 1 else None
+    return messages.redis_message(app, name, state.id, kwargs, queue=queue, task_id=task_id)
 
 
-def send_step(rt: Runtime, state: SagaState, index: int, direction: Direction, **options: Any) -> bool:
+def send_step(
+    rt: Runtime,
+    state: SagaState,
+    index: int,
+    direction: Direction,
+    *,
+    attempt: int = 1,
+    countdown: float | None = None,
+    task_id: str | None = None,
+) -> bool:
     """Send the task of step ``index`` in ``direction`` for the run in ``state`` (carrying the
-    run's definition version). A broker that cannot be reached is logged, not raised: the run
-    is saved, and the watchdog sends its step once ``SAGA_DISPATCH_TIMEOUT`` passes."""
+    run's definition version and ``attempt``, after ``countdown`` seconds; ``task_id``: the
+    message's id, a new one when None). A broker that cannot be reached is logged, not raised:
+    the run is saved, and the watchdog sends its step once ``SAGA_DISPATCH_TIMEOUT`` passes."""
+    again = partial(send_step, rt, state, index, direction, attempt=attempt, countdown=countdown, task_id=task_id)
+    if memory.in_order(rt.definition.app.conf.task_always_eager, again):  # eager: after the task that sent it
+        return True
     name, queue = _task_of(rt, index, direction)
     step = rt.step_name(index)
+    kwargs = _kwargs(rt, state, index, direction, attempt)
     try:
-        tasks.send(rt.definition.app, name, state.id, version=state.definition_version, queue=queue, **options)
+        tasks.send(rt.definition.app, name, state.id, kwargs, queue=queue, countdown=countdown, task_id=task_id)
     except BrokerUnavailable as exc:
         rt.log(state.id, step).error(
             "could not send the next task (%s); the run is saved and a worker's watchdog will send it "
@@ -157,19 +182,22 @@ def send_step(rt: Runtime, state: SagaState, index: int, direction: Direction, *
     return True
 
 
-def dispatch(rt: Runtime, state: SagaState) -> bool:
+def dispatch(rt: Runtime, state: SagaState, *, first: bool = False) -> bool:
     """Send the task at the run's cursor: a forward step, a compensation, or nothing if the run
     is finished. At a parallel group, every member due (:func:`saga.stages.lanes_due`); a
-    group whose unwind has nothing left to send is settled. Returns whether a task was sent."""
+    group whose unwind has nothing left to send is settled. Returns whether a task was sent.
+    ``first``: the run's first message (its start), sent with the run id as its task id (at a
+    group, the first member's) — as :func:`next_message` does; a resend never is."""
     if state.status.terminal:
         return False
     if rt.in_group(state.current_step):
         due = stages.lanes_due(state, rt.definition.shape)
-        sent = [send_step(rt, state, i, state.direction) for i in due]
+        ids = [state.id if first and n == 0 else None for n in range(len(due))]
+        sent = [send_step(rt, state, i, state.direction, task_id=t) for i, t in zip(due, ids, strict=True)]
         if not due and state.status is Status.COMPENSATING:
             settle_group(rt, state)
         return any(sent)
-    return send_step(rt, state, state.current_step, state.direction)
+    return send_step(rt, state, state.current_step, state.direction, task_id=state.id if first else None)
 
 
 def follow(rt: Runtime, before: SagaState, after: SagaState) -> None:
@@ -193,15 +221,25 @@ def follow(rt: Runtime, before: SagaState, after: SagaState) -> None:
 def settle_group(rt: Runtime, state: SagaState) -> bool:
     """Move an unwinding run past the parallel group at its cursor once every member to undo
     was compensated and no member is in flight (checked in the commit itself). Refused while a
-    member runs: its end settles the group (its commit, or the watchdog once its lease lapses)."""
+    member runs: its end settles the group (its commit, or the watchdog once its lease lapses).
+
+    First, the run's events are read (the unwind path only): a member that began and may have
+    acted without a record, which the unwind does not undo yet (:func:`saga.stages.left_out`),
+    is added to it instead — in a commit that fences every lane, so its attempt can never
+    commit — and its compensation is sent; the group settles once that one commits."""
     shape = rt.definition.shape
     for _ in range(8):  # members committing concurrently move the version; decide again
         if state.status is not Status.COMPENSATING or not rt.in_group(state.current_step):
             return False
         if stages.lanes_due(state, shape):
             return False
-        transition = decide.decide_group_unwound(state, shape)
         options = CommitOptions(refuse_while_leased=True, watch=rt.group_lanes(state))
+        left = stages.left_out(state, shape, rt.store.events(state.id))
+        if left:
+            transition = decide.decide_undo_began(state, shape, left)
+            options = replace(options, fence_all=True)
+        else:
+            transition = decide.decide_group_unwound(state, shape)
         result = commit_and_follow(rt, state, transition, options)
         if result.applied or result.reason is not CommitReason.VERSION:
             return result.applied
@@ -242,12 +280,15 @@ def commit_and_follow(
 
 def cancel_now(rt: Runtime, state: SagaState, reason: str, *, undo_running: bool = False) -> bool:
     """Commit the cancellation of a run no attempt is running (no member, at a parallel group),
-    and send its first compensation; every fence moves on, so an attempt whose lease lapsed
+    and send its first compensations; every fence moves on, so an attempt whose lease lapsed
     (a hung step) can never commit. False when an attempt holds a live lease (or the run
-    moved meanwhile). With
-    ``undo_running`` (a hung attempt whose lease lapsed), the step it ran is compensated too: it
-    may have acted."""
-    transition = decide.decide_cancel(state, rt.definition.shape, reason, undo_running=undo_running)
+    moved meanwhile). A step at the cursor whose attempt began and may have acted is
+    compensated too: with ``undo_running`` (a hung attempt whose lease lapsed), or as the run's
+    events show (:func:`saga.stages.unrecorded`, read here: a cancel is no hot path) — at a
+    parallel group, every such member."""
+    shape = rt.definition.shape
+    began = stages.unrecorded(rt.store.events(state.id), shape, state.current_step)
+    transition = decide.decide_cancel(state, shape, reason, undo_running=undo_running, began=began)
     options = CommitOptions(refuse_while_leased=True, watch=rt.group_lanes(state), fence_all=True)
     result = commit_and_follow(rt, state, transition, options)
     if result.applied:

@@ -27,6 +27,8 @@ key                             type    holds
 ``P:{k}:dlq``                   hash    dead-letter entry id -> entry
 ``P:{k}:dlq:index``             zset    dead-letter entry id -> time
 ``P:{k}:shapes``                hash    definition fingerprint -> its shape (step names, ...)
+``P:{k}:done``                  channel the id of each run that became terminal (pub/sub; sharded
+                                        on a cluster), for waiters
 ``P:config``                    hash    the layout: ``buckets``
 ``P:watchdog``                  string  id of the worker whose watchdog scans the buckets now
 ==============================  ======  ==========================================================
@@ -88,6 +90,9 @@ class BucketKeys:
     feed: str
     #: feed entries the archiver could not copy, kept for an operator (a list)
     feed_parked: str
+    #: the pub/sub channel told the id of each run of the bucket that becomes terminal (a
+    #: sharded channel on a cluster: it hashes to the bucket's slot)
+    done: str
 
     @classmethod
     def of(cls, prefix: str, bucket: int) -> BucketKeys:
@@ -103,6 +108,7 @@ class BucketKeys:
             b,
             f"{b}:feed",
             f"{b}:feed:parked",
+            f"{b}:done",
         )
 
     def status(self, status: Status | str) -> str:

@@ -114,7 +114,8 @@ class SagaState:
     ``definition_version`` is the version of the saga's definition the run started with, and
     runs under to its end. ``current_step`` is the 0-based index of the step being run (or
     compensated); it equals the number of steps once a run has completed. ``compensated`` holds
-    the indexes of the steps whose compensation committed. ``payload`` is a plain JSON object (a ``dict``):
+    the indexes of the steps whose compensation committed; ``began``, the group members an unwind
+    found begun, not committed (they may have acted: undone too). ``payload`` is a plain JSON object (a ``dict``):
     ``json.dumps(state.payload)`` and ``json.dumps(state.to_dict())`` work. Every read of a run
     returns a state of its own, so changing the dict you received changes nothing stored and no
     other caller's copy.
@@ -134,6 +135,7 @@ class SagaState:
     compensated: tuple[int, ...] = ()
     tags: Mapping[str, str] = field(default_factory=dict)
     deadline_at: str = ""
+    began: tuple[int, ...] = ()
 
     def to_dict(self) -> JSONObject:
         """The snapshot as a JSON object (the stored form); :meth:`from_dict` reads it back."""
@@ -153,7 +155,12 @@ class SagaState:
             "compensated": list(self.compensated),
             "tags": dict(self.tags),
             **deadline,
+            **({"began": list(self.began)} if self.began else {}),
         }
+
+    def to_json(self) -> str:
+        """:meth:`to_dict` as JSON text; ``SagaState.from_dict(json.loads(text))`` reads it back."""
+        return json.dumps(self.to_dict(), ensure_ascii=False)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SagaState:
@@ -174,6 +181,7 @@ class SagaState:
             compensated=tuple(data.get("compensated", ())),
             tags=dict(data.get("tags") or {}),
             deadline_at=data.get("deadline_at") or "",
+            began=tuple(data.get("began") or ()),
         )
 
     def __eq__(self, other: object) -> bool:
@@ -367,6 +375,8 @@ def apply(state: SagaState | None, event: Mapping[str, Any]) -> SagaState:
         )
     if kind == EventType.COMPENSATION_SUCCEEDED:
         changes["compensated"] = (*state.compensated, event["step"])
+    if event.get("began"):  # members an unwind found begun, not committed: undone too
+        changes["began"] = tuple(sorted({*state.began, *event["began"]}))
     if kind in _ERROR_EVENTS and "error" in event:
         changes["error"] = StepError(**event["error"])
     if "status" in event:

@@ -175,6 +175,79 @@ def test_members_writing_the_same_key_fail_naming_both(trip: Saga) -> None:
     assert_consistent(trip, run_id)
 
 
+def assert_balanced(run_id: str) -> list[str]:
+    """Every forward effect of an undoable step (all but pay) has its compensation, after it,
+    and nothing that never acted is undone; returns the ledger."""
+    done = trips.effects(run_id)
+    acted = [e.removeprefix("forward:") for e in done if e.startswith("forward:")]
+    undone = [e.removeprefix("compensation:") for e in done if e.startswith("compensation:")]
+    assert sorted(undone) == sorted(n for n in acted if n != "pay"), f"ledger not balanced: {done}"
+    assert all(done.index(f"forward:{n}") < done.index(f"compensation:{n}") for n in undone), done
+    return done
+
+
+def test_a_deadline_compensates_a_member_held_in_flight_with_the_committed_ones(trip: Saga) -> None:
+    # Given hotel held in flight after its effect, flight and car committed
+    held = gate()
+    run_id = trip.start({"gate": {"hotel": held}}, deadline=3)
+    # When the deadline passes
+    state = assert_expired(trip, run_id)
+    # Then hotel (began, never committed: it may have acted) is compensated with flight and car
+    assert state.error is not None and state.error.name == "hotel", "the error names the member that was running"
+    assert {c.name for c in state.checkpoints} == {"quote", "flight", "car"}
+    done = assert_balanced(run_id)
+    assert "compensation:hotel" in done and done[-1] == "compensation:quote"
+    assert len(events_of(trip, run_id, "group.compensated")) == 1
+    assert_consistent(trip, run_id)
+    # and hotel's attempt, fenced, returns now: its commit is refused
+    release(held)
+    wait_for(lambda: trips.raw(run_id).get("forward:hotel") == 1, 10)
+    time.sleep(LEASE)
+    assert trip.get(run_id) == state
+
+
+def test_cancelling_a_group_compensates_a_member_held_in_flight(trip: Saga) -> None:
+    # Given hotel held in flight after its effect, flight and car committed
+    held = gate()
+    run_id = trip.start({"gate": {"hotel": held}})
+    wait_for(lambda: {"flight", "car"} <= {c.name for c in trip.get(run_id).checkpoints}, 30)
+    wait_for(lambda: "forward:hotel" in trips.effects(run_id), 30)
+    # When an operator cancels the run (hotel's lease is renewed no more, and lapses)
+    control.cancel(run_id, reason="customer left")
+    state = trip.wait(run_id, timeout=30)
+    # Then hotel is compensated with the committed members, then quote
+    assert state.status is Status.COMPENSATED
+    assert [e["reason"] for e in events_of(trip, run_id, "saga.cancelled")] == ["customer left"]
+    done = assert_balanced(run_id)
+    assert "compensation:hotel" in done and done[-1] == "compensation:quote"
+    assert_consistent(trip, run_id)
+    release(held)
+    time.sleep(LEASE)  # the hung body returns now; its commit is refused
+    assert trip.get(run_id) == state
+
+
+def test_a_member_gives_up_while_a_sibling_is_held_and_the_workers_are_killed(trip: Saga, workers: Workers) -> None:
+    # Given car refusing for good while hotel is held in flight after its effect (attempt 1)
+    run_id = trip.start({"fail_at": "car", "gate": {"hotel": "hold:" + uuid.uuid4().hex}})
+    wait_for(lambda: trip.get(run_id).status is Status.COMPENSATING, 30, "the group to start unwinding")
+    wait_for(lambda: "flight" in {c.name for c in trip.get(run_id).checkpoints}, 30)
+    wait_for(lambda: "forward:hotel" in trips.effects(run_id), 30)
+    # When every worker is SIGKILLed (hotel's attempt dies uncommitted) and another one starts
+    workers.kill_all()
+    workers.start()
+    state = trip.wait(run_id, timeout=60)
+    # Then hotel, which may have acted, is found at the group's unwind and compensated too
+    assert state.status is Status.COMPENSATED
+    assert state.error is not None and state.error.name == "car"
+    assert {c.name for c in state.checkpoints} == {"quote", "flight"}
+    done = assert_balanced(run_id)
+    assert "compensation:hotel" in done and done[-1] == "compensation:quote"
+    added = [e["began"] for e in events_of(trip, run_id, "saga.resumed") if "began" in e]
+    assert added == [[2]], "hotel is added to the unwind once"
+    assert [d["step"] for d in letters_of(run_id)] == ["car"]
+    assert_consistent(trip, run_id)
+
+
 # --- deadlines ------------------------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from saga import decide, policy
+from saga import decide, policy, stages
 from saga.state import Direction, Event, EventType, SagaState, Shape, Status, Transition, rebuild
 
 SHAPE = Shape(("a", "b", "c", "d"), (True, False, True, False))
@@ -135,3 +135,105 @@ def test_folding_events_never_changes_an_earlier_state() -> None:
     after = decide.decide_step_succeeded(before, SHAPE, 1, {"b": [1]}).state
     assert before.payload == {"n": 1, "a": 0} and after.payload == {"n": 1, "a": 0, "b": [1]}
     assert after.payload is not before.payload
+
+
+# --- parallel groups: members that began without a record ------------------------------------
+
+#: q -> [f | h | c] -> p; c is undone also on its own failure, p cannot be undone
+GROUPED = Shape(
+    ("q", "f", "h", "c", "p"),
+    (True, True, True, True, False),
+    (False, False, False, True, False),
+    ("",) + ("g",) * 3 + ("",),
+)
+
+
+def at_group(deadline: str = "") -> SagaState:
+    """A grouped run whose first step committed: its cursor on the group."""
+    start = decide.decide_start("r3", "s", {}, deadline_at=deadline).state
+    return decide.decide_step_succeeded(start, GROUPED, 0, {"q": 1}).state
+
+
+def started(step: int, attempt: int = 1) -> Event:
+    return {"type": EventType.STEP_STARTED.value, "step": step, "attempt": attempt}
+
+
+def test_unrecorded_members_are_those_whose_last_attempt_left_no_record() -> None:
+    retried = decide.decide_retry(at_group(), GROUPED, Direction.FORWARD, 2, 1, OSError("x"), 0.1)
+    undo_retried = decide.decide_retry(at_group(), GROUPED, Direction.COMPENSATION, 1, 1, OSError("x"), 0.1)
+    # f's attempt left no record (a compensation's retry is no end of it); h's attempt failed
+    # (recorded: it waits to retry); c gave up, but it is undone on its own failure
+    events = [started(1), started(2), started(3), undo_retried, retried, {"type": "step.failed", "step": 3}]
+    assert stages.unrecorded(events, GROUPED, 1) == [1, 3]
+    assert stages.unrecorded([*events, {"type": "step.succeeded", "step": 1}], GROUPED, 1) == [3]
+    assert stages.unrecorded([*events, started(2, 2)], GROUPED, 1) == [1, 2, 3], "h retried: no record yet"
+    assert stages.unrecorded(events, GROUPED, 0) == [] and stages.unrecorded(events, GROUPED, 5) == []
+    # a step alone at the cursor: the same rule
+    assert stages.unrecorded([started(0)], GROUPED, 0) == [0]
+    assert stages.unrecorded([started(4)], GROUPED, 4) == [], "p cannot be undone"
+
+
+def test_a_deadline_at_a_group_undoes_the_members_that_began_with_the_committed_ones() -> None:
+    start = decide.decide_start("r3", "s", {}, deadline_at="2030-01-01T00:00:00.000000Z")
+    events, state = list(start.events), start.state
+    steps: tuple[Callable[[SagaState], Transition], ...] = (
+        lambda s: decide.decide_step_succeeded(s, GROUPED, 0, {"q": 1}),
+        lambda s: decide.decide_step_succeeded(s, GROUPED, 1, {"f": 1}),
+        # When the deadline passes with h running (c never began)
+        lambda s: decide.decide_deadline_exceeded(s, GROUPED, began=[2]),
+    )
+    for step in steps:
+        t = step(state)
+        events, state = events + t.events, t.state
+    assert events[-1]["began"] == [2] and state.began == (2,)
+    assert state.status is Status.COMPENSATING and state.current_step == 1
+    assert state.error is not None and (state.error.name, state.error.type) == ("h", "DeadlineExceeded")
+    assert stages.lanes_due(state, GROUPED) == [1, 2], "f and h are undone at once, c never began"
+    for index in (2, 1):
+        t = decide.decide_compensation_succeeded(state, GROUPED, index)
+        events, state = events + t.events, t.state
+    assert stages.lanes_due(state, GROUPED) == [] and stages.left_out(state, GROUPED, [started(2)]) == []
+    done = decide.decide_group_unwound(state, GROUPED)
+    assert done.state.current_step == 0 and done.state.status is Status.COMPENSATING
+    assert rebuild(events + done.events) == done.state
+    # a group where only a member that began is left to undo: the cursor stays on it
+    alone = decide.decide_cancel(at_group(), GROUPED, "stop", began=[2])
+    assert (alone.state.current_step, alone.state.began) == (1, (2,))
+    assert stages.lanes_due(alone.state, GROUPED) == [2]
+    nothing = decide.decide_cancel(at_group(), GROUPED, "stop")
+    assert nothing.state.current_step == 0 and nothing.state.began == ()
+
+
+def test_a_group_unwind_adds_a_member_it_had_not_seen_begin_before_it_settles() -> None:
+    # Given f committed and c gave up while h was in flight (its worker then killed)
+    f = decide.decide_step_succeeded(at_group(), GROUPED, 1, {"f": 1}).state
+    gave_up, _ = decide.decide_step_gave_up(f, GROUPED, 3, PermissionError("no"), 1)
+    state = decide.decide_compensation_succeeded(gave_up.state, GROUPED, 3).state  # c: its own failure
+    state = decide.decide_compensation_succeeded(state, GROUPED, 1).state
+    assert stages.lanes_due(state, GROUPED) == []
+    # When the unwind, about to settle, reads the events: h began, never ended
+    events = [started(1), started(2), started(3), {"type": "step.failed", "step": 3}]
+    left = stages.left_out(state, GROUPED, events)
+    assert left == [2]
+    added = decide.decide_undo_began(state, GROUPED, left)
+    assert [(e["type"], e["began"], e["direction"]) for e in added.events] == [("saga.resumed", [2], "compensation")]
+    assert stages.lanes_due(added.state, GROUPED) == [2] and added.state.version == state.version + 1
+    assert stages.left_out(added.state, GROUPED, events) == []
+
+
+def test_a_deadline_names_the_step_alone_and_undoes_it_when_its_attempt_began() -> None:
+    state = run_to(2)
+    t = decide.decide_deadline_exceeded(state, SHAPE, began=[2])
+    assert t.state.current_step == 2 and t.state.status is Status.COMPENSATING
+    assert t.state.error is not None and t.state.error.name == "c"
+    assert "began" not in t.events[0] and t.state.began == ()
+
+
+def test_snapshots_without_groups_keep_their_form_and_old_ones_load() -> None:
+    state = decide.decide_deadline_exceeded(run_to(2), SHAPE, began=[2]).state
+    assert "began" not in state.to_dict()
+    old = {k: v for k, v in state.to_dict().items()}
+    assert SagaState.from_dict(old) == state
+    grouped = decide.decide_cancel(at_group(), GROUPED, "stop", began=[2]).state
+    assert grouped.to_dict()["began"] == [2]
+    assert SagaState.from_dict(json.loads(json.dumps(grouped.to_dict()))) == grouped

@@ -1,12 +1,15 @@
 """The chaos suite's Celery app: a 5-step saga (version 1; version 2 adds a sixth step, audit)
-whose steps act on an effects ledger in Redis. A worker declares the versions ``CHAOS_VERSIONS``
-names ("1" unless set; "2" is a deploy that dropped version 1, "1,2" one that kept it).
+and a grouped saga (``open -> [flight | hotel | car] -> charge -> confirm``), whose steps act on
+one effects ledger in Redis. A worker declares the versions of the 5-step saga ``CHAOS_VERSIONS``
+names ("1" unless set; "2" is a deploy that dropped version 1, "1,2" one that kept it), and the
+grouped saga always.
 
 Like a real payment API, the ledger applies an effect once per idempotency key (``fx:<run>``,
 with the order of first applications in ``fxorder:<run>``) and counts every raw execution
 (``raw:<run>``). Payload: ``permanent_at`` (a step that refuses for good), ``p_transient``
 (chance that an attempt fails before its effect), ``max_sleep`` (seconds a step may take, after
-its effect, so a kill can land between effect and commit).
+its effect, so a kill can land between effect and commit), ``hold`` ({step: seconds} the step
+sleeps after its effect, so a run with a shorter deadline expires with it in flight).
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ STEPS = {
     2: ("debit", "reserve", "allocate", "notify", "settle", "audit"),
 }
 UNDOABLE = frozenset({"debit", "reserve", "allocate", "notify"})
+
+#: The grouped saga's stages, in order: the members of a group run at once.
+GROUP_STAGES: tuple[tuple[str, ...], ...] = (("open",), ("flight", "hotel", "car"), ("charge",), ("confirm",))
+GROUP_UNDOABLE = frozenset({"open", "flight", "hotel", "car", "charge"})
 
 _client: redis.Redis | None = None
 
@@ -60,6 +67,8 @@ def act(payload: dict[str, Any], ctx: StepContext) -> None:
             raise Flaky(f"{ctx.step} flaked")
     apply_once(c, f"fx:{ctx.run_id}", f"fxorder:{ctx.run_id}", ctx.idempotency_key, what)
     time.sleep(random.uniform(0, float(payload.get("max_sleep", 0))))
+    if ctx.direction.value == "forward" and ctx.step in payload.get("hold", {}):
+        time.sleep(float(payload["hold"][ctx.step]))
 
 
 def declare(versions: Iterable[int], *, app: Any, registry: Registry | None = None) -> dict[int, Saga]:
@@ -68,21 +77,32 @@ def declare(versions: Iterable[int], *, app: Any, registry: Registry | None = No
     for version in versions:
         saga = Saga("chaos", app=app, version=version, registry=registry)
         for name in STEPS[version]:
-            _declare(saga, name)
+            _declare(saga, name, undo=name in UNDOABLE)
         sagas[version] = saga
     return sagas
 
 
-def _declare(saga: Saga, name: str) -> None:
+def declare_grouped(*, app: Any, registry: Registry | None = None) -> Saga:
+    """The grouped saga on ``app``: ``open``, then ``flight``, ``hotel`` and ``car`` at once, then
+    ``charge`` and ``confirm``."""
+    saga = Saga("chaosgroup", app=app, registry=registry)
+    for stage in GROUP_STAGES:
+        for name in stage:
+            _declare(saga, name, group="book" if len(stage) > 1 else None, undo=name in GROUP_UNDOABLE)
+    return saga
+
+
+def _declare(saga: Saga, name: str, *, undo: bool, group: str | None = None) -> None:
     def forward(payload: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
         act(payload, ctx)
         return {name: ctx.attempt}
 
-    step = saga.step(name=name, max_retries=6, retry_backoff=0.05, retry_backoff_max=0.5)(forward)
-    if name in UNDOABLE:
+    step = saga.step(name=name, group=group, max_retries=6, retry_backoff=0.05, retry_backoff_max=0.5)(forward)
+    if undo:
         step.compensate(act)
 
 
 app = create_app("chaos")
 declared = declare([int(v) for v in os.environ.get("CHAOS_VERSIONS", "1").split(",") if v], app=app)
 chaos = declared[min(declared)]
+grouped = declare_grouped(app=app)

@@ -1,6 +1,11 @@
 """Drives the chaos suite: its own Redis (AOF, fsync always), prefork workers as subprocesses,
 kills and restarts, then checks every run against the effects ledger.
 
+A third of the runs are of the grouped saga (a 3-member parallel group); a fifth of the runs of
+either saga have a deadline shorter than the time one of their steps (never the last) holds
+after its effect, so they expire mid-run whatever the timing: the step after it can begin
+only past the deadline, and a worker refuses to begin a forward step then.
+
 With TEST_STORE=cluster the store is a 3-master Redis Cluster of its own (AOF) and the Redis
 restart is a master's; the broker and the effects ledger stay on the plain Redis."""
 
@@ -18,7 +23,7 @@ from typing import Any, cast
 
 import redis
 
-from saga import SagaError, Settings
+from saga import SagaError, SagaState, Settings
 from saga.registry import default_registry
 from saga.state import parse_iso
 from saga.testing import (
@@ -30,9 +35,23 @@ from saga.testing import (
     stop_process_group,
     worker_env,
 )
-from tests.chaos.app import STEPS, UNDOABLE, app, chaos, declare
+from tests.chaos.app import GROUP_STAGES, GROUP_UNDOABLE, STEPS, UNDOABLE, app, chaos, declare, grouped
 
 ROOT = Path(__file__).resolve().parents[2]
+
+#: A deadline run's deadline, and how long its held step sleeps after its effect (longer: the
+#: step after it cannot begin before the deadline, so the run expires whatever the timing).
+DEADLINE = 1.5
+HOLD = 2.0
+
+
+@dataclass
+class Run:
+    """A run the harness started: which saga, with what payload and deadline."""
+
+    saga: str
+    payload: dict[str, Any]
+    deadline: float | None = None
 
 
 @dataclass
@@ -48,7 +67,13 @@ class Figures:
     resumes: int = 0
     deploys: int = 0
     parked: int = 0
+    grouped: int = 0
+    grouped_completed: int = 0
+    expired: int = 0
     by_version: dict[int, int] = field(default_factory=dict)
+    #: runs of the grouped saga that ended compensated with a member's effect never undone: the
+    #: member began (and acted) but never committed, and the group's unwind left it out
+    leaked: list[str] = field(default_factory=list)
     recover_seconds: list[float] = field(default_factory=list)
 
     def report(self) -> str:
@@ -58,11 +83,14 @@ class Figures:
             else "n/a"
         )
         return (
-            f"chaos: {self.runs} runs ({self.completed} completed, {self.compensated} compensated); "
+            f"chaos: {self.runs} runs ({self.completed} completed, {self.compensated} compensated, "
+            f"{self.expired} of them past their deadline); {self.grouped} grouped ({self.grouped_completed} "
+            "completed); "
             f"kills: {self.kills_worker} workers + {self.kills_child} pool children; "
             f"{self.redis_restarts} Redis restart(s); raw executions {self.raw_executions} vs effects "
             f"{self.effects}; resumes {self.resumes}; time from kill to resume: {rec}; {self.deploys} deploys, "
-            f"runs by version {dict(sorted(self.by_version.items()))}, {self.parked} parked on the way"
+            f"runs by version {dict(sorted(self.by_version.items()))}, {self.parked} parked on the way; "
+            f"{len(self.leaked)} grouped run(s) with a member's effect never undone"
         )
 
 
@@ -163,16 +191,41 @@ def run_chaos(seconds: float, rate: float = 2.0, seed: int | None = None) -> Fig
         cluster.stop()
 
 
-def _start(payload: dict[str, Any], key: str) -> str:
+SAGAS = {"chaos": chaos, "chaosgroup": grouped}
+
+
+def _start(run: Run, key: str) -> str:
     """Start a run (under the highest version declared here); a start that fails (Redis
     restarting) is retried with its key."""
     for _ in range(50):
         try:
-            return chaos.start(payload, key=key)
+            return SAGAS[run.saga].start(run.payload, key=key, deadline=run.deadline)
         except (SagaError, OSError, ConnectionError) as exc:
             last = exc
             time.sleep(0.2)
     raise AssertionError(f"could not start a run: {last}")
+
+
+def _plan_run(n: int, rng: random.Random) -> Run:
+    """Run ``n``: of the grouped saga one time in three, a deadline run one time in five (so
+    every 15 runs, one grouped and two 5-step deadline runs), whose held step takes each step
+    but the last in turn (a grouped run's first three are the members); any other run is
+    refused for good at a random step with a chance of 0.15."""
+    saga = "chaosgroup" if n % 3 == 2 else "chaos"
+    steps = [name for stage in _stages(saga, 1) for name in stage]
+    run = Run(saga, {"p_transient": 0.15, "max_sleep": 0.4})
+    if n % 5 == 0:
+        turn = n // 15 if saga == "chaosgroup" else n // 15 * 2 + (n % 15 == 10)
+        run.payload["hold"] = {steps[(turn + 1) % (len(steps) - 1)]: HOLD}
+        run.deadline = DEADLINE
+    elif rng.random() < 0.15:
+        run.payload["permanent_at"] = rng.choice(steps)
+    return run
+
+
+def _stages(saga: str, version: int) -> tuple[tuple[str, ...], ...]:
+    """The stages of ``saga`` at ``version``, in order: a step alone, or a group's members."""
+    return GROUP_STAGES if saga == "chaosgroup" else tuple((name,) for name in STEPS[version])
 
 
 def _drive(cluster: Cluster, seconds: float, rate: float, rng: random.Random) -> Figures:
@@ -185,14 +238,12 @@ def _drive(cluster: Cluster, seconds: float, rate: float, rng: random.Random) ->
         + [(seconds * 0.3, "deploy_v2_only"), (seconds * 0.6, "deploy_both")]
     )
     kills: list[float] = []
-    started: dict[str, dict[str, Any]] = {}
+    started: dict[str, Run] = {}
     t0 = time.monotonic()
     while time.monotonic() - t0 < seconds:
-        payload: dict[str, Any] = {"p_transient": 0.15, "max_sleep": 0.4}
-        if rng.random() < 0.15:
-            payload["permanent_at"] = rng.choice(STEPS[1])
-        run_id = _start(payload, key=f"chaos-{len(started)}")
-        started[run_id] = payload
+        run = _plan_run(len(started), rng)
+        run_id = _start(run, key=f"chaos-{len(started)}")
+        started[run_id] = run
         while plan and time.monotonic() - t0 >= plan[0][0]:
             _, action = plan.pop(0)
             if action == "kill_worker":
@@ -215,51 +266,63 @@ def _drive(cluster: Cluster, seconds: float, rate: float, rng: random.Random) ->
                 figures.deploys += 1
         time.sleep(rng.expovariate(rate))
     deadline = time.monotonic() + 90
-    for run_id in started:
+    for run_id, run in started.items():
         left = deadline - time.monotonic()
-        state = chaos.wait(run_id, timeout=max(left, 0.1))
+        state = SAGAS[run.saga].wait(run_id, timeout=max(left, 0.1))
         assert state.status.value in ("completed", "compensated"), f"{run_id} ended {state.status.value}"
-    _check(chaos, started, cluster, figures, kills)
+    _check(started, cluster, figures, kills)
     return figures
 
 
-def _check(
-    chaos: Any,
-    started: dict[str, dict[str, Any]],
-    cluster: Cluster,
-    figures: Figures,
-    kills: list[float],
-) -> None:
+def _check(started: dict[str, Run], cluster: Cluster, figures: Figures, kills: list[float]) -> None:
     fx = redis.Redis.from_url(cluster.redis.url, decode_responses=True)
     dead = {d["run_id"]: d for d in chaos.store.dead_letters()}
     figures.runs = len(started)
-    for run_id, payload in started.items():
-        state = chaos.get(run_id)
-        steps = STEPS[state.definition_version]
-        figures.by_version[state.definition_version] = figures.by_version.get(state.definition_version, 0) + 1
-        assert chaos.rebuild(run_id) == state, f"{run_id}: rebuild differs from the stored state"
-        versions = [s.version for s in chaos.history(run_id)]
+    gave_up: set[str] = set()
+    for run_id, run in started.items():
+        saga = SAGAS[run.saga]
+        state = saga.get(run_id)
+        if run.saga == "chaos":
+            figures.by_version[state.definition_version] = figures.by_version.get(state.definition_version, 0) + 1
+        else:
+            figures.grouped += 1
+        assert saga.rebuild(run_id) == state, f"{run_id}: rebuild differs from the stored state"
+        versions = [s.version for s in saga.history(run_id)]
         assert versions == list(range(1, state.version + 1)), f"{run_id}: versions {versions}"
         raw = {k: int(v) for k, v in fx.hgetall(f"raw:{run_id}").items()}
         order = cast(list[str], fx.lrange(f"fxorder:{run_id}", 0, -1))
         figures.raw_executions += sum(raw.values())
         figures.effects += len(order)
-        assert len(order) == len(set(order)), f"{run_id}: an effect applied twice: {order}"
-        forward = [w for w in order if w.startswith("forward:")]
-        undo = [w for w in order if w.startswith("compensation:")]
+        events = saga.events(run_id)
+        expired = state.error is not None and state.error.type == "DeadlineExceeded"
+        undoable = GROUP_UNDOABLE if run.saga == "chaosgroup" else UNDOABLE
+        leaked = _check_ledger(run_id, state, _stages(run.saga, state.definition_version), undoable, order, expired)
+        if leaked:
+            why = "its deadline passed" if expired else f"{state.error.name if state.error else '?'} gave up"
+            figures.leaked.append(f"run {run_id}: {', '.join(leaked)} acted, never committed, never undone ({why})")
+        if run.deadline is not None:
+            # a step holds past the deadline before the last step: the run cannot complete
+            assert expired and state.status.value == "compensated", f"{run_id}: deadline run ended {state}"
+            exceeded = [e for e in events if e["type"] == "saga.deadline_exceeded"]
+            assert len(exceeded) == 1, f"{run_id}: {len(exceeded)} saga.deadline_exceeded events"
+            assert run_id not in dead, f"{run_id}: past its deadline but dead-lettered"
+            figures.expired += 1
+        else:
+            assert not expired, f"{run_id}: no deadline, yet {state.error}"
         if state.status.value == "completed":
             figures.completed += 1
-            assert forward == [f"forward:{s}" for s in steps], f"{run_id}: effects {order}"
-            assert not undo and run_id not in dead, f"{run_id}: completed but {undo} / dead-lettered"
+            figures.grouped_completed += run.saga == "chaosgroup"
+            assert run_id not in dead, f"{run_id}: completed but dead-lettered"
         else:
             figures.compensated += 1
-            committed = [c.name for c in state.checkpoints]
-            expected_undo = [f"compensation:{s}" for s in reversed(committed) if s in UNDOABLE]
-            assert undo == expected_undo, f"{run_id}: compensations {undo}, expected {expected_undo}"
-            assert run_id in dead and dead[run_id]["kind"] == "forward", f"{run_id}: gave up but no dead letter"
-            if "permanent_at" in payload:
-                assert state.error is not None and state.error.name == payload["permanent_at"]
-        for e in chaos.events(run_id):
+            if not expired:
+                gave_up.add(run_id)
+                assert run_id in dead and dead[run_id]["kind"] == "forward", f"{run_id}: gave up but no dead letter"
+            if "permanent_at" in run.payload:
+                assert state.error is not None and state.error.name == run.payload["permanent_at"]
+        if run.saga == "chaos":
+            _check_linear(run_id, state, order, expired)
+        for e in events:
             figures.parked += e["type"] == "saga.parked"
             if e["type"] == "saga.resumed":
                 figures.resumes += 1
@@ -268,5 +331,69 @@ def _check(
                 if before:
                     figures.recover_seconds.append(at - before[-1])
     assert set(dead) <= set(started) | set(dead), "dead letters of unknown runs"
-    gave_up = {rid for rid in started if chaos.get(rid).status.value == "compensated"}
     assert {rid for rid in dead if rid in started} == gave_up, "dead letters are not exactly the runs that gave up"
+
+
+def _check_ledger(
+    run_id: str,
+    state: SagaState,
+    stages: tuple[tuple[str, ...], ...],
+    undoable: frozenset[str],
+    order: list[str],
+    expired: bool,
+) -> list[str]:
+    """The effects of one run, stage by stage (the members of a group in any order among
+    themselves): each applied once; forward effects stage after stage, each stage whole before
+    the next; compensations in reverse stage order, each after its step's effect; a completed
+    run has every forward effect and no compensation; a compensated run has undone every
+    effect of an undoable step — and undid nothing else, but a step running alone when the
+    deadline passed or a group member whose attempt began (either may have acted: the product
+    compensates them unseen).
+
+    Returns the members of a parallel group that acted, never committed and were never undone
+    (the product bug the test reports: see ``Figures.leaked``); any other effect left undone
+    fails here."""
+    rank = {name: k for k, stage in enumerate(stages) for name in stage}
+    assert len(order) == len(set(order)), f"{run_id}: an effect applied twice: {order}"
+    forward = [w.removeprefix("forward:") for w in order if w.startswith("forward:")]
+    undo = [w.removeprefix("compensation:") for w in order if w.startswith("compensation:")]
+    assert len(forward) + len(undo) == len(order) and set(forward) | set(undo) <= set(rank), f"{run_id}: {order}"
+    ranks = [rank[name] for name in forward]
+    assert ranks == sorted(ranks), f"{run_id}: forward effects out of stage order: {order}"
+    missing = [name for stage in stages[: max(ranks, default=0)] for name in stage if name not in forward]
+    assert not missing, f"{run_id}: a stage acted before {missing} of an earlier stage: {order}"
+    ranks = [rank[name] for name in undo]
+    assert ranks == sorted(ranks, reverse=True), f"{run_id}: compensations out of reverse stage order: {order}"
+    late = [n for n in undo if n in forward and order.index(f"compensation:{n}") < order.index(f"forward:{n}")]
+    assert not late, f"{run_id}: {late} undone before their effect: {order}"
+    assert set(undo) <= undoable, f"{run_id}: a step without a compensation undone: {order}"
+    committed = {c.name for c in state.checkpoints}
+    assert committed <= set(forward), f"{run_id}: a step committed without its effect: {order}, {committed}"
+    if state.status.value == "completed":
+        assert sorted(forward) == sorted(rank) and not undo, f"{run_id}: completed with effects {order}"
+        return []
+    undone = [name for name in forward if name in undoable and name not in undo]
+    leaked = [name for name in undone if len(stages[rank[name]]) > 1 and name not in committed]
+    unbalanced = [name for name in undone if name not in leaked]
+    assert not unbalanced, f"{run_id}: {unbalanced} acted and were never undone: {order}, committed {committed}"
+    running = state.error.name if expired and state.error is not None else ""
+    alone = {running} if running in rank and len(stages[rank[running]]) == 1 else set()
+    steps = [name for stage in stages for name in stage]
+    began = {steps[i] for i in state.began}  # members the unwind found begun: maybe killed before acting
+    unseen = set(undo) - set(forward) - alone - began
+    assert not unseen, f"{run_id}: {unseen} undone but never acted: {order}"
+    return leaked
+
+
+def _check_linear(run_id: str, state: SagaState, order: list[str], expired: bool) -> None:
+    """The 5-step saga's compensations are exactly its committed undoable steps', newest first
+    (after the step that was running at its deadline, compensated too: it may have acted)."""
+    undo = [w for w in order if w.startswith("compensation:")]
+    if state.status.value == "completed":
+        return
+    committed = [c.name for c in state.checkpoints]
+    expected_undo = [f"compensation:{s}" for s in reversed(committed) if s in UNDOABLE]
+    running = state.error.name if expired and state.error is not None else ""
+    if running and undo[:1] == [f"compensation:{running}"] and running not in committed:
+        expected_undo.insert(0, f"compensation:{running}")
+    assert undo == expected_undo, f"{run_id}: compensations {undo}, expected {expected_undo}"

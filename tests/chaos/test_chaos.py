@@ -18,3 +18,7 @@ def test_runs_survive_killed_workers_and_a_redis_restart(capsys: pytest.CaptureF
     assert figures.kills_worker == 3 and figures.kills_child >= 1 and figures.redis_restarts == 1
     assert figures.completed > 0 and figures.compensated > 0
     assert figures.deploys == 2 and set(figures.by_version) == {1, 2}
+    assert figures.expired >= 1 and figures.grouped_completed >= 1
+    # when a parallel group unwinds, a member whose attempt began but did not commit (fenced at
+    # the deadline, or its worker killed) is compensated with the committed ones (issue #12)
+    assert not figures.leaked, "a group's unwind left a member's effect undone: " + "; ".join(figures.leaked[:3])
