@@ -1,8 +1,9 @@
 """The ``saga`` command: inspect runs and dead letters, and act on them.
 
 Each command is a thin call into the library: reading commands read the registry's store or
-call :mod:`saga.control`, acting commands (``resume``, ``cancel``, ``dlq retry``, ``dlq drop``)
-call one function of :mod:`saga.control`; :mod:`saga.cli_render` prints. Every command prints a
+call :mod:`saga.control` (``saga tail`` follows the store: :mod:`saga.cli_tail`), acting
+commands (``resume``, ``cancel``, ``dlq retry``, ``dlq drop``) call one function of
+:mod:`saga.control`; :mod:`saga.cli_render` prints. A run id may be a unique prefix of one. Every command prints a
 table for people, or JSON on stdout with ``--json`` for scripts. Errors are one line,
 ``error: ...`` on stderr, and a named exit code:
 
@@ -15,6 +16,7 @@ name                   code  when
 ``EXIT_NOT_FOUND``     3     no such run, version or dead-letter entry
 ``EXIT_UNAVAILABLE``   4     Redis cannot be reached
 ``EXIT_ERROR``         5     anything else: a refused action, bad settings, an unexpected error
+``EXIT_INTERRUPTED``   130   ``saga tail`` ended by Ctrl-C
 =====================  ====  ==============================================================
 
 An unexpected error also prints one line (plus a hint); ``saga --debug ...`` shows its traceback.
@@ -48,6 +50,7 @@ from .cli_common import (
     usage_failure,
 )
 from .cli_inspect import events, history, list_command, show, stats, verify
+from .cli_tail import EXIT_INTERRUPTED, tail
 from .errors import SagaError
 from .registry import Registry
 from .settings import DEFAULT_REDIS_URL
@@ -105,7 +108,8 @@ class _SagaGroup(click.Group):
     default=DEFAULT_APP,
     show_default=True,
     metavar="MODULE",
-    help="Module defining your sagas, imported by resume, cancel and dlq retry  [env: SAGA_APP]",
+    help="Module defining your sagas (imported from the current directory first, as celery -A does), "
+    "imported by resume, cancel, compensate and dlq retry  [env: SAGA_APP]",
 )
 @click.option("--debug", is_flag=True, help="Show the traceback of an error.")
 @click.pass_context
@@ -115,7 +119,7 @@ def cli(ctx: click.Context, redis_url: str | None, app: str, debug: bool) -> Non
     ctx.obj = Operator(redis_url=redis_url, app=app, debug=debug, given=given)
 
 
-for command in (list_command, stats, show, history, events, verify, resume, cancel, compensate, dlq, archive, db):
+for command in (list_command, stats, show, history, events, tail, verify, resume, cancel, compensate, dlq, archive, db):
     cli.add_command(command)
 
 
@@ -127,6 +131,7 @@ def main(argv: Iterable[str] | None = None) -> None:
 __all__ = [
     "EXIT_ERROR",
     "EXIT_FAILED_CHECK",
+    "EXIT_INTERRUPTED",
     "EXIT_NOT_FOUND",
     "EXIT_OK",
     "EXIT_UNAVAILABLE",

@@ -6,7 +6,8 @@ import click
 
 from . import cli_render, control
 from .cli_common import Operator, echo_json, json_option
-from .state import Status
+from .registry import Registry
+from .state import SagaState, Status
 
 
 @click.command()
@@ -16,6 +17,7 @@ from .state import Status
 @click.pass_obj
 def resume(op: Operator, run: str, reason: str, as_json: bool) -> None:
     """Resume an unfinished run at its cursor (imports --app)."""
+    run = op.run_id(run)
     state = control.resume(run, reason=reason, registry=op.load_app())
     if as_json:
         echo_json(state.to_dict())
@@ -29,14 +31,41 @@ def resume(op: Operator, run: str, reason: str, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def cancel(op: Operator, run: str, reason: str, as_json: bool) -> None:
-    """Stop a run's forward progress and compensate the steps that committed (imports --app)."""
-    state = control.cancel(run, reason=reason, registry=op.load_app())
+    """Stop a run's forward progress and compensate the steps that committed (imports --app).
+    With a step running, the cancel waits for it: it takes effect when that step ends, or
+    within a lease if it hangs. --json says which: ``outcome`` is ``cancelled`` or
+    ``cancel_requested``, ``waits_for`` the steps it waits for."""
+    run = op.run_id(run)
+    registry = op.load_app()
+    state = control.cancel(run, reason=reason, registry=registry)
+    took_effect = state.status in (Status.COMPENSATING, Status.COMPENSATED)
+    waits_for = [] if took_effect else _running_steps(registry, state)
     if as_json:
-        echo_json(state.to_dict())
-    elif state.status in (Status.COMPENSATING, Status.COMPENSATED):
+        outcome = "cancelled" if took_effect else "cancel_requested"
+        echo_json(
+            {
+                "run_id": run,
+                "outcome": outcome,
+                "status": state.status.value,
+                "version": state.version,
+                "waits_for": waits_for,
+            }
+        )
+    elif took_effect:
         click.echo(f"run {run} cancelled: {state.status.value} (version {state.version})")
     else:
-        click.echo(f"run {run}: cancel requested; it takes effect when the step running now commits")
+        steps = ", ".join(waits_for) or "the step running now"
+        click.echo(f"run {run}: cancel requested; it takes effect when {steps} ends (or within a lease if it hangs)")
+
+
+def _running_steps(registry: Registry, state: SagaState) -> list[str]:
+    """The steps a requested cancel waits for: those at the run's cursor (a parallel group's
+    members) not committed yet."""
+    shape = registry.store.shape(state.id)
+    if shape is None or state.current_step >= len(shape.steps):
+        return []
+    done = {c.step for c in state.checkpoints}
+    return [shape.steps[i] for i in shape.stage(state.current_step) if i not in done]
 
 
 @click.command()
@@ -49,6 +78,7 @@ def cancel(op: Operator, run: str, reason: str, as_json: bool) -> None:
 def compensate(op: Operator, run: str, reason: str, as_json: bool) -> None:
     """Unwind an unfinished, parked or failed run: compensate its committed steps, newest first
     (imports --app; any loaded version's compensation of a step name serves)."""
+    run = op.run_id(run)
     state = control.compensate(run, reason=reason, registry=op.load_app())
     if as_json:
         echo_json(state.to_dict())

@@ -1,17 +1,19 @@
 """What every ``saga`` command shares: exit codes, the :class:`Operator` (where Redis is, which
-module defines the sagas, the registry), one-line errors and JSON output."""
+module defines the sagas, the registry; run ids from a unique prefix), one-line errors and JSON
+output."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import click
 
-from . import control
-from .errors import ArchiveUnavailable, EntryNotFound, RunNotFound, StoreUnavailable
+from .errors import ArchiveUnavailable, EntryNotFound, RunNotFound, SagaError, StoreUnavailable
 from .registry import Registry, default_registry
 from .settings import Settings
 
@@ -26,6 +28,9 @@ EXIT_ERROR = 5
 DEFAULT_APP: str = Settings.model_fields["app"].default
 #: Connection retries of the CLI's store: an unreachable Redis fails in about a second.
 STORE_RETRIES = 1
+#: A run id is 36 characters; a shorter argument that names no run is taken as a prefix of one
+#: if it has at least this many.
+MIN_PREFIX = 8
 
 
 @dataclass
@@ -53,8 +58,46 @@ class Operator:
     def load_app(self) -> Registry:
         """Import ``--app`` so its sagas are defined here, bound to the configured registry."""
         registry = self.registry()
-        control.load_app(self.app)
+        import_app(self.app)
         return registry
+
+    def run_id(self, given: str) -> str:
+        """The run ``given`` names: itself when it is a run id, else the one run whose id starts
+        with it (at least :data:`MIN_PREFIX` characters; among the runs listed in Redis). An
+        ambiguous prefix raises :class:`SagaError`; no match leaves ``given`` to be not found."""
+        if not MIN_PREFIX <= len(given) < 36:
+            return given
+        store = self.registry().store
+        try:
+            store.meta(given)
+            return given
+        except RunNotFound:
+            matches = store.ids_with_prefix(given, limit=10)
+        if len(matches) > 1:
+            count = f"{len(matches)}{' or more' if len(matches) == 10 else ''}"
+            some = ", ".join(matches[:3]) + (", ..." if len(matches) > 3 else "")
+            raise SagaError(f"run id prefix {given!r} matches {count} runs ({some}); give more of the id")
+        return matches[0] if matches else given
+
+
+def import_app(module: str) -> None:
+    """Import the module that defines the sagas, from the current directory first, as
+    ``celery -A`` does (``pkg.module`` or ``pkg.module:app``); one line naming the module and
+    where it was looked for when it cannot be imported."""
+    name = module.partition(":")[0]
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    try:
+        importlib.import_module(name)
+    except ImportError as exc:
+        searched = ", ".join(dict.fromkeys(p or here for p in sys.path if os.path.isdir(p or here)))
+        if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
+            raise SagaError(
+                f"cannot import app module {name!r} (searched: {searched}): {exc}; pass the module that "
+                "defines your sagas with --app or SAGA_APP"
+            ) from None
+        raise SagaError(f"app module {name!r} was found but importing it failed: {exc}") from None
 
 
 def exit_code_for(exc: BaseException) -> int:

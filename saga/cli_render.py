@@ -130,9 +130,9 @@ def _event_details(event: Mapping[str, Any]) -> str:
     return escape(" ".join(parts))
 
 
-def print_runs(runs: Sequence[SagaState], parked: Mapping[str, str] | None = None) -> None:
+def print_runs(runs: Sequence[SagaState], parked: Mapping[str, str] | None = None, more: str = "") -> None:
     """The runs table of ``saga list`` (or ``no runs``); with ``parked`` (run id -> reason), a
-    column says why each run waits."""
+    column says why each run waits; with ``more``, the command that reads the next page."""
     out = console()
     if not runs:
         out.print("no runs")
@@ -156,6 +156,8 @@ def print_runs(runs: Sequence[SagaState], parked: Mapping[str, str] | None = Non
             row.append(escape(parked.get(s.id, "")))
         table.add_row(*row)
     out.print(table)
+    if more:
+        out.print(f"more runs: saga list --cursor {more} (with the same filters)", markup=False)
 
 
 def print_stats(rows: Sequence[Mapping[str, Any]]) -> None:
@@ -221,8 +223,9 @@ def print_feed_status(rows: Sequence[Any], parked: Sequence[Mapping[str, Any]]) 
         out.print(f"parked: run {p.get('run_id') or '?'} entry {p.get('id')}: {p.get('reason')}", markup=False)
 
 
-def print_state(state: SagaState, latest_version: int) -> None:
-    """``saga show``: the state's fields, payload and checkpoints."""
+def print_state(state: SagaState, latest_version: int, flower: Mapping[str, str] | None = None) -> None:
+    """``saga show``: the state's fields, payload and checkpoints; with ``flower``
+    (``first_task``, ``tasks`` and ``search``), where Flower shows the run's tasks."""
     out = console()
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
@@ -240,6 +243,9 @@ def print_state(state: SagaState, latest_version: int) -> None:
     )
     for label, value in rows:
         grid.add_row(label, value)
+    if flower:
+        grid.add_row("flower", escape(f"{flower['first_task']}  (the run's first task)"))
+        grid.add_row("", escape(f"{flower['tasks']}  (search: {flower['search']})"))
     out.print(grid)
     out.print("\n[bold]payload[/]")
     out.print(json.dumps(state.payload, indent=2, sort_keys=True, ensure_ascii=False), markup=False)
@@ -280,6 +286,27 @@ def print_events(log: Sequence[Event]) -> None:
             _event_details(e),
         )
     console().print(table)
+
+
+def event_line(event: Mapping[str, Any], saga: str) -> str:
+    """One event of ``saga tail`` on one line: time, run (its first 8 characters, a prefix
+    every command takes), saga, version, type, step and the details ``saga events`` shows."""
+    run_id = str(event.get("run_id", ""))
+    step = f" {event['step']} {event.get('name', '')}".rstrip() if "step" in event else ""
+    details = _event_details(event)
+    return (
+        f"{_when(str(event.get('at', '')), 23)}  {escape(run_id[:8])}  {escape(saga)}  "
+        f"v{event.get('version', '?')}  {escape(str(event.get('type', '')))}{escape(step)}"
+        + (f"  {details}" if details else "")
+    )
+
+
+def print_lines(lines: Sequence[str]) -> None:
+    """Print lines of :func:`event_line` (rich markup), flushed at once (for a live tail)."""
+    out = console()
+    for line in lines:
+        out.print(line, soft_wrap=True)
+    out.file.flush()
 
 
 def print_dead_letters(entries: Sequence[Mapping[str, Any]], more: str = "") -> None:

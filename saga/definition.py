@@ -12,27 +12,22 @@ from __future__ import annotations
 
 import inspect
 import re
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, overload
 
 from . import engine, runs, tasks
-from .errors import InvalidPayload, SagaDefinitionError, SagaTimeout
+from .client import RunClient
+from .errors import InvalidPayload, SagaDefinitionError
 from .policy import RetryPolicy
 from .registry import Registry, default_registry
 from .settings import Settings
 from .state import (
     CompensationFunction,
     Direction,
-    Event,
-    JSONObject,
-    SagaState,
     Shape,
     StepFunction,
-    rebuild,
 )
 from .store import RedisStore
-from .tiers import Tiers
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 
@@ -143,7 +138,7 @@ class Step:
         return f"<Step {self.saga.name}.{self.name} #{self.index}>"
 
 
-class Saga:
+class Saga(RunClient):
     """A named, ordered list of steps registered as Celery tasks on ``app``.
 
     Steps run in declaration order. Declare every step (in every process: clients and workers)
@@ -300,77 +295,6 @@ class Saga:
             return s
 
         return declare(fn) if fn is not None else declare
-
-    # --- running ---------------------------------------------------------------------------
-
-    def start(
-        self,
-        payload: JSONObject,
-        *,
-        key: str | None = None,
-        tags: Mapping[str, str] | None = None,
-        deadline: float | None = None,
-    ) -> str:
-        """Start a run under the highest version of this saga declared in the process, and
-        return its id.
-
-        With ``key``, the run id is derived from (saga, key): starting again with the same key
-        and payload returns the same id and starts nothing, also when processes race; the same
-        key with another payload raises :class:`~saga.KeyConflict`. ``tags`` (string keys and
-        values, e.g. ``{"customer": "c-42"}``) are on :attr:`SagaState.tags`, in the
-        ``saga.started`` event, and searchable in the archive (:func:`saga.find_runs`). A
-        payload that is not a JSON object, or tags that are not strings, raise
-        :class:`~saga.InvalidPayload` before anything is written.
-
-        ``deadline``: seconds from now (default: the saga's ``deadline``). A run not finished by
-        then is cancelled by the watchdog: nothing new starts forward, a running attempt's
-        result is discarded, its committed steps are compensated, and it ends ``compensated``
-        with a ``DeadlineExceeded`` error and a ``saga.deadline_exceeded`` event.
-        Compensations have no deadline.
-        """
-        latest = self.registry.get(self.name)
-        seconds = deadline if deadline is not None else getattr(latest, "deadline", None)
-        return runs.start_run(latest.runtime(), payload, key, tags, seconds)
-
-    @property
-    def tiers(self) -> Tiers:
-        """Reads of this saga's runs: Redis first, then the archive for runs that left it."""
-        return Tiers(self.store, self.registry.archive_for(self.settings))
-
-    def get(self, run_id: str) -> SagaState:
-        """The run's latest snapshot, from Redis or the archive; :class:`~saga.RunNotFound` for
-        an unknown id."""
-        return self.tiers.get(run_id)
-
-    def wait(self, run_id: str, timeout: float = 30.0, poll: float = 0.002) -> SagaState:
-        """Block until the run is completed, compensated or failed, and return that state.
-
-        Raises :class:`~saga.SagaTimeout` (a ``TimeoutError``) when ``timeout`` passes first.
-        """
-        deadline = time.monotonic() + timeout
-        delay = poll
-        while True:
-            state = self.tiers.get(run_id)
-            if state.status.terminal:
-                return state
-            if time.monotonic() >= deadline:
-                raise SagaTimeout(
-                    f"run {run_id} still {state.status.value} at step {state.current_step} after {timeout}s"
-                )
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 1.5, 0.25)
-
-    def history(self, run_id: str) -> list[SagaState]:
-        """Every version of the run, oldest first (versions 1..n without gaps)."""
-        return self.tiers.history(run_id)
-
-    def events(self, run_id: str) -> list[Event]:
-        """Every event of the run, oldest first."""
-        return self.tiers.events(run_id)
-
-    def rebuild(self, run_id: str) -> SagaState:
-        """The run's state computed from its events alone; equal to :meth:`get`."""
-        return rebuild(self.tiers.events(run_id))
 
     def find_step(self, name: str) -> Step | None:
         """The step called ``name``, if there is one."""

@@ -1,5 +1,6 @@
 """The store's connection and key layout, and its operations over many runs: the watchdog's work
-list and election lock, the parked runs, the dead-letter queue, listing runs by status.
+list and election lock, the parked runs, the dead-letter queue, listing runs by status (and by
+the time they entered it), runs by an id prefix, event counts.
 
 Every cross-run index is split over the buckets (:mod:`saga.schema`); reading one merges the
 buckets' pieces in one pipelined round trip per page, so its cost follows the page asked for,
@@ -174,9 +175,37 @@ class BucketedStore:
     def newest_runs(self, statuses: Iterable[Status], limit_hint: int = 50) -> Iterator[str]:
         """Ids of the runs in ``statuses``, the latest to enter its status first, read lazily
         (``limit_hint``: how many the caller expects to take)."""
-        keys = [b.status(s) for s in statuses for b in self._bucket_keys]
-        for run_id, _ in self._merged(keys, newest_first=True, page=self._page(limit_hint)):
+        for run_id, _ in self.newest_entries(statuses, limit_hint):
             yield run_id
+
+    def newest_entries(
+        self, statuses: Iterable[Status], limit_hint: int = 50, *, low: float | None = None, high: float | None = None
+    ) -> Iterator[tuple[str, float]]:
+        """(run id, when it entered its status) of the runs in ``statuses`` that entered it
+        between ``low`` and ``high`` (seconds since the epoch, inclusive), newest first, lazily."""
+        keys = [b.status(s) for s in statuses for b in self._bucket_keys]
+        bounds = {"low": "-inf" if low is None else repr(low), "high": "+inf" if high is None else repr(high)}
+        return self._merged(keys, newest_first=True, page=self._page(limit_hint), **bounds)
+
+    def ids_with_prefix(self, prefix: str, limit: int = 10) -> list[str]:
+        """Up to ``limit`` ids of listed runs (any status) that start with ``prefix``, sorted: a
+        ZSCAN of every status index, so it reads every listed run's id at worst."""
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in prefix) + "*"
+        found: set[str] = set()
+        with self.guarded():
+            for key in [b.status(s) for b in self._bucket_keys for s in Status]:
+                found.update(run_id for run_id, _ in self.client.zscan_iter(key, match=pattern, count=1000))
+                if len(found) >= limit:
+                    break
+        return sorted(found)[:limit]
+
+    def event_counts(self, run_ids: Sequence[str]) -> list[int]:
+        """How many events each run has (0 for no such run), in one round trip."""
+        with self.guarded():
+            pipe = self.client.pipeline(transaction=False)
+            for run_id in run_ids:
+                pipe.llen(self.keys(run_id).events)
+            return cast(list[int], pipe.execute()) if run_ids else []
 
     def forget_runs(self, run_ids: Sequence[str]) -> None:
         """Drop index entries of runs whose keys are gone (their retention ended)."""

@@ -17,6 +17,14 @@ metric                                 type       labels                      me
 ``saga_dead_letters``                  gauge      (none)                      entries waiting in the dead-letter queue,
                                                                               read from Redis at scrape time
 ``saga_parked_runs``                   gauge      (none)                      runs parked now, read at scrape time
+``saga_active_runs``                   gauge      (none)                      unfinished runs on the watchdog's list,
+                                                                              read at scrape time
+``saga_stuck_run_seconds``             gauge      (none)                      how long the most overdue unfinished run
+                                                                              has waited past its progress deadline
+                                                                              with nothing moving it (0: none)
+``saga_archive_feed_depth``            gauge      bucket                      feed entries not yet archived (with an
+                                                                              archive), read at scrape time
+``saga_archive_lag_seconds``           gauge      bucket                      age of the oldest of them
 =====================================  =========  ==========================  ===================================
 
 A worker serves them on ``SAGA_METRICS_PORT`` (0 turns it off); the registry wires the calls
@@ -24,20 +32,33 @@ below to the worker's signals. Prefork pools count in their children: the worker
 ``PROMETHEUS_MULTIPROC_DIR`` (a fresh temporary folder, unless one is set already) when it
 starts, before it forks, and serves the children's sum. Metrics are made on first use, so a
 process that only starts runs never opens a port. No recorder here raises.
+
+With a user and a password file, the endpoint answers only requests carrying them (HTTP basic
+auth, compared in constant time), so the same secret file serves the worker and Prometheus's
+``basic_auth.password_file``; ``config/prometheus/`` and ``config/grafana/`` ship the scrape
+config, the alert rules and the dashboard over these names (``tests/test_dashboards.py`` checks
+every name they use against a real worker's endpoint).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import logging
 import os
 import shutil
+import socket
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess, start_http_server, values
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, make_wsgi_app, multiprocess, values
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 logger = logging.getLogger(__name__)
@@ -165,19 +186,38 @@ def poison_message(task: str) -> None:
 STORE_GAUGES = {
     "saga_dead_letters": "Entries waiting in the dead-letter queue.",
     "saga_parked_runs": "Runs parked, waiting for a worker with their definition.",
+    "saga_active_runs": "Unfinished runs on the watchdog's list.",
+    "saga_stuck_run_seconds": "How long the most overdue unfinished run has waited past its progress "
+    "deadline with nothing moving it (0: none is overdue).",
 }
+
+#: Store gauges a part of this process registered for itself (:func:`read_at_scrape`), read by
+#: every endpoint it serves, whenever it was started.
+_scrape_reads: dict[str, Callable[[], float]] = {}
+
+
+def read_at_scrape(name: str, read: Callable[[], float] | None) -> None:
+    """Have this process's endpoint read the gauge ``name`` (one of :data:`STORE_GAUGES`) through
+    ``read`` at every scrape, from now on; ``None`` stops it."""
+    if name not in STORE_GAUGES:
+        raise ValueError(f"{name} is not one of the store gauges: {', '.join(STORE_GAUGES)}")
+    if read is None:
+        _scrape_reads.pop(name, None)
+    else:
+        _scrape_reads[name] = read
 
 
 class StoreGauges(Collector):
-    """The :data:`STORE_GAUGES`, each read at scrape time through its function in ``reads``
-    (one left out when its read raises, e.g. while Redis is down)."""
+    """The :data:`STORE_GAUGES`, each read at scrape time through its function in ``reads`` or
+    registered by :func:`read_at_scrape` (one left out when its read raises, e.g. while Redis is
+    down)."""
 
-    def __init__(self, reads: Mapping[str, Callable[[], int]]) -> None:
+    def __init__(self, reads: Mapping[str, Callable[[], float]]) -> None:
         self._reads = dict(reads)
 
     def collect(self) -> Iterator[Metric]:
         """The gauges, read now."""
-        for name, read in self._reads.items():
+        for name, read in {**_scrape_reads, **self._reads}.items():
             try:
                 value = read()
             except Exception:
@@ -227,15 +267,101 @@ class ArchiveGauges(Collector):
         yield age
 
 
+@dataclass(frozen=True)
+class BasicAuth:
+    """The credentials a scraper must send (HTTP basic auth); :meth:`allows` compares them in
+    constant time."""
+
+    user: str
+    password: str
+
+    @classmethod
+    def from_file(cls, user: str, password_file: str) -> BasicAuth:
+        """``user`` with the password in ``password_file`` (surrounding whitespace dropped, as
+        Prometheus's ``password_file`` does); ``OSError`` if it cannot be read, ``ValueError``
+        if the user or the password is empty."""
+        with open(password_file, encoding="utf-8") as f:
+            password = f.read().strip()
+        if not user or not password:
+            raise ValueError(f"metrics basic auth needs a user and a non-empty password file ({password_file})")
+        return cls(user, password)
+
+    def allows(self, header: str) -> bool:
+        """Whether an ``Authorization`` header carries these credentials."""
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            given = base64.b64decode(encoded.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        expected = f"{self.user}:{self.password}".encode()
+        return hmac.compare_digest(given, expected)
+
+
+def _guarded(app: Any, auth: BasicAuth) -> Any:
+    """``app`` (WSGI) answering 401 to a request without ``auth``'s credentials."""
+
+    def guarded(environ: dict[str, Any], start_response: Any) -> Any:
+        if auth.allows(str(environ.get("HTTP_AUTHORIZATION", ""))):
+            return app(environ, start_response)
+        start_response(
+            "401 Unauthorized",
+            [("WWW-Authenticate", 'Basic realm="saga metrics"'), ("Content-Type", "text/plain; charset=utf-8")],
+        )
+        return [b"401: these metrics need HTTP basic auth\n"]
+
+    return guarded
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Logs no request line (a scrape every few seconds)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Log nothing."""
+
+
+def start_server(
+    port: int, registry: CollectorRegistry, addr: str = "0.0.0.0", auth: BasicAuth | None = None
+) -> WSGIServer:
+    """Serve ``registry`` on ``addr:port`` in a daemon thread, behind ``auth`` when given, until
+    the returned server's ``shutdown()``; ``OSError`` when the port cannot be used."""
+    family, *_, sockaddr = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+
+    class Server(ThreadingWSGIServer):
+        address_family = family
+
+    app = make_wsgi_app(registry)
+    httpd = make_server(
+        str(sockaddr[0]), port, _guarded(app, auth) if auth else app, Server, handler_class=_QuietHandler
+    )
+    threading.Thread(target=httpd.serve_forever, name="saga-metrics", daemon=True).start()
+    return httpd
+
+
 def serve(
     port: int,
-    reads: Mapping[str, Callable[[], int]],
+    reads: Mapping[str, Callable[[], float]],
     lag: Callable[[], Iterable[tuple[int, int, float]]] | None = None,
-    addr: str = "0.0.0.0",
+    addr: str | None = None,
+    *,
+    user: str = "",
+    password_file: str = "",
 ) -> bool:
     """Serve every process's metrics (this one's and its pool children's), the store gauges
-    ``reads`` gives and, with ``lag``, the archive feed's gauges, on ``port``; False (and one
-    log line) when the port cannot be used."""
+    ``reads`` gives (and those registered by :func:`read_at_scrape`) and, with ``lag``, the
+    archive feed's gauges, on ``port``; with ``password_file``, only to requests carrying
+    ``user`` and that password. ``addr`` defaults to every interface with auth, else 127.0.0.1
+    only: an endpoint without auth is never reachable from another machine. False (and one log
+    line) when the port or the password file cannot be used: the worker runs on, without
+    metrics."""
+    auth = None
+    if password_file or user:
+        try:
+            auth = BasicAuth.from_file(user, password_file)
+        except (OSError, ValueError) as exc:
+            logger.error("metrics not served: %s; set SAGA_METRICS_USER and SAGA_METRICS_PASSWORD_FILE", exc)
+            return False
     registry = REGISTRY
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
@@ -244,11 +370,11 @@ def serve(
     if lag is not None:
         registry.register(ArchiveGauges(lag))
     try:
-        start_http_server(port, addr=addr, registry=registry)
+        start_server(port, registry, addr or ("0.0.0.0" if auth else "127.0.0.1"), auth)
     except OSError as exc:
         logger.error("cannot serve metrics on port %d (%s); set SAGA_METRICS_PORT, or 0 to turn them off", port, exc)
         return False
-    logger.info("metrics on :%d/metrics", port)
+    logger.info("metrics on :%d/metrics%s", port, " (basic auth)" if auth else "")
     return True
 
 

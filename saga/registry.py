@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from . import decide, metrics, policy, tasks
+from . import decide, memory, metrics, policy, tasks
 from .archive import Archive
 from .archiver import Archiver
 from .delivery import StepDefinition, deliver
@@ -233,8 +233,8 @@ class Registry:
             if name not in known:
                 what = "Step" if direction is Direction.FORWARD else "Compensation of step"
 
-                def handle(run_id: str, attempt: int, version: int) -> None:
-                    self.deliver(saga, step, direction, run_id, attempt, version)
+                def handle(run_id: str, attempt: int, version: int) -> tasks.Ending:
+                    return self.deliver(saga, step, direction, run_id, attempt, version)
 
                 doc = f"{what} {step!r} of saga {saga!r}."
                 known[name] = tasks.register_task(app, name, handle, doc, self.reject_message)
@@ -254,38 +254,37 @@ class Registry:
         except (RunNotFound, StoreUnavailable):
             pass  # no such run, or no store now: the log line and the count say it
 
-    def deliver(self, saga: str, step: str, direction: Direction, run_id: str, attempt: int, version: int) -> None:
-        """Route one delivered message to the definition its run started with (``version``).
-
-        Without that definition here, a compensation may still run by name for an operator's
-        unwind (under the shape the run recorded); any other message parks the run.
-        """
+    def deliver(
+        self, saga: str, step: str, direction: Direction, run_id: str, attempt: int, version: int
+    ) -> tasks.Ending:
+        """Route one delivered message to the definition its run started with (``version``), and
+        say how it ended. Without that definition here, a compensation may still run by name for
+        an operator's unwind (under the shape the run recorded); any other message parks the run."""
         log = run_logger(logger, str(run_id), saga, step)
         problem = call_problem(run_id, attempt, version)
         if problem:
             log.error("malformed message: %s; dropped to the log", problem)
-            return
+            return tasks.skipped(f"malformed message: {problem}")
         definition = self.find(saga, version)
         found = definition.find_step(step) if definition is not None else None
         if definition is not None and found is not None:
-            deliver(definition.runtime(), found, direction, run_id, attempt)
-            return
+            return deliver(definition.runtime(), found, direction, run_id, attempt)
         rt = self.get(saga).runtime()
         try:
             state = rt.store.get(run_id)
         except RunNotFound:
             log.error("no such run (expired or never started); message ignored")
-            return
+            return tasks.skipped("no such run")
         by_name = self.compensation_named(saga, step) if direction is Direction.COMPENSATION else None
         shape = rt.store.shape(run_id) if by_name is not None else None
         if by_name is not None and shape is not None:
-            deliver(self.stored_runtime(saga, version, shape), by_name, direction, run_id, attempt, by_name=True)
-            return
+            return deliver(self.stored_runtime(saga, version, shape), by_name, direction, run_id, attempt, by_name=True)
         why = policy.missing_reason(saga, version, self.versions(saga))
         if definition is not None:
             stored = rt.store.progress(run_id).fingerprint
             why = policy.drift_reason(saga, version, stored, definition.shape.fingerprint)
         park(rt.store, state, why, log)
+        return tasks.skipped(f"parked: {why}")
 
     # --- workers ---------------------------------------------------------------------------
 
@@ -321,7 +320,8 @@ class Registry:
             if s.metrics_port:
                 reads = {"saga_dead_letters": self.store.dead_letter_depth, "saga_parked_runs": self.store.parked_depth}
                 lag = ArchiveFeed(self.store).lag if s.archive_url else None
-                metrics.serve(s.metrics_port, reads, lag)
+                auth = {"user": s.metrics_user, "password_file": s.metrics_password_file}
+                metrics.serve(s.metrics_port, reads, lag, **auth)
 
         def on_stop(**_: Any) -> None:
             for dog in dogs:
@@ -342,7 +342,7 @@ class Registry:
 
     def create_app(self, name: str = "saga", **overrides: Any) -> Any:
         """A Celery app configured from this registry's settings (see :func:`celery_config`)."""
-        return tasks.create_app(name, self.settings, **overrides)
+        return create_app(name, self.settings, **overrides)
 
 
 # The default is the one module-level object: a settable slot, as dramatiq's global broker.
@@ -391,10 +391,10 @@ def default_store() -> RedisStore:
 def celery_config(settings: Settings | None = None) -> dict[str, Any]:
     """The Celery settings saga tasks rely on: JSON only, late acks, one message prefetched,
     tasks of a lost worker requeued, no result backend needed (``settings``: the default
-    registry's when not given)."""
-    return tasks.celery_config(settings or get_settings())
+    registry's when not given); on the in-memory tier, eager mode (``memory.EAGER_CONFIG``)."""
+    return tasks.celery_config(s := settings or get_settings()) | memory.tier_config(s.redis_url)
 
 
 def create_app(name: str = "saga", settings: Settings | None = None, **overrides: Any) -> Any:
     """A Celery app configured by :func:`celery_config`, plus ``overrides``."""
-    return tasks.create_app(name, settings or get_settings(), **overrides)
+    return tasks.create_app(name, s := settings or get_settings(), **{**memory.tier_config(s.redis_url), **overrides})

@@ -8,6 +8,7 @@ unless it was configured with settings of its own.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -27,6 +28,24 @@ DEFAULT_BUCKETS = 16
 DEFAULT_HOT_RETENTION_SECONDS = 3600
 
 ENV_PREFIX = "SAGA_"
+
+#: The scheme of the in-memory tier (:mod:`saga.memory`): ``memory://`` or ``memory://<name>``.
+MEMORY_SCHEME = "memory://"
+_MEMORY_NAME = re.compile(r"^[A-Za-z0-9_.-]{0,64}$")
+
+
+def is_memory_url(url: str) -> bool:
+    """Whether ``url`` names the in-memory tier (``memory://`` or ``memory://<name>``)."""
+    return url.startswith(MEMORY_SCHEME)
+
+
+def memory_name(url: str) -> str:
+    """The server name of a memory URL ('' for ``memory://``); :class:`SettingsError` for a
+    memory URL that is not ``memory://`` followed by up to 64 letters, digits, ``_``, ``.``, ``-``."""
+    name = url[len(MEMORY_SCHEME) :]
+    if not is_memory_url(url) or not _MEMORY_NAME.match(name):
+        raise SettingsError(f"{url!r} is not a memory URL: use memory:// or memory://<name> (letters, digits, _ . -)")
+    return name
 
 
 class Settings(BaseModel):
@@ -63,6 +82,10 @@ class Settings(BaseModel):
     watchdog_interval: float = Field(default=0.5, ge=0)
     #: Port of the workers' Prometheus metrics endpoint; 0 turns it off.
     metrics_port: int = Field(default=9808, ge=0, le=65535)
+    #: Basic auth of the workers' metrics endpoint: the user, and a file holding the password
+    #: (a secret mount). Without them the endpoint listens on 127.0.0.1 only.
+    metrics_user: str = ""
+    metrics_password_file: str = ""
     #: Largest payload (and step output, and payload after a step) in bytes of UTF-8 JSON.
     max_payload_bytes: int = Field(default=1024 * 1024, gt=0)
     #: Deepest nesting of objects and lists in a payload or step output.
@@ -80,6 +103,9 @@ class Settings(BaseModel):
     archiver: bool = True
     #: Feed entries the archiver copies per SQL transaction.
     archive_batch: int = Field(default=500, ge=1, le=10_000)
+    #: Flower's address (``http://flower:5555``, with any URL prefix); ``saga show`` then prints
+    #: where Flower lists the run's tasks. Empty: no link.
+    flower_url: str = ""
 
     @model_validator(mode="after")
     def _broker_defaults_to_redis(self) -> Settings:
@@ -90,6 +116,20 @@ class Settings(BaseModel):
                     "set SAGA_BROKER_URL to a plain Redis or RabbitMQ"
                 )
             object.__setattr__(self, "broker_url", self.redis_url)
+        return self
+
+    @model_validator(mode="after")
+    def _memory_runs_inline(self) -> Settings:
+        if is_memory_url(self.redis_url):
+            try:
+                memory_name(self.redis_url)
+            except SettingsError as exc:
+                raise ValueError(f"SAGA_REDIS_URL {exc}") from None
+            if not is_memory_url(self.broker_url):
+                raise ValueError(
+                    "SAGA_REDIS_URL=memory:// runs every step inline in this process (Celery's eager mode), "
+                    "so there is no broker: leave SAGA_BROKER_URL unset"
+                )
         return self
 
     @classmethod

@@ -13,20 +13,30 @@ before the check, and the check itself only inspects: whatever Celery would rais
 building the request is raised inside the guard and caught there, broker connection errors
 excepted (those are Celery's to handle). Rejecting never loses a run: the run's record is in
 the store, and the watchdog sends its step again.
+
+A task ends in the state its delivery's outcome gives (:class:`End`), once the saga recorded it:
+SUCCESS, RETRY (``Retry`` raised: Celery acks and sends nothing), FAILURE (:class:`AttemptFailed`,
+acked) or IGNORED (``Ignore``, acked, and a ``task-ignored`` event). Messages carry readable
+keyword arguments (:func:`call_kwargs`) and the run id as root id, so Flower shows a run in order.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from celery import Celery, signals
 from celery import current_app as _current_app
+from celery.exceptions import Ignore, Retry
+from celery.worker.request import Request
 from celery.worker.strategy import default as default_strategy
 
-from .errors import BrokerUnavailable
+from .errors import BrokerUnavailable, SagaError
+from .schema import BeginOutcome
 from .settings import Settings
 from .state import Direction
 from .validate import call_problem, cut, readable_run_id
@@ -36,19 +46,114 @@ logger = logging.getLogger(__name__)
 #: Reports a rejected message: (task name, why, the run id it names or None).
 PoisonHandler = Callable[[str, str, "str | None"], None]
 
-#: Celery options of every saga task: at-least-once delivery, no result backend.
+
+class End(StrEnum):
+    """How one delivery of a saga task ended; each becomes the Celery task's state (what Flower
+    shows), after the saga has recorded the outcome itself."""
+
+    COMMITTED = "SUCCESS"  # the body ran and its result was committed: the task returns
+    RETRYING = "RETRY"  # the attempt failed and the saga sent the next one: ``Retry`` raised
+    GAVE_UP = "FAILURE"  # the attempt failed for good (a dead letter, the unwind): ``AttemptFailed``
+    SKIPPED = "IGNORED"  # nothing ran: a duplicate, a stale or busy run, a parked one: ``Ignore``
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How one delivery ended (:class:`End`), why (one line, shown by Flower), and for a retry
+    the delay before the next attempt, which the saga has already sent."""
+
+    end: End = End.COMMITTED
+    why: str = ""
+    delay: float | None = None
+
+
+#: A delivery whose result was committed.
+COMMITTED = Ending()
+
+#: Why a delivery ran no body (or its result was not recorded), by what ``begin`` answered.
+_NOT_BEGUN = {
+    BeginOutcome.RUN: "superseded: the attempt lost its lease before its result was recorded",
+    BeginOutcome.DONE: "a duplicate delivery: this step is committed already",
+    BeginOutcome.BUSY: "another attempt of this step holds the run",
+    BeginOutcome.STALE: "the run has moved past this step, or finished",
+    BeginOutcome.DRIFT: "the run was started under another definition: parked",
+    BeginOutcome.MISSING: "no such run",
+    BeginOutcome.EXPIRED: "the run's deadline has passed: not begun, the run unwinds",
+}
+
+
+def skipped(why: str) -> Ending:
+    """A delivery that ran nothing, or whose result was discarded: IGNORED."""
+    return Ending(End.SKIPPED, why)
+
+
+def not_begun(outcome: BeginOutcome) -> Ending:
+    """A delivery that ``begin`` did not let run (for ``RUN``: one whose attempt then lost its lease)."""
+    return skipped(_NOT_BEGUN.get(outcome, str(outcome)))
+
+
+def will_retry(exc: BaseException, attempt: int, delay: float) -> Ending:
+    """Attempt ``attempt`` failed with ``exc``; the next one is sent, ``delay`` seconds on: RETRY."""
+    return Ending(End.RETRYING, f"attempt {attempt} failed: {type(exc).__name__}: {cut(str(exc))}", delay)
+
+
+def gave_up(exc: BaseException, attempts: int, rejected: bool = False) -> Ending:
+    """The step or compensation gave up after ``attempts`` (or the step rejected): FAILURE."""
+    what = "rejected" if rejected else f"gave up after {attempts} attempt(s)"
+    return Ending(End.GAVE_UP, f"{what}: {type(exc).__name__}: {cut(str(exc))}")
+
+
+class AttemptFailed(SagaError):
+    """An attempt of a saga task failed (it will be retried, or it gave up): raised to Celery
+    only so that the task's state says so. The saga recorded the failure before; Celery logs it
+    as expected (one INFO line, no traceback), acknowledges the message, and never retries it."""
+
+
+class SagaRequest(Request):  # type: ignore[misc]
+    """Celery's request of a saga task, which also reports a skipped delivery (``Ignore``) with a
+    ``task-ignored`` event — when task events are on — so that monitors (Flower) show it as
+    IGNORED, neither a success nor a failure. Celery itself acknowledges the message."""
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
+        """Celery's handling, then the ``task-ignored`` event for a skipped delivery."""
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+        exc = exc_info.exception
+        exc = getattr(exc, "exc", exc)  # unwrapped from billiard's ExceptionWithTraceback
+        if isinstance(exc, Ignore):
+            self.send_event("task-ignored", exception=repr(exc))
+
+
+#: Celery options of every saga task: at-least-once delivery, no result backend; an attempt
+#: that fails ends the task in FAILURE (expected, so no traceback is logged) and is acked.
 TASK_OPTIONS: dict[str, Any] = {
     "bind": True,
     "acks_late": True,
+    "acks_on_failure": True,  # a failed attempt is recorded by the saga: never redelivered
     "reject_on_worker_lost": True,
     "ignore_result": True,
     "max_retries": None,  # the saga counts attempts itself, across redeliveries too
     "serializer": "json",
     "shared": False,  # a saga's tasks belong to its app, not to every app made later
+    "throws": (AttemptFailed,),
+    "Request": SagaRequest,
 }
 
-#: A task handler: (run id, attempt, definition version) -> None.
-Handler = Callable[[str, int, int], None]
+#: A task handler: (run id, attempt, definition version) -> how the delivery ended (None: committed).
+Handler = Callable[[str, int, int], Ending | None]
+
+
+def call_kwargs(run_id: str, saga: str, step: str, direction: Direction, attempt: int, version: int) -> dict[str, Any]:
+    """The keyword arguments of a saga task message: the attempt and definition version the
+    handler reads, and, for people reading it (Flower's search: ``kwargs:run=<run id>``), the run,
+    saga, step and direction. Never the payload."""
+    return {
+        "run": run_id,
+        "saga": saga,
+        "step": step,
+        "direction": direction.value,
+        "attempt": attempt,
+        "version": version,
+    }
 
 
 def task_name(saga: str, step: str, direction: Direction) -> str:
@@ -148,6 +253,8 @@ def message_problem(message: Any, body: Any) -> tuple[str | None, str | None]:
         return f"the keyword arguments are not an object: {cut(kwargs, 60)}", run_id
     if embed is not None and (not isinstance(embed, dict) or any(embed.get(link) for link in _EMBED_LINKS)):
         return "the message links other tasks (callbacks, errbacks, chain or chord)", run_id
+    if kwargs.get("run", args[0]) != args[0]:
+        return f"the keyword 'run' names another run than the first argument: {cut(kwargs['run'], 60)}", run_id
     return call_problem(args[0], kwargs.get("attempt", 1), kwargs.get("version", 1)), run_id
 
 
@@ -182,14 +289,30 @@ class GuardedStrategy:
         return task_message_handler
 
 
+def end_task(ending: Ending) -> None:
+    """End the running Celery task as ``ending`` says: return (SUCCESS), or raise ``Retry``
+    (RETRY: Celery acks the message and sends nothing, the saga sent the next attempt),
+    :class:`AttemptFailed` (FAILURE, acked) or ``Ignore`` (acked; IGNORED for monitors)."""
+    if ending.end is End.RETRYING:
+        raise Retry(ending.why, AttemptFailed(ending.why), when=ending.delay)
+    if ending.end is End.GAVE_UP:
+        raise AttemptFailed(ending.why)
+    if ending.end is End.SKIPPED:
+        raise Ignore(ending.why)
+
+
 def register_task(app: Any, name: str, handler: Handler, doc: str, on_poison: PoisonHandler) -> Any:
     """Register task ``name`` on ``app``; a message ``(run_id, attempt=n, version=v)`` calls
-    ``handler(run_id, n, v)``. Keyword arguments it does not know are ignored, so a message from
-    a newer deployment still reaches an older worker; a message that is not a saga call at all
-    never reaches it (:class:`GuardedStrategy`)."""
+    ``handler(run_id, n, v)``, and the task ends as the handler's :class:`Ending` says
+    (:func:`end_task`; an eager call always returns). Keyword arguments it does not know (the
+    readable ones of :func:`call_kwargs` among them) are ignored, so a message from a newer
+    deployment still reaches an older worker; a message that is not a saga call at all never
+    reaches it (:class:`GuardedStrategy`)."""
 
     def run(task: Any, run_id: str, attempt: int = 1, version: int = 1, **_: Any) -> None:
-        handler(run_id, attempt, version)
+        ending = handler(run_id, attempt, version)
+        if ending is not None and not task.request.is_eager:
+            end_task(ending)
 
     run.__name__ = name.replace(".", "_").replace("-", "_")
     run.__doc__ = doc
@@ -212,24 +335,27 @@ def send(
     app: Any,
     name: str,
     run_id: str,
+    kwargs: dict[str, Any],
     *,
-    version: int = 1,
-    attempt: int = 1,
     countdown: float | None = None,
     queue: str = "",
+    task_id: str | None = None,
 ) -> None:
-    """Publish one message of task ``name`` for a run (the run id first, so Flower finds it by
-    id), through the task object when ``app`` has it (so eager mode applies), else by name.
-    ``attempt`` and the run's definition ``version`` travel as keyword arguments when not 1.
+    """Publish one message of task ``name`` for a run — the run id first, ``kwargs`` (see
+    :func:`call_kwargs`) — through the task object when ``app`` has it (so eager mode applies),
+    else by name. Its root task id is the run id, so every task of a run has the same root; its
+    parent is the task running in this thread, if any (Celery's rule). ``task_id``: its own id
+    (a new one when None).
 
     Raises :class:`~saga.errors.BrokerUnavailable` when the broker cannot take it.
     """
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"root_id": run_id}
     if queue:
         options["queue"] = queue
     if countdown:
         options["countdown"] = countdown
-    kwargs = {key: value for key, value in (("attempt", attempt), ("version", version)) if value != 1}
+    if task_id:
+        options["task_id"] = task_id
     task = app.tasks.get(name)
     try:
         if task is not None:

@@ -5,6 +5,12 @@ worker), or a transition was committed but the next task was never published (a 
 commit and publish, a broker that lost the message). Every unfinished run has a deadline in the
 store's ``active`` index; the watchdog, a thread in each worker with one elected scanner at a
 time, takes the runs past their deadline and asks :func:`saga.policy.triage` what to do.
+
+While it runs, each worker's metrics endpoint reads two gauges of its list at scrape time:
+``saga_active_runs`` (how many runs it watches) and ``saga_stuck_run_seconds`` (how long the
+most overdue one has gone past its progress deadline with nothing moving it). The elected
+scanner reschedules every run it looks at, so the second stays near 0 unless runs are left
+behind (a scan that keeps failing, more due runs than it takes).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 
-from . import policy, stages
+from . import metrics, policy, stages
 from .engine import Runtime, StoredDefinition, cancel_now
 from .errors import SagaError, StoreUnavailable
 from .log import run_logger
@@ -55,14 +61,32 @@ class Watchdog:
         self._tidied: dict[int, float] = {}  # id(store) -> when to tidy it next (monotonic)
 
     def start(self) -> None:
-        """Start scanning in a daemon thread."""
+        """Start scanning in a daemon thread, and have this process's metrics endpoint read the
+        watchdog's gauges."""
         if self._thread is None:
+            metrics.read_at_scrape("saga_active_runs", self.active_runs)
+            metrics.read_at_scrape("saga_stuck_run_seconds", self.stuck_seconds)
             self._thread = threading.Thread(target=self._loop, name="saga-watchdog", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
-        """Stop scanning."""
+        """Stop scanning (and stop reporting the watchdog's gauges)."""
         self._stop.set()
+        metrics.read_at_scrape("saga_active_runs", None)
+        metrics.read_at_scrape("saga_stuck_run_seconds", None)
+
+    def _stores(self) -> list[RedisStore]:
+        return list({id(rt.store): rt.store for rt in self.runtimes()}.values())
+
+    def active_runs(self) -> int:
+        """How many unfinished runs the watchdog watches, over its stores."""
+        return sum(store.active_depth() for store in self._stores())
+
+    def stuck_seconds(self) -> float:
+        """How long the most overdue unfinished run has waited past its progress deadline, over
+        the watchdog's stores (0 when none is overdue): two reads per store, none of them a
+        scan."""
+        return max((stuck_seconds(store, time.time()) for store in self._stores()), default=0.0)
 
     def _loop(self) -> None:
         while True:  # scan at once on start-up: a fresh worker may be replacing a dead one
@@ -201,3 +225,11 @@ class Watchdog:
             return None
         definition = StoredDefinition(state.saga, state.definition_version, shape, some.definition.app)
         return Runtime(definition, store, some.settings, some.heartbeat)
+
+
+def stuck_seconds(store: RedisStore, now: float) -> float:
+    """How long the run with the oldest progress deadline in ``store`` has been past it at
+    ``now`` (0 when no deadline has passed)."""
+    due = store.due(now, limit=1)
+    at = store.deadline(due[0]) if due else None
+    return max(0.0, now - at) if at is not None else 0.0

@@ -310,7 +310,7 @@ def test_saga_app_comes_from_the_environment_and_a_bad_one_is_one_line(runs: dic
     # SAGA_APP is a setting like the others: the library's settings accept it
     assert saga("list", "--limit", "1", env={"SAGA_APP": "workers"}).returncode == EXIT_OK
     line = assert_one_line_error(saga("resume", runs["completed"], env={"SAGA_APP": "no_such_module"}), EXIT_ERROR)
-    assert "cannot import 'no_such_module'" in line
+    assert "cannot import app module 'no_such_module' (searched: " in line
 
 
 # --- acting --------------------------------------------------------------------------------------
@@ -447,7 +447,7 @@ def test_errors_map_to_named_exit_codes() -> None:
 def test_help_lists_every_command() -> None:
     out = invoke("--help")
     assert out.exit_code == EXIT_OK
-    for command in ("list", "show", "history", "events", "verify", "resume", "cancel", "dlq"):
+    for command in ("list", "show", "history", "events", "tail", "verify", "resume", "cancel", "dlq"):
         assert command in out.stdout
     dlq = invoke("dlq", "--help")
     assert all(c in dlq.stdout for c in ("list", "retry", "drop"))
@@ -467,14 +467,14 @@ def test_in_process_errors_are_one_line_with_their_exit_codes() -> None:
 
 
 def test_an_unexpected_exception_in_process_hints_at_debug(monkeypatch: pytest.MonkeyPatch) -> None:
-    def boom(**kwargs: Any) -> list[Any]:
+    def boom(*args: Any, **kwargs: Any) -> list[Any]:
         raise ValueError("boom")
 
-    monkeypatch.setattr(control, "list_runs", boom)
-    out = invoke("list")
+    monkeypatch.setattr(control, "stats", boom)
+    out = invoke("stats")
     assert out.exit_code == EXIT_ERROR
     assert out.stderr == "error: unexpected ValueError: boom (rerun with --debug to see the traceback)\n"
-    debug = invoke("--debug", "list")
+    debug = invoke("--debug", "stats")
     assert debug.exit_code == EXIT_ERROR and "Traceback" in debug.stderr and "ValueError: boom" in debug.stderr
 
 

@@ -63,6 +63,10 @@ def test_every_command_names_something_that_exists(compose: dict[str, Any]) -> N
         elif cmd[0] == "redis-server":
             mounted = {v.split(":")[1]: v.split(":")[0] for v in service["volumes"] if v.startswith("./")}
             assert (ROOT / mounted[cmd[1]]).is_file(), f"{name}: {cmd[1]} is not mounted from the repo"
+        elif "image" in service and cmd[0].startswith("--config.file="):  # the image's own entry point
+            mounted = {v.split(":")[1]: v.split(":")[0] for v in service["volumes"] if v.startswith("./")}
+            folder, _, file = cmd[0].removeprefix("--config.file=").rpartition("/")
+            assert (ROOT / mounted[folder] / file).is_file(), f"{name}: {cmd[0]} is not mounted from the repo"
         else:
             pytest.fail(f"{name}: unexpected command {cmd}")
 
@@ -148,3 +152,17 @@ def test_flower_refuses_requests_without_its_credentials(settings: Settings) -> 
         assert status("ops:s3cret") == 200
     finally:
         stop_process_group(proc)
+
+
+def test_metrics_prometheus_and_grafana_take_credentials_from_the_environment_and_stay_local(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    worker = services["worker"]["environment"]
+    assert worker["SAGA_METRICS_USER"] and worker["SAGA_METRICS_PASSWORD_FILE"] == "/run/secrets/metrics_password"
+    assert compose["secrets"]["metrics_password"] == {"environment": "METRICS_PASSWORD"}
+    assert "metrics_password" in services["prometheus"]["secrets"]
+    assert "${GRAFANA_PASSWORD:?" in services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    for name in ("prometheus", "grafana"):
+        assert all(p.startswith("127.0.0.1:") for p in services[name]["ports"]), name
+    assert "ports" not in services["worker"]  # metrics reach Prometheus on the compose network only

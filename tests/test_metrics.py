@@ -1,14 +1,31 @@
-"""Prometheus metrics from a real prefork worker: the pool children's counts reach the endpoint."""
+"""Prometheus metrics from a real prefork worker: the pool children's counts reach the endpoint; the
+stuck-run gauge over a real Redis; the endpoint's basic auth over real HTTP."""
 
 from __future__ import annotations
 
+import base64
+import socket
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
-from saga import Settings, Status
-from saga.registry import default_registry
-from saga.testing import configured, free_port, start_worker_process, stop_process_group, wait_for, worker_env
+from saga import Settings, Status, metrics
+from saga.registry import Registry, default_registry
+from saga.testing import (
+    RedisServer,
+    configured,
+    free_port,
+    start_worker_process,
+    stop_process_group,
+    wait_for,
+    worker_env,
+)
+from saga.watchdog import stuck_seconds
 from tests.helpers import Samples, scrape
 from workers.app import app
 from workers.orders import order
@@ -52,3 +69,65 @@ def test_a_prefork_worker_serves_run_step_and_dead_letter_metrics(metrics_url: s
     assert {"succeeded", "retrying", "failed"} <= outcomes
     assert m[("saga_dead_letters", ())] >= 1
     assert m[("saga_parked_runs", ())] >= 0  # read from the store at scrape time
+
+
+def test_the_stuck_gauge_reads_how_far_past_its_deadline_the_most_overdue_run_is() -> None:
+    with RedisServer() as redis:
+        store = Registry(Settings(redis_url=redis.url, metrics_port=0)).store
+        now = time.time()
+        assert stuck_seconds(store, now) == 0.0  # an empty list: nothing is overdue
+        store.client.zadd(store.bucket_keys("later").active, {"later": now + 30})
+        assert stuck_seconds(store, now) == 0.0  # a deadline still ahead is not overdue
+        store.client.zadd(store.bucket_keys("left-behind").active, {"left-behind": now - 100})
+        store.client.zadd(store.bucket_keys("just-due").active, {"just-due": now - 1})
+        assert stuck_seconds(store, now) == pytest.approx(100.0)
+        assert store.active_depth() == 3
+
+
+def test_the_endpoint_answers_only_with_its_credentials(tmp_path: Path) -> None:
+    secret = tmp_path / "metrics_password"
+    secret.write_text("s3cret: with a colon\n")  # the trailing newline is dropped, as Prometheus does
+    registry = CollectorRegistry()
+    registry.register(metrics.StoreGauges({"saga_dead_letters": lambda: 7, "saga_stuck_run_seconds": lambda: 1.5}))
+    port = free_port()
+    server = metrics.start_server(port, registry, "127.0.0.1", metrics.BasicAuth.from_file("prom", str(secret)))
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    def get(user: str | None, password: str = "") -> tuple[int, str]:
+        request = urllib.request.Request(url)
+        if user is not None:
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            assert exc.headers["WWW-Authenticate"] == 'Basic realm="saga metrics"'
+            return exc.code, ""
+
+    try:
+        assert get(None)[0] == 401
+        assert get("prom", "wrong")[0] == 401
+        assert get("other", "s3cret: with a colon")[0] == 401
+        status, text = get("prom", "s3cret: with a colon")
+        assert status == 200
+        assert "saga_dead_letters 7.0" in text and "saga_stuck_run_seconds 1.5" in text
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_serve_refuses_a_missing_or_empty_password_file_without_opening_the_port(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    port = free_port()
+    assert not metrics.serve(port, {}, user="prom", password_file=str(tmp_path / "missing"))
+    assert not metrics.serve(port, {}, user="prom", password_file=str(empty))
+    assert not metrics.serve(port, {}, user="", password_file=str(empty))
+    with socket.create_server(("127.0.0.1", port)):  # still free: nothing was served
+        pass
+
+
+def test_only_known_gauges_can_be_read_at_scrape_time() -> None:
+    with pytest.raises(ValueError, match="not one of the store gauges"):
+        metrics.read_at_scrape("saga_made_up", lambda: 1.0)
