@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from saga import Saga, Settings, Status
 from saga.registry import default_registry
@@ -53,6 +54,7 @@ def order(crash_settings: Settings) -> Iterator[Saga]:
 class Workers:
     def __init__(self, settings: Settings) -> None:
         self.env = worker_env(settings, PYTHONPATH=str(ROOT))
+        self.redis_url = settings.redis_url
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, name: str) -> subprocess.Popen[bytes]:
@@ -63,6 +65,14 @@ class Workers:
     def stop_all(self) -> None:
         for proc in self.procs:
             stop_process_group(proc, signal.SIGKILL)
+        # A killed worker's BRPOP stays open on the server until Redis reads its socket's close, and
+        # a message pushed in between is popped for the dead worker: the watchdog resends it, but only
+        # after the dispatch timeout. The next test starts once this module's Redis has no consumer.
+        with redis.Redis.from_url(self.redis_url) as client:
+            wait_for(
+                lambda: not any(c["cmd"] in ("brpop", "blpop") for c in client.client_list()),
+                what="the killed workers' broker connections to close",
+            )
 
 
 @pytest.fixture
