@@ -25,7 +25,7 @@ lint: $(STAMP)
 # every test on one private Redis, then the store's own tests, the engine, recovery and a chaos
 # pass again with the store on a private 3-master Redis Cluster (the broker on a plain Redis)
 CLUSTER_TESTS := tests/test_store.py tests/test_hot_tier.py tests/test_engine.py tests/test_recovery.py \
-	tests/test_fencing.py tests/test_archive.py tests/chaos
+	tests/test_fencing.py tests/test_archive.py tests/test_waiting.py tests/test_contract.py tests/chaos
 test: lint
 	$(BIN)/python -m pytest tests
 	TEST_STORE=cluster $(BIN)/python -m pytest $(CLUSTER_TESTS)

@@ -39,7 +39,6 @@ import importlib
 import json
 import os
 import random
-import signal
 import socket
 import statistics
 import subprocess
@@ -52,7 +51,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import sqlalchemy as sa
@@ -69,7 +67,7 @@ from saga.state import Status
 from saga.store import RedisStore
 from saga.testing import RedisServer, configured
 
-from .measure import BenchError, SagaVariant, own_cpu, percentile, redis_cpu, run_section
+from .measure import BenchError, SagaVariant, own_cpu, percentile, redis_cpu, run_section, section_env
 from .procs import Worker
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -741,10 +739,6 @@ def archive_figures(
     }
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m bench.archive``: the archive's figures alone (a table, and a JSON file)."""
     from .report import archive_table, archive_targets
@@ -762,10 +756,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if runs < 1 or list_runs < LIST_CALLS + LIST_WARMUP_CALLS + 1:
         p.error(f"--runs must be positive and --archive-runs at least {LIST_CALLS + LIST_WARMUP_CALLS + 1}")
     out = args.json or RESULTS / ("archive-quick.json" if args.quick else "archive.json")
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    base = {k: v for k, v in os.environ.items() if not k.startswith("SAGA_")}
-    base.update({"SAGA_LEASE_SECONDS": f"{args.lease:g}", "SAGA_METRICS_PORT": "0", "PYTHONUNBUFFERED": "1"})
+    base = section_env(args.lease, SAGA_METRICS_PORT="0")
     default_registry().configure(Settings(metrics_port=0))
     print(f"archive benchmark: {runs} saga runs, a listing over {list_runs:,} archived runs", flush=True)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -42,11 +41,12 @@ from .measure import (
     enable_notifications,
     latency_pair,
     run_section,
+    section_env,
     summarize_latency,
     throughput_rep,
 )
 from .procs import Worker
-from .run import CONCURRENCY, RESULTS, WARMUP_RUNS, _on_sigterm, _print_rep, _summarize_reps
+from .run import CONCURRENCY, RESULTS, WARMUP_RUNS, _print_rep, _summarize_reps
 
 #: Where the chord's Redis URL reaches :mod:`bench.group_app`, which reads it on import (its
 #: ``CHORD_URL_ENV``; not imported from there, which would make its apps before the URL is set).
@@ -274,10 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if min(runs, reps, latency_runs) < 1 or args.lease <= 0:
         p.error("counts and the lease must be positive")
     out = args.json or RESULTS / ("group-quick.json" if args.quick else "group.json")
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    base = {k: v for k, v in os.environ.items() if not k.startswith("SAGA_")}
-    base.update({"SAGA_LEASE_SECONDS": f"{args.lease:g}", "PYTHONUNBUFFERED": "1"})
+    base = section_env(args.lease)
     print(
         f"parallel group benchmark: {reps} x {runs} runs per variant, {latency_runs} latency runs; "
         f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}",

@@ -9,7 +9,9 @@ both. Each variant has a Redis of its own (broker, and store or result backend),
 from __future__ import annotations
 
 import json
+import os
 import resource
+import signal
 import statistics
 import sys
 import threading
@@ -20,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import redis
@@ -193,7 +196,7 @@ class SagaVariant(Variant):
         return run_id, self.saga.store.keys(run_id).meta
 
     def wait_api(self, handle: Any, timeout: float) -> None:
-        """``Saga.wait`` with its default polling."""
+        """``Saga.wait`` (woken by the notification of the commit that ends the run)."""
         state = self.saga.wait(handle, timeout=timeout)
         if state.status.value != "completed":
             raise BenchError(f"saga run {handle} is {state.status.value}")
@@ -533,3 +536,18 @@ def run_section(
     print(table(result))
     print(f"wrote {out}")
     return 0
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def section_env(lease: float, **extra: str) -> dict[str, str]:
+    """For a section run on its own (``python -m bench.<section>``): Ctrl-C and SIGTERM stop it
+    cleanly, and its processes get this environment without the caller's ``SAGA_*`` settings,
+    with ``lease`` as SAGA_LEASE_SECONDS, unbuffered output and ``extra``."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SAGA_")}
+    base.update({"SAGA_LEASE_SECONDS": f"{lease:g}", "PYTHONUNBUFFERED": "1", **extra})
+    return base

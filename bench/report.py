@@ -23,10 +23,25 @@ TARGETS = {
     "archive_list_sqlite": "saga list --tag customer=... --status compensated --limit 20 over 1M archived runs "
     "(SQLite): p50 <= 50 ms",
     "archive_list_postgresql": "... (PostgreSQL): p50 <= 50 ms",
+    "waiters_idle_async": "1,000 idle waiters, wait_async(): <= 50 Redis commands/s in all",
+    "waiters_idle_threads": "1,000 idle waiters, wait() in threads: <= 50 Redis commands/s in all",
+    "waiters_latency_wait": "terminal commit to wait() returning: p50 <= 2 ms",
+    "waiters_latency_wait_async": "terminal commit to wait_async() returning: p50 <= 2 ms",
 }
 ARCHIVE_RATIO_MIN = 2.0
 ARCHIVE_LAG_P95_MAX_S = 2.0
 ARCHIVE_LIST_MAX_MS = 50.0
+#: Issue 13's targets (push-based waiting): Redis commands/s of this many idle waiters in all,
+#: and the p50 from a run's terminal commit to its waiter returning.
+IDLE_WAITERS = 1000
+IDLE_MAX_PER_S = 50.0
+LATENCY_P50_MAX_MS = 2.0
+#: The idle waiters of bench.waiters, as the table's notes name them.
+IDLE_MODES_TEXT = {
+    "wait_async": "`wait_async()`",
+    "wait": "`wait()` threads",
+    "poll": "The old polling loop",
+}
 THROUGHPUT_MIN = 1.1
 LATENCY_MAX = 1.1
 
@@ -85,8 +100,31 @@ def targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "holds": _cmp(r["commands_per_step"], 1.0),
         },
         "recovery_p50": {"value": p50, "limit": limit, "holds": _cmp(p50, limit)},
+        **(waiters_targets(result["waiters"]) if result.get("waiters") else {}),
         **(archive_targets(result["archive"]) if result.get("archive") else {}),
     }
+
+
+def waiters_targets(section: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Whether each target of the push-based waiting figures holds (see :mod:`bench.waiters`):
+    idle commands/s only when measured as the issue says (1,000 waiters, a window holding the
+    fallback reads; else ``holds`` is None), and not when a waiter raised instead of waiting;
+    the p50 latencies of ``wait()`` and ``wait_async()``."""
+    out: dict[str, dict[str, Any]] = {}
+    as_issue = section["waiters"] >= IDLE_WAITERS and section["window_s"] >= section["fallback_poll_s"]
+    for key, mode in (("waiters_idle_async", "wait_async"), ("waiters_idle_threads", "wait")):
+        value = section["idle"][mode]["commands_per_s"]["median"]
+        failed = sum(r["failed"] for r in section["idle"][mode]["reps"])
+        holds = _cmp(value, IDLE_MAX_PER_S) and not failed if as_issue else None
+        out[key] = {"value": value, "limit": IDLE_MAX_PER_S, "holds": holds, "failed_waiters": failed}
+    for mode in ("wait", "wait_async"):
+        p50 = section["latency"][mode]["p50_ms"]["median"]
+        out[f"waiters_latency_{mode}"] = {
+            "value": p50,
+            "limit": LATENCY_P50_MAX_MS,
+            "holds": _cmp(p50, LATENCY_P50_MAX_MS),
+        }
+    return out
 
 
 def archive_targets(section: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -255,6 +293,7 @@ def markdown(result: dict[str, Any]) -> str:
         + "\n"
         + hot_tier(result)
         + group_table(result)
+        + waiters_table(result)
         + archive_table(result)
     )
 
@@ -349,6 +388,129 @@ def group_table(result: dict[str, Any]) -> str:
             f"slices of {g['get_slice_s']:g} s and reads the result again after each)."
         )
     return "\n".join(lines) + "\n" + ("\n" + " ".join(notes) + "\n" if notes else "")
+
+
+def _range(spread: dict[str, Any], digits: int = 1) -> str:
+    """``median (min–max)`` of a figure over repetitions."""
+    f = f"{{:,.{digits}f}}"
+    return f"{f.format(spread['median'])} ({f.format(spread['min'])}–{f.format(spread['max'])})"
+
+
+def _idle_value(mode: dict[str, Any], n: int) -> str:
+    """An idle figure's cell: commands/s over the repetitions, and the waiters that raised."""
+    failed = [r["failed"] for r in mode["reps"]]
+    cell = _range(mode["commands_per_s"])
+    if any(failed):
+        cell += f"; **{'/'.join(str(k) for k in failed)} of {n:,} waiters raised** (per repetition)"
+    return cell
+
+
+def waiters_table(result: dict[str, Any]) -> str:
+    """The push-based waiting table (:mod:`bench.waiters`): Redis commands/s of idle waiters,
+    now and with the old polling loop, and the time from a run's terminal commit to its waiter
+    returning."""
+    w = result.get("waiters")
+    if not w:
+        return ""
+    t = waiters_targets(w)
+    idle, lat = w["idle"], w["latency"]
+    n, reps = w["waiters"], w["reps"]
+    fallback = w["fallback_poll_s"]
+    window = f"{w['window_s']:g} s"
+    if w["window_s"] >= fallback:
+        window += f" (the fallback read's period is {fallback:g} s: each waiter's second read falls in it)"
+    else:
+        window += (
+            f" (shorter than the fallback read's {fallback:g} s period: the fallback reads, {n:,} every "
+            f"{fallback:g} s, are not in it)"
+        )
+    lines = [
+        "",
+        f"Push-based waiting (`bench/waiters.py`; median (range) of {reps} repetitions, modes interleaved). "
+        f"Idle: {n:,} runs of a one-step saga left pending on a redis-server with no worker, one waiter per run, "
+        f"all at once; Redis commands (`INFO commandstats`, the INFO calls left out) over a {window} window "
+        f"opened {w['settle_s']:g} s after every waiter made its first read (the polling loop's window "
+        f"{w['poll_window_s']:g} s). Latency: a prefork worker "
+        f"(concurrency {w['concurrency']}) on a redis-server of its own; per run one waiter blocked on it and the "
+        f"step held at a gate until {w['hold_s'] * 1000:g} ms after it began; from the `at` of the run's "
+        f"`saga.completed` event (stamped by the worker as it builds the commit) to `time.time()` when the "
+        f"waiter's call returned, {w['samples']} runs per repetition:",
+        "",
+        "| figure | value | target | holds |",
+        "| --- | ---: | --- | --- |",
+        f"| {n:,} idle waiters, `wait_async()` (asyncio tasks, one event loop): Redis commands/s "
+        f"| {_idle_value(idle['wait_async'], n)} | <= {IDLE_MAX_PER_S:g} "
+        f"| {_holds(t['waiters_idle_async']['holds'])} |",
+        f"| {n:,} idle waiters, `wait()` (a thread each): Redis commands/s | {_idle_value(idle['wait'], n)} "
+        f"| <= {IDLE_MAX_PER_S:g} | {_holds(t['waiters_idle_threads']['holds'])} |",
+        f"| {n:,} idle waiters, the old polling `wait()` (2 ms, x1.5 up to 250 ms; a thread each): Redis "
+        f"commands/s | {_idle_value(idle['poll'], n)} | (before) | |",
+    ]
+    for mode, name in (("wait", "`wait()`"), ("wait_async", "`wait_async()`"), ("poll", "the old polling `wait()`")):
+        row = lat[mode]
+        target, holds = "", ""
+        if mode != "poll":
+            target, holds = f"<= {LATENCY_P50_MAX_MS:g}", _holds(t[f"waiters_latency_{mode}"]["holds"])
+        lines.append(
+            f"| terminal commit to {name} returning, p50 ms | {_range(row['p50_ms'], 2)} | {target} | {holds} |"
+        )
+        lines.append(
+            f"| ... p95 ms (the max of all {reps * w['samples']} runs: {row['max_ms']:.2f}) "
+            f"| {_range(row['p95_ms'], 2)} | | |"
+        )
+        if "read_p50_ms" in row:
+            read = "`get_async()`" if mode == "wait_async" else "`get()`"
+            lines.append(
+                f"| ... of which one read of the finished run, the waiter's last ({read}, timed apart after it "
+                f"returned), p50 ms | {_range(row['read_p50_ms'], 2)} | | |"
+            )
+    notes = []
+    for mode in ("wait_async", "wait", "poll"):
+        rows = idle[mode]["reps"]
+        mid = sorted(rows, key=lambda r: r["commands_per_s"])[len(rows) // 2]
+        by = ", ".join(f"{cmd} {k:,}" for cmd, k in list(mid["by_command"].items())[:5]) or "none"
+        notes.append(
+            f"{IDLE_MODES_TEXT[mode]}: commands in the median window ({mid['window_s']:g} s): {by}; client CPU "
+            f"{_range(idle[mode]['client_cpu_pct'])} % of a core, Redis CPU {_range(idle[mode]['redis_cpu_pct'])} %."
+        )
+    for mode in ("wait_async", "wait", "poll"):
+        rows = idle[mode]["reps"]
+        errors = sorted({e for r in rows for e in r["errors"]})
+        if errors:
+            before = sum(r["failed_before_window"] for r in rows)
+            within = sum(r["failed_in_window"] for r in rows)
+            notes.append(
+                f"{IDLE_MODES_TEXT[mode]}: {sum(r['failed'] for r in rows):,} waiters in all raised instead of "
+                f"waiting ({before:,} before the window, {within:,} in it), with "
+                + "; ".join(f"`{e}`" for e in errors[:2])
+                + "; the figure is the cost of the waiters left."
+            )
+    refused = [r.get("pool_refused_reads", 0) for r in idle["poll"]["reps"]]
+    if any(refused):
+        notes.append(
+            f"The polling loop started {n:,} threads at once like the others; reads its client's pool refused (all "
+            f"of its connections in use, redis-py's default of 100; no command sent), where the old loop raised, "
+            f"were taken as unfinished runs and read again after the next sleep: "
+            f"{'/'.join(f'{k:,}' for k in refused)} per repetition, "
+            f"{'/'.join(str(r.get('pool_refused_reads_in_window', 0)) for r in idle['poll']['reps'])} of them in "
+            f"the window."
+        )
+    wake = [r["woken_after_cancel_ms"] for mode in ("wait_async", "wait") for r in idle[mode]["reps"]]
+    poll_wake = [r["woken_after_cancel_ms"] for r in idle["poll"]["reps"]]
+    push_p50 = statistics.median(x["p50"] for x in wake)
+    poll_p50 = statistics.median(x["p50"] for x in poll_wake)
+    notes.append(
+        f"After each window the {n:,} runs were cancelled one after the other (each cancel commits `compensated` "
+        f"at once) and every waiter returned that state: a push-based waiter {push_p50:,.2f} ms (p50; the slowest "
+        f"{max(x['max'] for x in wake):,.1f} ms) after its run's cancel began, a polling one {poll_p50:,.1f} ms "
+        f"(the slowest {max(x['max'] for x in poll_wake):,.1f} ms)."
+    )
+    if n < IDLE_WAITERS or w["window_s"] < fallback:
+        notes.append(
+            f"The idle targets are for {IDLE_WAITERS:,} waiters over a window holding the fallback reads: "
+            "not judged on this run (n/a)."
+        )
+    return "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
 
 
 _DIALECT = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}

@@ -6,10 +6,12 @@ repetitions), single-run latency p50/p95 over sequential runs, Redis commands pe
 (``INFO commandstats`` deltas), peak worker memory, CPU per run; and for the saga, the recovery
 time of a run whose worker is SIGKILLed mid-step (median of the trials); then the hot tier's
 figures (:mod:`bench.hot_tier`), a 5-step saga with a 3-member parallel group against a Celery
-chord of the same shape (:mod:`bench.group`; ``--skip-group`` leaves it out) and the SQL
-archive's figures (:mod:`bench.archive`; ``--skip-archive`` leaves them out). It prints a table
-with the ratios saga/chain and the issue's targets, writes ``bench/results/latest.json`` and
-``bench/last-run.md``, and stops every process it started, also on Ctrl-C or failure.
+chord of the same shape (:mod:`bench.group`; ``--skip-group`` leaves it out), what idle waiters
+cost Redis and how soon ``wait()`` returns after a run's terminal commit (:mod:`bench.waiters`;
+``--skip-waiters`` leaves them out) and the SQL archive's figures (:mod:`bench.archive`;
+``--skip-archive`` leaves them out). It prints a table with the ratios saga/chain and the
+issues' targets, writes ``bench/results/latest.json`` and ``bench/last-run.md``, and stops every
+process it started, also on Ctrl-C or failure.
 """
 
 from __future__ import annotations
@@ -28,12 +30,12 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import celery
 import redis
 
+from saga.notify import FALLBACK_POLL
 from saga.registry import default_registry
 from saga.settings import Settings
 from saga.testing import RedisServer
@@ -47,6 +49,7 @@ from .measure import (
     Rep,
     SagaVariant,
     Variant,
+    _on_sigterm,
     enable_notifications,
     latency_pair,
     monitor_probe,
@@ -55,7 +58,7 @@ from .measure import (
     throughput_rep,
 )
 from .procs import MemorySampler, Worker, hwm_kib, pss_kib
-from .report import breakdown, markdown, ratios, targets
+from .report import IDLE_WAITERS, breakdown, markdown, ratios, targets
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -92,6 +95,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--group-latency-runs", type=int, help="sequential group-vs-chord runs timed (default 100; quick 10)"
     )
     p.add_argument("--skip-group", action="store_true", help="leave the parallel group vs chord figures out")
+    p.add_argument("--waiters", type=int, help="idle waiters at once (default 1000; quick 100)")
+    p.add_argument(
+        "--waiters-window",
+        type=float,
+        help=f"seconds of each idle waiters' window (default {FALLBACK_POLL:g}, the fallback read's period; quick 5)",
+    )
+    p.add_argument(
+        "--waiter-samples",
+        type=int,
+        help="runs timed per waiter and repetition, commit to return (default 200; quick 20)",
+    )
+    p.add_argument("--skip-waiters", action="store_true", help="leave the push-based waiting figures out")
     p.add_argument(
         "--skip-archive-pg", action="store_true", help="archive figures on SQLite only, even when PostgreSQL answers"
     )
@@ -111,10 +126,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.archive_saga_runs = args.archive_saga_runs or (200 if quick else 2000)
     args.group_runs = args.group_runs or (30 if quick else 500)
     args.group_latency_runs = args.group_latency_runs or (10 if quick else 100)
+    args.waiters = args.waiters or (100 if quick else IDLE_WAITERS)
+    args.waiters_window = args.waiters_window or (5.0 if quick else FALLBACK_POLL)
+    args.waiter_samples = args.waiter_samples or (20 if quick else 200)
     args.json = args.json or RESULTS / ("quick.json" if quick else "latest.json")
     args.markdown = args.markdown or (RESULTS / "quick.md" if quick else BENCH_DIR / "last-run.md")
-    counts = (args.runs, args.reps, args.latency_runs, args.archive_saga_runs, args.group_runs, args.group_latency_runs)
-    if min(counts) < 1 or args.recovery_trials < 0:
+    counts = (
+        args.runs,
+        args.reps,
+        args.latency_runs,
+        args.archive_saga_runs,
+        args.group_runs,
+        args.group_latency_runs,
+        args.waiters,
+        args.waiter_samples,
+    )
+    if min(counts) < 1 or args.recovery_trials < 0 or args.waiters_window <= 0:
         p.error("counts must be positive")
     if args.lease <= 0 or args.archive_runs < 1000:
         p.error("the lease must be > 0 and --archive-runs at least 1000")
@@ -168,10 +195,6 @@ def _adopt(env: dict[str, str]) -> Settings:
     settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("SAGA_")})
     default_registry().configure(settings)
     return settings
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _summarize_reps(reps: list[Rep]) -> dict[str, Any]:
@@ -245,6 +268,25 @@ def _group(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
     )
     print(f"  group figures took {section['seconds']:g} s", flush=True)
     return {"group": section}
+
+
+def _waiters(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
+    """``{"waiters": the push-based waiting figures}`` (:mod:`bench.waiters`, on servers and a
+    worker of their own, ``args.reps`` repetitions), or nothing with ``--skip-waiters``."""
+    if args.skip_waiters:
+        return {}
+    from .waiters import waiter_figures  # imported here: bench.waiters imports this module's helpers
+
+    print(
+        f"push-based waiting: {args.waiters} idle waiters, {args.waiters_window:g} s windows; "
+        f"{args.reps} x {args.waiter_samples} runs timed from terminal commit to return...",
+        flush=True,
+    )
+    section = waiter_figures(
+        env, waiters=args.waiters, window=args.waiters_window, reps=args.reps, samples=args.waiter_samples
+    )
+    print(f"  push-based waiting figures took {section['seconds']:g} s", flush=True)
+    return {"waiters": section}
 
 
 def measure(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
@@ -382,6 +424,7 @@ def measure(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
         flush=True,
     )
     result.update(_group(args, env))
+    result.update(_waiters(args, env))
     result.update(_archive(args, env))
     result["settings"] = {
         "runs": args.runs,
@@ -394,6 +437,9 @@ def measure(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
         "archive_saga_runs": None if args.skip_archive else args.archive_saga_runs,
         "group_runs": None if args.skip_group else args.group_runs,
         "group_latency_runs": None if args.skip_group else args.group_latency_runs,
+        "waiters": None if args.skip_waiters else args.waiters,
+        "waiters_window_s": None if args.skip_waiters else args.waiters_window,
+        "waiter_samples": None if args.skip_waiters else args.waiter_samples,
         "warmup_runs": WARMUP_RUNS,
         "steps": STEPS,
         "pool": "prefork",

@@ -7,6 +7,16 @@ private redis-server of its own: Celery cannot use a cluster); else a redis-serv
 starts itself on a free port. Broker: TEST_BROKER_URL if set (e.g. RabbitMQ), else that Redis.
 Nothing edits the environment: the default registry is configured here, before any test module
 declares a saga, and worker subprocesses get ``worker_env(settings)``.
+
+The saga pytest plugin (``saga.pytest_plugin``, loaded from its entry point as for any user) is
+on too: ``worker`` is its in-thread worker, and its fixtures (``saga_redis``, a private server
+started only when a test asks; ``saga_settings``, ``saga_registry``, ``saga_worker``,
+``saga_worker_process``, ``run_saga``) serve the contract tests, which override ``saga_settings``
+and ``saga_registry`` for their own registry. A test that uses ``saga_registry`` unchanged
+re-points the default registry, and so this suite's sagas: override it, as the contract tests do.
+pytest-celery's fixtures (``celery_app``, ``celery_session_worker``, ...) are on as well; a test
+of its Docker fixtures (``celery_setup``) goes under the ``docker`` marker, skipped when no Docker
+engine answers. The suite needs no Docker.
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ import pytest
 from saga import Settings
 from saga.connection import Client, connect
 from saga.registry import default_registry
-from saga.testing import RedisCluster, RedisServer
+from saga.testing import RedisCluster, RedisServer, in_thread_worker
 
 _server: RedisServer | None = None
 _cluster: RedisCluster | None = None
@@ -85,14 +95,12 @@ def redis_client(redis_url: str) -> Iterator[Client]:
     client.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def worker() -> Iterator[Any]:
-    """One in-process Celery worker (threads pool) running every test saga."""
-    from celery.contrib.testing.worker import start_worker
-
+    """An in-process Celery worker (threads pool) running every test saga: the in-thread worker
+    of the plugin's ``saga_worker``, one per test module (a module that re-points the apps or
+    stops workers cannot leave the next one without a consumer)."""
     from tests.sagas import app
 
-    with start_worker(
-        app, pool="threads", concurrency=4, perform_ping_check=False, shutdown_timeout=30, loglevel="WARNING"
-    ) as w:
+    with in_thread_worker(app, concurrency=4, shutdown_timeout=90) as w:
         yield w
