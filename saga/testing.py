@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from celery.contrib.testing.worker import TestWorkController, setup_app_for_worker
 from celery.utils.nodenames import anon_nodename
 
-from .connection import answers
+from .connection import answers, connect_node
 from .definition import Saga
 from .errors import SagaError, SagaTimeout
 from .registry import Registry, celery_config
@@ -171,6 +171,48 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     return {**env, **settings.to_env(), **extra}
 
 
+def tcp_ports(pids: list[int]) -> set[int]:
+    """The local TCP ports of the sockets the processes ``pids`` hold, from /proc (empty where
+    /proc does not say)."""
+    inodes: set[str] = set()
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    ports: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) > 9 and fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def wait_for_disconnect(redis_url: str, ports: set[int], timeout: float = 10.0) -> None:
+    """Wait until the Redis at ``redis_url`` has no client connected from one of ``ports`` (see
+    :func:`tcp_ports`); :class:`~saga.SagaTimeout` after ``timeout`` seconds."""
+    if not ports:
+        return
+    with connect_node(redis_url) as client:
+        wait_for(
+            lambda: not any(int(c["addr"].rsplit(":", 1)[1]) in ports for c in client.client_list()),
+            timeout=timeout,
+            what=f"Redis to drop the connections of ports {sorted(ports)}",
+        )
+
+
 def process_children(pid: int) -> list[int]:
     """The pids of a process's children (a prefork worker's pool), from /proc."""
     found: list[int] = []
@@ -240,9 +282,17 @@ class WorkerProcess:
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to the whole process group (SIGKILL: a crash, no shutdown code runs) and
-        reap it."""
-        if self.process is not None:
-            stop_process_group(self.process, sig)
+        reap it, then wait until the broker (a Redis) has dropped the worker's connections.
+
+        Why the wait: until Redis reads the close of a killed worker's socket, its blocked
+        ``BRPOP`` still stands, and a message pushed then is popped for the dead worker (the
+        watchdog resends that run's step only after ``SAGA_DISPATCH_TIMEOUT``)."""
+        if self.process is None:
+            return
+        ports = tcp_ports([self.process.pid, *self.children()]) if self.alive else set()
+        stop_process_group(self.process, sig)
+        if self.settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
+            wait_for_disconnect(self.settings.broker_url, ports)
 
     def stop(self) -> None:
         """A clean shutdown (SIGTERM: running tasks finish first)."""

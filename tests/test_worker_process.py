@@ -1,7 +1,10 @@
-"""`celery -A workers worker` as a subprocess runs the example order saga."""
+"""`celery -A workers worker` as a subprocess runs the example order saga; a killed one leaves no
+consumer behind on the broker."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 from collections.abc import Iterator
 
@@ -9,7 +12,17 @@ import pytest
 
 from saga import Settings, Status
 from saga.registry import default_registry
-from saga.testing import configured, free_port, start_worker_process, stop_process_group, worker_env
+from saga.connection import connect_node
+from saga.testing import (
+    RedisServer,
+    WorkerProcess,
+    configured,
+    free_port,
+    start_worker_process,
+    stop_process_group,
+    wait_for,
+    worker_env,
+)
 from workers.app import app
 from workers.orders import order
 
@@ -43,3 +56,26 @@ def test_a_prefork_worker_process_completes_and_compensates_orders(celery_worker
     assert order.wait(flaky, timeout=60).status is Status.COMPLETED
     for run_id in (ok, bad, flaky):
         assert order.rebuild(run_id) == order.get(run_id)
+
+
+def test_a_killed_worker_process_leaves_no_consumer_on_the_broker(settings: Settings, tmp_path: object) -> None:
+    # Given a worker blocked in BRPOP on a Redis of its own
+    with RedisServer() as server, connect_node(server.url) as broker:
+        mine = settings.replace(redis_url=server.url)
+        worker = WorkerProcess("workers", mine, name=f"killed{free_port()}").start()
+        try:
+            blocked = lambda: [c for c in broker.client_list() if c["cmd"] in ("brpop", "blpop")]  # noqa: E731
+            wait_for(blocked, timeout=60, what="the worker to consume")
+            # and whose pool was replaced after it connected (the new children hold the socket too)
+            first = set(worker.children())
+            for child in first:
+                os.kill(child, signal.SIGKILL)
+            wait_for(lambda: len(set(worker.children()) - first) == 2, timeout=60, what="a new pool")
+            # When it is SIGKILLed
+            worker.kill()
+            # Then no connection of it still waits on the queue: a message pushed now is not
+            # popped for the dead worker (it would wait out the dispatch timeout)
+            assert not worker.alive
+            assert blocked() == []
+        finally:
+            worker.kill()
