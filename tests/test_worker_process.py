@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from saga import Settings, Status
-from saga.registry import default_registry
 from saga.connection import connect_node
+from saga.registry import default_registry
 from saga.testing import (
     RedisServer,
     WorkerProcess,
@@ -58,13 +58,16 @@ def test_a_prefork_worker_process_completes_and_compensates_orders(celery_worker
         assert order.rebuild(run_id) == order.get(run_id)
 
 
-def test_a_killed_worker_process_leaves_no_consumer_on_the_broker(settings: Settings, tmp_path: object) -> None:
+def test_a_killed_worker_process_leaves_no_consumer_on_the_broker(settings: Settings) -> None:
     # Given a worker blocked in BRPOP on a Redis of its own
     with RedisServer() as server, connect_node(server.url) as broker:
         mine = settings.replace(redis_url=server.url)
         worker = WorkerProcess("workers", mine, name=f"killed{free_port()}").start()
         try:
-            blocked = lambda: [c for c in broker.client_list() if c["cmd"] in ("brpop", "blpop")]  # noqa: E731
+
+            def blocked() -> list[dict[str, str]]:
+                return [c for c in broker.client_list() if c["cmd"] in ("brpop", "blpop")]
+
             wait_for(blocked, timeout=60, what="the worker to consume")
             # and whose pool was replaced after it connected (the new children hold the socket too)
             first = set(worker.children())
