@@ -38,7 +38,7 @@ chaos: $(STAMP)
 	CHAOS_SECONDS=$(CHAOS_SECONDS) $(BIN)/python -m pytest tests/chaos -s -p no:cacheprovider
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/test_bad_input.py -k fuzz -p no:cacheprovider
 
-# saga vs a plain Celery chain, side by side (a few minutes); writes bench/last-run.md
+# saga vs a plain Celery chain, a group vs a chord, waiting, the archive (about 14 minutes); writes bench/last-run.md
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 

@@ -83,8 +83,14 @@ FIGURES: dict[str, Figure] = {
 }
 
 
+def _num(value: float) -> str:
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+
+
 def _spread(values: Sequence[float]) -> str:
-    return f"{statistics.median(values):,.3g} ({min(values):,.3g}-{max(values):,.3g})"
+    return f"{_num(statistics.median(values))} ({_num(min(values))}-{_num(max(values))})"
 
 
 def _commit(result: dict[str, Any]) -> str:
