@@ -67,17 +67,26 @@ from saga.state import Status
 from saga.store import RedisStore
 from saga.testing import RedisServer, configured
 
-from .measure import BenchError, SagaVariant, own_cpu, percentile, redis_cpu, run_section, section_env
+from .measure import (
+    BENCH_DIR,
+    RESULTS,
+    WARMUP_RUNS,
+    BenchError,
+    SagaVariant,
+    own_cpu,
+    percentile,
+    redis_cpu,
+    run_section,
+    section_env,
+)
 from .procs import Worker
+from .report import archive_table, archive_targets
 
-BENCH_DIR = Path(__file__).resolve().parent
-RESULTS = BENCH_DIR / "results"
 #: Where PostgreSQL is looked for when ``BENCH_ARCHIVE_PG_URL`` does not say.
 PG_ENV = "BENCH_ARCHIVE_PG_URL"
 PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 #: ``SAGA_HOT_RETENTION_SECONDS`` of every worker here (the default is an hour).
 HOT_RETENTION_S = 2
-WARMUP_RUNS = 20
 LAG_INTERVAL_S = 0.1
 LIST_CALLS = 50
 LIST_WARMUP_CALLS = 5
@@ -741,7 +750,6 @@ def archive_figures(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m bench.archive``: the archive's figures alone (a table, and a JSON file)."""
-    from .report import archive_table, archive_targets
 
     p = argparse.ArgumentParser(prog="python -m bench.archive", description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, help="saga runs of the throughput and lag parts (default 2000; quick 200)")

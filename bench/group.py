@@ -32,7 +32,10 @@ from saga.settings import Settings
 from saga.testing import RedisServer, configured
 
 from .measure import (
+    CONCURRENCY,
     GET_SLICE,
+    RESULTS,
+    WARMUP_RUNS,
     BenchError,
     ChainVariant,
     Rep,
@@ -40,13 +43,15 @@ from .measure import (
     Variant,
     enable_notifications,
     latency_pair,
+    print_rep,
     run_section,
     section_env,
     summarize_latency,
+    summarize_reps,
     throughput_rep,
 )
 from .procs import Worker
-from .run import CONCURRENCY, RESULTS, WARMUP_RUNS, _print_rep, _summarize_reps
+from .report import group_table
 
 #: Where the chord's Redis URL reaches :mod:`bench.group_app`, which reads it on import (its
 #: ``CHORD_URL_ENV``; not imported from there, which would make its apps before the URL is set).
@@ -203,7 +208,7 @@ def group_figures(
                 before = sv.stale
                 rep = throughput_rep(v, runs, timeout)
                 measured[v.name].append(rep)
-                _print_rep(i, reps, rep)
+                print_rep(i, reps, rep)
                 if v is sv:
                     stale.append(sv.stale - before)
                     if stale[-1]:
@@ -235,7 +240,7 @@ def group_figures(
         }
         for v in variants:
             section[v.name] = {
-                **_summarize_reps(measured[v.name]),
+                **summarize_reps(measured[v.name]),
                 "latency": summarize_latency(samples[v.name][0]),
                 "latency_api": summarize_latency(samples[v.name][1]),
                 "missed_result_notifications": v.missed,
@@ -258,7 +263,6 @@ def group_figures(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m bench.group``: the parallel group's figures alone (a table, and a JSON file)."""
-    from .report import group_table
 
     p = argparse.ArgumentParser(prog="python -m bench.group", description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, help="runs per throughput repetition (default 500; quick 30)")

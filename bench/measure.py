@@ -29,6 +29,15 @@ import redis
 
 from .procs import Worker, cpu_seconds
 
+BENCH_DIR = Path(__file__).resolve().parent
+#: Where every section writes its JSON, tables and worker logs.
+RESULTS = BENCH_DIR / "results"
+#: Steps of the benchmark's sagas (the plain one and the one with a group).
+STEPS = 5
+#: Each worker's prefork concurrency.
+CONCURRENCY = 2
+#: Runs each variant does before it is measured.
+WARMUP_RUNS = 20
 #: ``INFO`` is the benchmark's own observation: never counted as the system's work.
 OBSERVATION_COMMANDS = ("info",)
 #: Keyspace notifications turned on (on both Redis servers) while latency is measured only.
@@ -352,6 +361,40 @@ def throughput_rep(v: Variant, runs: int, timeout: float, steps: int = 5) -> Rep
         redis_cpu_ms_per_run=round((rcpu1 - rcpu0) * 1000 / runs, 3),
         client_cpu_ms_per_run=round((ccpu1 - ccpu0) * 1000 / runs, 3),
         missed_notifications=v.missed - missed,
+    )
+
+
+def summarize_reps(reps: list[Rep]) -> dict[str, Any]:
+    """One variant's throughput figures over its repetitions (medians; commands summed)."""
+    runs = sum(r.runs for r in reps)
+    by_cmd: dict[str, int] = {}
+    for r in reps:
+        for cmd, n in r.by_command.items():
+            by_cmd[cmd] = by_cmd.get(cmd, 0) + n
+    steps = runs * STEPS
+    return {
+        "runs_per_s": round(statistics.median(r.runs_per_s for r in reps), 2),
+        "commands_per_step": round(sum(r.commands for r in reps) / steps, 3),
+        "commands_per_step_by_command": {
+            cmd: round(n / steps, 3) for cmd, n in sorted(by_cmd.items(), key=lambda kv: -kv[1])
+        },
+        "cpu_ms_per_run": {
+            "worker": round(statistics.median(r.worker_cpu_ms_per_run for r in reps), 3),
+            "redis": round(statistics.median(r.redis_cpu_ms_per_run for r in reps), 3),
+            "client": round(statistics.median(r.client_cpu_ms_per_run for r in reps), 3),
+        },
+        "reps": [r.as_dict() for r in reps],
+    }
+
+
+def print_rep(i: int, n: int, r: Rep) -> None:
+    """One line of progress for repetition ``i`` of ``n``."""
+    print(
+        f"  rep {i}/{n} {r.variant:5}: {r.runs} runs in {r.seconds:6.2f} s = {r.runs_per_s:7.1f} runs/s, "
+        f"{r.commands_per_step:5.2f} commands/step, CPU/run: worker {r.worker_cpu_ms_per_run:.2f} ms, "
+        f"redis {r.redis_cpu_ms_per_run:.2f} ms, client {r.client_cpu_ms_per_run:.2f} ms"
+        + (f"; {r.missed_notifications} result notification(s) lost by the client" if r.missed_notifications else ""),
+        flush=True,
     )
 
 

@@ -41,9 +41,15 @@ from saga.settings import Settings
 from saga.testing import RedisServer
 
 from .archive import archive_figures
+from .group import group_figures
 from .hot_tier import listing_figures, memory_figures
 from .measure import (
+    BENCH_DIR,
+    CONCURRENCY,
     GET_SLICE,
+    RESULTS,
+    STEPS,
+    WARMUP_RUNS,
     BenchError,
     ChainVariant,
     Rep,
@@ -53,19 +59,17 @@ from .measure import (
     enable_notifications,
     latency_pair,
     monitor_probe,
+    print_rep,
     recovery_trial,
     summarize_latency,
+    summarize_reps,
     throughput_rep,
 )
 from .procs import MemorySampler, Worker, hwm_kib, pss_kib
 from .report import IDLE_WAITERS, breakdown, markdown, ratios, targets
+from .waiters import waiter_figures
 
-BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
-RESULTS = BENCH_DIR / "results"
-STEPS = 5
-CONCURRENCY = 2
-WARMUP_RUNS = 20
 PROBE_RUNS = 20
 RECOVERY_LIMIT_S = 60.0
 
@@ -197,38 +201,6 @@ def _adopt(env: dict[str, str]) -> Settings:
     return settings
 
 
-def _summarize_reps(reps: list[Rep]) -> dict[str, Any]:
-    runs = sum(r.runs for r in reps)
-    by_cmd: dict[str, int] = {}
-    for r in reps:
-        for cmd, n in r.by_command.items():
-            by_cmd[cmd] = by_cmd.get(cmd, 0) + n
-    steps = runs * STEPS
-    return {
-        "runs_per_s": round(statistics.median(r.runs_per_s for r in reps), 2),
-        "commands_per_step": round(sum(r.commands for r in reps) / steps, 3),
-        "commands_per_step_by_command": {
-            cmd: round(n / steps, 3) for cmd, n in sorted(by_cmd.items(), key=lambda kv: -kv[1])
-        },
-        "cpu_ms_per_run": {
-            "worker": round(statistics.median(r.worker_cpu_ms_per_run for r in reps), 3),
-            "redis": round(statistics.median(r.redis_cpu_ms_per_run for r in reps), 3),
-            "client": round(statistics.median(r.client_cpu_ms_per_run for r in reps), 3),
-        },
-        "reps": [r.as_dict() for r in reps],
-    }
-
-
-def _print_rep(i: int, n: int, r: Rep) -> None:
-    print(
-        f"  rep {i}/{n} {r.variant:5}: {r.runs} runs in {r.seconds:6.2f} s = {r.runs_per_s:7.1f} runs/s, "
-        f"{r.commands_per_step:5.2f} commands/step, CPU/run: worker {r.worker_cpu_ms_per_run:.2f} ms, "
-        f"redis {r.redis_cpu_ms_per_run:.2f} ms, client {r.client_cpu_ms_per_run:.2f} ms"
-        + (f"; {r.missed_notifications} result notification(s) lost by the client" if r.missed_notifications else ""),
-        flush=True,
-    )
-
-
 def _archive(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
     """``{"archive": the archive's figures}`` (:mod:`bench.archive`, on servers and workers of
     their own), or nothing with ``--skip-archive``."""
@@ -256,8 +228,6 @@ def _group(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
     workers of their own, ``args.reps`` repetitions), or nothing with ``--skip-group``."""
     if args.skip_group:
         return {}
-    from .group import group_figures  # imported here: bench.group imports this module's helpers
-
     print(
         f"parallel group vs chord: {args.reps} x {args.group_runs} runs per variant, "
         f"{args.group_latency_runs} latency runs...",
@@ -275,8 +245,6 @@ def _waiters(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
     worker of their own, ``args.reps`` repetitions), or nothing with ``--skip-waiters``."""
     if args.skip_waiters:
         return {}
-    from .waiters import waiter_figures  # imported here: bench.waiters imports this module's helpers
-
     print(
         f"push-based waiting: {args.waiters} idle waiters, {args.waiters_window:g} s windows; "
         f"{args.reps} x {args.waiter_samples} runs timed from terminal commit to return...",
@@ -333,7 +301,7 @@ def measure(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
         for v in variants:
             rep = throughput_rep(v, args.runs, timeout)
             reps[v.name].append(rep)
-            _print_rep(i, args.reps, rep)
+            print_rep(i, args.reps, rep)
 
     print(f"latency ({args.latency_runs} sequential runs each, to the completion event and via the API)...", flush=True)
     samples: dict[str, tuple[list[float], list[float]]] = {"saga": ([], []), "chain": ([], [])}
@@ -354,7 +322,7 @@ def measure(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
     result: dict[str, Any] = {"meta": meta}
     for v in variants:
         result[v.name] = {
-            **_summarize_reps(reps[v.name]),
+            **summarize_reps(reps[v.name]),
             "latency": summarize_latency(samples[v.name][0]),
             "latency_api": summarize_latency(samples[v.name][1]),
             "commands_sent": probes[v.name],

@@ -59,10 +59,21 @@ from saga.settings import Settings
 from saga.state import SagaState, Status, parse_iso
 from saga.testing import RedisServer, configured
 
-from .measure import BenchError, command_calls, own_cpu, percentile, plain_client, redis_cpu, run_section, section_env
+from .measure import (
+    CONCURRENCY,
+    RESULTS,
+    BenchError,
+    command_calls,
+    own_cpu,
+    percentile,
+    plain_client,
+    redis_cpu,
+    run_section,
+    section_env,
+    summarize_latency,
+)
 from .procs import Worker
-from .report import IDLE_WAITERS
-from .run import CONCURRENCY, RESULTS
+from .report import IDLE_WAITERS, waiters_table
 
 #: The idle waiters, in the order they are measured: key -> what waits.
 IDLE_MODES = {
@@ -406,17 +417,6 @@ def latency_rep(saga: Any, client: redis.Redis, url: str, mode: str, samples: in
     return sync_latency(saga, client, mode, samples, hold)
 
 
-def _latency_summary(samples: Sequence[float]) -> dict[str, Any]:
-    return {
-        "p50_ms": round(percentile(samples, 50), 3),
-        "p95_ms": round(percentile(samples, 95), 3),
-        "mean_ms": round(statistics.fmean(samples), 3),
-        "min_ms": round(min(samples), 3),
-        "max_ms": round(max(samples), 3),
-        "n": len(samples),
-    }
-
-
 # --- the section ----------------------------------------------------------------------------------
 
 
@@ -523,7 +523,7 @@ def waiter_figures(
         "latency": {},
     }
     for mode, rows in latency.items():
-        per_rep = [_latency_summary(timed.latency_ms) for timed in rows]
+        per_rep = [summarize_latency(timed.latency_ms) for timed in rows]
         section["latency"][mode] = {
             "what": LATENCY_MODES[mode],
             "p50_ms": _spread([r["p50_ms"] for r in per_rep]),
@@ -573,7 +573,6 @@ def _settings(env: Mapping[str, str]) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m bench.waiters``: the push-based waiting figures alone (a table, and a JSON file)."""
-    from .report import waiters_table
 
     p = argparse.ArgumentParser(prog="python -m bench.waiters", description=__doc__.split("\n\n")[0])
     p.add_argument("--waiters", type=int, help=f"idle waiters at once (default {IDLE_WAITERS}; quick 100)")
