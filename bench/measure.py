@@ -96,7 +96,7 @@ class CompletionWatch:
     def __init__(self, url: str) -> None:
         self.client = plain_client(url)
         db = int(self.client.connection_pool.connection_kwargs.get("db", 0))
-        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         self.pubsub.subscribe(EXPIRE_CHANNEL.format(db=db))
 
     def wait_for(self, key: str, timeout: float) -> float:
