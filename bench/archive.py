@@ -55,16 +55,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from saga import archive_tables as tables
-from saga.archive import Archive, RunQuery
-from saga.archiver import Archiver
-from saga.codec import micros
-from saga.feed import ArchiveFeed
+from saga.archive import Archive, ArchiveFeed, Archiver, RunQuery, tables
+from saga.core import Status, micros
 from saga.registry import default_registry
-from saga.schema import BucketKeys
 from saga.settings import Settings
-from saga.state import Status
-from saga.store import RedisStore
+from saga.store import BucketKeys, RedisStore
 from saga.testing import RedisServer, configured
 
 from .measure import (

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from saga.registry import default_registry
-from saga.schema import BucketKeys
 from saga.settings import Settings
+from saga.store import BucketKeys
 from saga.testing import RedisServer, configured
 
 from .measure import (

@@ -19,12 +19,11 @@ from typing import Any
 
 import redis
 
-from saga import control, decide
+from saga.control import runs as control
+from saga.core import Shape, decide
 from saga.registry import Registry
-from saga.schema import CommitOptions
 from saga.settings import Settings
-from saga.state import Shape
-from saga.store import RedisStore
+from saga.store import CommitOptions, RedisStore
 from saga.testing import RedisServer
 
 from .measure import BenchError, command_calls

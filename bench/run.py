@@ -35,9 +35,9 @@ from typing import Any
 import celery
 import redis
 
-from saga.notify import FALLBACK_POLL
 from saga.registry import default_registry
 from saga.settings import Settings
+from saga.store import FALLBACK_POLL
 from saga.testing import RedisServer
 
 from .archive import archive_figures

@@ -51,12 +51,12 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from saga import control
+from saga.control import runs as control
+from saga.core import SagaState, Status, parse_iso
 from saga.errors import SagaTimeout, StoreUnavailable
-from saga.notify import FALLBACK_POLL
 from saga.registry import default_registry
 from saga.settings import Settings
-from saga.state import SagaState, Status, parse_iso
+from saga.store import FALLBACK_POLL
 from saga.testing import RedisServer, configured
 
 from .measure import (

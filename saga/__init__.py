@@ -6,8 +6,8 @@ dead-lettered and the committed steps are compensated in reverse order.
 """
 
 from .archive import ArchivedRun, RunPage
-from .archive_ops import find_runs
-from .control import dead_letters
+from .control import dead_letters, find_runs
+from .core import Checkpoint, Direction, SagaState, Status, StepContext, StepError, payload_hash
 from .definition import Saga, Step
 from .errors import (
     ArchiveSchemaMismatch,
@@ -32,7 +32,6 @@ from .errors import (
 )
 from .registry import celery_config, create_app, default_store, get_settings
 from .settings import Settings
-from .state import Checkpoint, Direction, SagaState, Status, StepContext, StepError, payload_hash
 from .store import RedisStore
 
 __all__ = [

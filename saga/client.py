@@ -2,8 +2,8 @@
 calls (a web handler, a script, a test). :class:`~saga.Saga` inherits them.
 
 The ``*_async`` twins never block the event loop: they talk to Redis over ``redis.asyncio``
-(:mod:`saga.aio`), run the very scripts the sync calls run, and wait on the commit's
-notification (:mod:`saga.notify`). Two things still run in a worker thread
+(:mod:`saga.store.aio`), run the very scripts the sync calls run, and wait on the commit's
+notification (:mod:`saga.store.notify`). Two things still run in a worker thread
 (``asyncio.to_thread``), because their libraries are sync: publishing a start's first message
 when the broker is not the store's own Redis (RabbitMQ, another Redis: with the same Redis the
 message is pushed by the start's own script, no publish at all), and reading a run that left
@@ -17,13 +17,13 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
-from . import codec, engine, runs
+from .core import Event, JSONObject, SagaState, codec, rebuild
+from .engine import commit as engine
+from .engine import runs
 from .errors import RunNotFound, SagaTimeout
 from .registry import Registry
-from .schema import CreateOutcome
 from .settings import Settings
-from .state import Event, JSONObject, SagaState, rebuild
-from .store import RedisStore
+from .store import CreateOutcome, RedisStore
 from .tiers import Tiers
 
 T = TypeVar("T")

@@ -5,7 +5,7 @@ Declaring registers: a saga with its :class:`~saga.registry.Registry` (the defau
 given), by name and version; a step's task (and its compensation's) on the saga's Celery app,
 once per name whatever the versions. Declaring also checks each body: it must be callable as
 ``(payload, ctx)`` (``async def`` bodies are awaited on the worker). Running is the engine's
-(:mod:`saga.engine`); this module only declares and delegates.
+(:mod:`saga.engine.commit`); this module only declares and delegates.
 """
 
 from __future__ import annotations
@@ -15,19 +15,15 @@ import re
 from collections.abc import Callable
 from typing import Any, overload
 
-from . import engine, runs, tasks
 from .client import RunClient
+from .core import CompensationFunction, Direction, RetryPolicy, Shape, StepFunction
+from .engine import commit as engine
+from .engine import runs
 from .errors import InvalidPayload, SagaDefinitionError
-from .policy import RetryPolicy
 from .registry import Registry, default_registry
 from .settings import Settings
-from .state import (
-    CompensationFunction,
-    Direction,
-    Shape,
-    StepFunction,
-)
 from .store import RedisStore
+from .transport import tasks
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 

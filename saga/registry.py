@@ -19,22 +19,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from . import decide, memory, metrics, policy, tasks
-from .archive import Archive
-from .archiver import Archiver
-from .delivery import StepDefinition, deliver
-from .engine import Runtime, SagaDefinition, StoredDefinition
+from .archive import Archive, ArchiveFeed, Archiver
+from .core import Direction, EventType, Shape, call_problem, decide, policy
+from .engine import (
+    Heartbeat,
+    Runtime,
+    SagaDefinition,
+    StepDefinition,
+    StoredDefinition,
+    Watchdog,
+    deliver,
+    metrics,
+    park,
+    run_logger,
+)
 from .errors import RunNotFound, SagaDefinitionError, StoreUnavailable
-from .feed import ArchiveFeed
-from .heartbeat import Heartbeat
-from .log import run_logger
-from .runs import park
 from .settings import Settings
-from .state import Direction, EventType, Shape
-from .store import RedisStore
+from .store import RedisStore, memory
 from .tiers import Tiers
-from .validate import call_problem
-from .watchdog import Watchdog
+from .transport import tasks
 
 logger = logging.getLogger(__name__)
 

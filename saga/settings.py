@@ -29,7 +29,7 @@ DEFAULT_HOT_RETENTION_SECONDS = 3600
 
 ENV_PREFIX = "SAGA_"
 
-#: The scheme of the in-memory tier (:mod:`saga.memory`): ``memory://`` or ``memory://<name>``.
+#: The scheme of the in-memory tier (:mod:`saga.store.memory`): ``memory://`` or ``memory://<name>``.
 MEMORY_SCHEME = "memory://"
 _MEMORY_NAME = re.compile(r"^[A-Za-z0-9_.-]{0,64}$")
 

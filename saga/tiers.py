@@ -6,10 +6,9 @@ either tier.
 
 from __future__ import annotations
 
-from . import codec
 from .archive import Archive
+from .core import Event, SagaState, codec, rebuild
 from .errors import RunNotFound
-from .state import Event, SagaState, rebuild
 from .store import RedisStore
 
 

@@ -8,7 +8,7 @@ starts itself on a free port. Broker: TEST_BROKER_URL if set (e.g. RabbitMQ), el
 Nothing edits the environment: the default registry is configured here, before any test module
 declares a saga, and worker subprocesses get ``worker_env(settings)``.
 
-The saga pytest plugin (``saga.pytest_plugin``, loaded from its entry point as for any user) is
+The saga pytest plugin (``saga.testing.pytest_plugin``, loaded from its entry point as for any user) is
 on too: ``worker`` is its in-thread worker, and its fixtures (``saga_redis``, a private server
 started only when a test asks; ``saga_settings``, ``saga_registry``, ``saga_worker``,
 ``saga_worker_process``, ``run_saga``) serve the contract tests, which override ``saga_settings``
@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 
 from saga import Settings
-from saga.connection import Client, connect
 from saga.registry import default_registry
+from saga.store import Client, connect
 from saga.testing import RedisCluster, RedisServer, in_thread_worker
 
 _server: RedisServer | None = None

@@ -21,8 +21,8 @@ import time
 from typing import Any, cast
 
 from saga import PermanentError, Rejected, Saga, StepContext
-from saga.connection import Client, connect
 from saga.registry import Registry
+from saga.store import Client, connect
 
 registry = Registry()
 app = registry.create_app("contract")

@@ -24,7 +24,7 @@ from decimal import Decimal
 from typing import Any, cast
 
 from saga import PermanentError, Rejected, Saga, StepContext, create_app, get_settings
-from saga.connection import Client, connect
+from saga.store import Client, connect
 
 app = create_app("tests")
 

@@ -20,11 +20,10 @@ from typing import Any
 import pytest
 
 from saga import InvalidPayload, RunNotFound, Settings, Status, find_runs
-from saga.connection import Client
-from saga.feed import ArchiveFeed
-from saga.metrics import ArchiveGauges
+from saga.archive import ArchiveFeed
+from saga.engine import ArchiveGauges
 from saga.registry import default_registry
-from saga.schema import BucketKeys, bucket_of, run_keys
+from saga.store import BucketKeys, Client, bucket_of, run_keys
 from saga.testing import configured, free_port, start_worker_process, stop_process_group, wait_for, worker_env
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,9 +24,8 @@ import sqlalchemy as sa
 
 from saga import Settings, Status
 from saga.archive import Archive
-from saga.connection import Client
 from saga.registry import default_registry
-from saga.schema import BucketKeys, bucket_of, run_keys
+from saga.store import BucketKeys, Client, bucket_of, run_keys
 from saga.testing import configured, free_port, start_worker_process, stop_process_group, wait_for, worker_env
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,19 +19,9 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from saga import decide
-from saga.archive import Archive, ArchivedRun, ArchiveRowRefused, RunCopy, RunQuery, head_revision
-from saga.archive_tables import listing, metadata
-from saga.codec import iso, micros
-from saga.errors import (
-    ActionRefused,
-    ArchiveSchemaMismatch,
-    ArchiveUnavailable,
-    Rejected,
-    RunNotFound,
-    SettingsError,
-)
-from saga.state import Direction, Event, EventType, SagaState, Shape, Status, rebuild
+from saga.archive import Archive, ArchivedRun, ArchiveRowRefused, RunCopy, RunQuery, head_revision, listing, metadata
+from saga.core import Direction, Event, EventType, SagaState, Shape, Status, decide, iso, micros, rebuild
+from saga.errors import ActionRefused, ArchiveSchemaMismatch, ArchiveUnavailable, Rejected, RunNotFound, SettingsError
 
 SHAPE = Shape(("reserve", "charge", "ship", "notify"), (True, True, False, False))
 BASE = micros("2025-03-01T00:00:00Z")

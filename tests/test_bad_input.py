@@ -13,8 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from saga import InvalidPayload, RunNotFound, SagaState, Status, dead_letters, decide
-from saga.connection import Client
+from saga import InvalidPayload, RunNotFound, SagaState, Status, dead_letters
+from saga.core import decide
+from saga.store import Client
 from tests.sagas import FUZZ_OUTPUTS, fuzz, ledger, trip
 
 pytestmark = pytest.mark.usefixtures("worker")

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from saga import SagaState, Settings, Status, control, decide
+from saga import SagaState, Settings, Status
 from saga.cli import (
     EXIT_ERROR,
     EXIT_FAILED_CHECK,
@@ -29,11 +29,14 @@ from saga.cli import (
     EXIT_USAGE,
     cli,
     exit_code_for,
+    history_entries,
+    payload_changes,
 )
-from saga.cli_render import history_entries, payload_changes
-from saga.connection import Client
+from saga.control import runs as control
+from saga.core import decide
 from saga.errors import EntryNotFound, RunNotFound, SagaError, StoreUnavailable
 from saga.registry import Registry, default_registry
+from saga.store import Client
 from saga.testing import configured, free_port, start_worker_process, stop_process_group, wait_for, worker_env
 
 ROOT = Path(__file__).resolve().parents[1]

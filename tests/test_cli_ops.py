@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 
-from saga import Saga, SagaState, Settings, Status, decide
-from saga.cli import EXIT_ERROR, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE
-from saga.cli_tail import EXIT_INTERRUPTED
-from saga.connection import connect
+from saga import Saga, SagaState, Settings, Status
+from saga.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE
+from saga.core import decide
 from saga.registry import default_registry
+from saga.store import connect
 from saga.testing import RedisServer, configured, free_port, start_worker_process, stop_process_group, wait_for
 from saga.testing import worker_env as env_of
 from workers.app import app

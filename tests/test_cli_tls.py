@@ -18,7 +18,7 @@ import pytest
 from saga import Settings
 from saga.cli import EXIT_OK, EXIT_UNAVAILABLE
 from saga.errors import SagaError, StoreUnavailable
-from saga.indexes import BucketedStore
+from saga.store import BucketedStore
 from saga.testing import RedisServer, free_port, worker_env
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""The stored form of events (saga/codec.py), without Redis: every event the engine makes reads
+"""The stored form of events (saga/core/codec.py), without Redis: every event the engine makes reads
 back exactly as it was made — fields, their order, times to the microsecond — and every version
 of the run folds back from it."""
 
@@ -7,9 +7,20 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from saga import decide
-from saga.codec import Packer, micros, unpack, versions
-from saga.state import Direction, Event, EventType, SagaState, Shape, Transition, rebuild
+from saga.core import (
+    Direction,
+    Event,
+    EventType,
+    Packer,
+    SagaState,
+    Shape,
+    Transition,
+    decide,
+    micros,
+    rebuild,
+    unpack,
+    versions,
+)
 
 SHAPE = Shape(("a", "b", "c"), (True, True, False))
 

@@ -19,13 +19,11 @@ from typing import Any
 
 import pytest
 
-from saga import KeyConflict, SagaState, Settings, SettingsError, Status, decide
-from saga.connection import connect
-from saga.feed import ArchiveFeed
-from saga.notes import note_event, parked_event
+from saga import KeyConflict, SagaState, Settings, SettingsError, Status
+from saga.archive import ArchiveFeed
+from saga.core import Direction, EventType, decide, note_event, parked_event
 from saga.registry import Registry
-from saga.schema import CommitOptions
-from saga.state import Direction, EventType
+from saga.store import CommitOptions, connect
 from saga.testing import RedisServer, WorkerProcess, configured, wait_for
 from tests import contract_sagas as contract
 

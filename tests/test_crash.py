@@ -14,8 +14,8 @@ import pytest
 import redis
 
 from saga import Saga, Settings, Status
+from saga.core import parse_iso
 from saga.registry import default_registry
-from saga.state import parse_iso
 from saga.testing import (
     RedisServer,
     configured,

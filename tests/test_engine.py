@@ -29,9 +29,9 @@ from saga import (
     get_settings,
     payload_hash,
 )
-from saga.connection import Client
+from saga.core import canonical_json
 from saga.registry import Registry, default_registry
-from saga.state import canonical_json
+from saga.store import Client
 from saga.testing import wait_for
 from tests.sagas import app, asyncs, effects, gaps, ledger, payments, single, trip
 

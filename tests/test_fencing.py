@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from saga import Settings, Status
-from saga.connection import Client
 from saga.registry import default_registry
+from saga.store import Client
 from saga.testing import RedisServer, configured, start_worker_process, stop_process_group, wait_for, worker_env
 from tests.sagas import app, ledger, trip
 

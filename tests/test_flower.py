@@ -24,11 +24,11 @@ import pytest
 import yaml
 
 from saga import Settings, Status
-from saga.connection import connect_node
+from saga.core import Direction
 from saga.registry import default_registry
-from saga.state import Direction
-from saga.tasks import call_kwargs, send
+from saga.store import connect_node
 from saga.testing import RedisServer, configured, free_port, stop_process_group, wait_for, worker_env
+from saga.transport import call_kwargs, send
 from workers.app import app
 from workers.orders import order
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from saga import Saga, SagaState, Settings, Status, control, dead_letters
+from saga import Saga, SagaState, Settings, Status, dead_letters
+from saga.control import runs as control
 from saga.registry import default_registry
 from saga.testing import RedisServer, configured, start_worker_process, stop_process_group, wait_for, worker_env
 from tests import trips
@@ -302,7 +303,7 @@ def test_a_deadline_passing_while_no_worker_runs_is_enforced(trip_settings: Sett
 
 
 def time_of(iso: str) -> float:
-    from saga.state import parse_iso
+    from saga.core import parse_iso
 
     return parse_iso(iso)
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from saga import RedisStore, SettingsError, Status, control, decide
-from saga.connection import Client, connect_node
+from saga import RedisStore, SettingsError, Status
+from saga.control import runs as control
+from saga.core import SagaState, Shape, decide
 from saga.registry import Registry
-from saga.schema import CommitOptions
 from saga.settings import Settings
-from saga.state import SagaState, Shape
+from saga.store import Client, CommitOptions, connect_node
 from saga.testing import RedisServer, wait_for
 
 

@@ -14,13 +14,11 @@ from celery import Celery
 from celery._state import _task_stack
 from celery.utils.saferepr import saferepr
 
-from saga import RedisStore, Settings, decide
-from saga.connection import Client, connect_node
-from saga.messages import captured, from_template, kwargs_repr, redis_message
-from saga.schema import CommitOptions, Message
-from saga.state import Direction, Shape
-from saga.tasks import call_kwargs, create_app, send
+from saga import RedisStore, Settings
+from saga.core import Direction, Shape, decide
+from saga.store import Client, CommitOptions, Message, connect_node
 from saga.testing import RedisServer
+from saga.transport import call_kwargs, captured, create_app, from_template, kwargs_repr, redis_message, send
 
 SHAPE = Shape(("a", "b"), (False, False))
 #: What differs between two messages of the same task: a new task id, a new delivery tag.

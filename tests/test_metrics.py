@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from saga import Settings, Status, metrics
+from saga import Settings, Status
+from saga.engine import metrics, stuck_seconds
 from saga.registry import Registry, default_registry
 from saga.testing import (
     RedisServer,
@@ -25,7 +26,6 @@ from saga.testing import (
     wait_for,
     worker_env,
 )
-from saga.watchdog import stuck_seconds
 from tests.helpers import Samples, scrape
 from workers.app import app
 from workers.orders import order

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from saga import PermanentError, decide, policy
-from saga.policy import (
+from saga import PermanentError
+from saga.core import (
     ContinueUnwind,
     Forget,
     GiveUp,
@@ -18,9 +18,14 @@ from saga.policy import (
     Resume,
     Retry,
     RetryPolicy,
+    SagaState,
+    Shape,
     StartAgain,
+    Status,
+    decide,
+    parse_iso,
+    policy,
 )
-from saga.state import SagaState, Shape, Status, parse_iso
 
 SHAPE = Shape(("a", "b", "c"), (True, True, False))
 POLICY = RetryPolicy(max_retries=2, backoff=1.0, backoff_max=60.0)

@@ -14,12 +14,12 @@ from typing import Any, cast
 import pytest
 from prometheus_client import REGISTRY
 
-from saga import RedisStore, Saga, Settings, Status, StepContext, create_app, dead_letters, decide
-from saga.connection import Client
+from saga import RedisStore, Saga, Settings, Status, StepContext, create_app, dead_letters
+from saga.core import Shape, Transition, decide
+from saga.engine import Watchdog
 from saga.registry import Registry, default_registry
-from saga.state import Shape, Transition
+from saga.store import Client
 from saga.testing import wait_for
-from saga.watchdog import Watchdog
 from tests.sagas import app, ledger, trip
 
 pytestmark = pytest.mark.usefixtures("worker")

@@ -9,8 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from saga import decide, policy, stages
-from saga.state import Direction, Event, EventType, SagaState, Shape, Status, Transition, rebuild
+from saga.core import Direction, Event, EventType, SagaState, Shape, Status, Transition, decide, policy, rebuild, stages
 
 SHAPE = Shape(("a", "b", "c", "d"), (True, False, True, False))
 

@@ -8,10 +8,9 @@ import uuid
 
 import pytest
 
-from saga import RedisStore, StoreUnavailable, decide
-from saga.connection import Client
-from saga.schema import Begin, CommitOptions, CommitResult
-from saga.state import Direction, SagaState, Shape, Status, Transition
+from saga import RedisStore, StoreUnavailable
+from saga.core import Direction, SagaState, Shape, Status, Transition, decide
+from saga.store import Begin, Client, CommitOptions, CommitResult
 
 SHAPE = Shape(("a", "b"), (True, True))
 

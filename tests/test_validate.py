@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 
+from saga.core import call_problem, canonical_json, merged_text, validated
 from saga.errors import InvalidPayload, cut
-from saga.state import canonical_json
-from saga.validate import call_problem, merged_text, validated
 
 LIMITS = {"max_bytes": 1024, "max_depth": 8}
 

@@ -12,9 +12,8 @@ from typing import Any
 import pytest
 
 from saga import RedisStore, SagaTimeout, Status
-from saga.connection import connect, connect_node
-from saga.notify import FALLBACK_POLL, Waiters, node_url, subscriptions
 from saga.registry import default_registry
+from saga.store import FALLBACK_POLL, Waiters, connect, connect_node, node_url, subscriptions
 from saga.testing import RedisServer, wait_for
 from tests.sagas import client, trip
 

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from saga import Settings, Status
-from saga.connection import connect_node
 from saga.registry import default_registry
+from saga.store import connect_node
 from saga.testing import (
     RedisServer,
     WorkerProcess,

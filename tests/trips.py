@@ -19,7 +19,7 @@ import time
 from typing import Any, cast
 
 from saga import PermanentError, Saga, StepContext, create_app, get_settings
-from saga.connection import Client, connect
+from saga.store import Client, connect
 from tests.helpers import apply_once
 
 app = create_app("trips")

@@ -22,10 +22,11 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from saga import ArchivedRun, SagaTimeout, Status, archive_ops
+from saga import ArchivedRun, SagaTimeout, Status
+from saga.control import archive as archive_ops
+from saga.core import parse_iso
 from saga.registry import default_registry
 from saga.settings import DEFAULT_REDIS_URL, Settings
-from saga.state import parse_iso
 from saga.testing import (
     RedisServer,
     answers,

@@ -24,8 +24,8 @@ from typing import Any, cast
 import redis
 
 from saga import SagaError, SagaState, Settings
+from saga.core import parse_iso
 from saga.registry import default_registry
-from saga.state import parse_iso
 from saga.testing import (
     RedisCluster,
     RedisServer,

@@ -1,0 +1,1 @@
+"""The Alembic migrations of the SQL archive (applied by ``saga db upgrade``, see :mod:`saga.archive.sql`)."""

@@ -1,0 +1,332 @@
+"""What the ``saga`` command prints for people: rich tables of runs, states, histories, events
+and dead letters, and the data shaping behind them (payload changes between versions)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ..core import Event, SagaState, Status
+
+#: Line width when stdout is not a terminal (and ``COLUMNS`` is not set): wide enough that a
+#: table row stays on one line, for grep and awk.
+PIPE_WIDTH = 4096
+
+_STATUS_STYLE = {
+    Status.PENDING: "cyan",
+    Status.RUNNING: "cyan",
+    Status.COMPENSATING: "yellow",
+    Status.COMPLETED: "green",
+    Status.COMPENSATED: "yellow",
+    Status.FAILED: "red",
+}
+# event fields every event carries; the events table shows the others as details
+_EVENT_FIELDS = ("type", "run_id", "version", "at", "step", "name")
+
+
+def console() -> Console:
+    """A console for stdout (wide when piped)."""
+    piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    return Console(highlight=False, width=PIPE_WIDTH if piped else None)
+
+
+def _table(*columns: str) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    for name in columns:
+        table.add_column(name, overflow="fold")
+    return table
+
+
+def _compact(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _when(at: str, precision: int = 19) -> str:
+    """An ISO-8601 time as ``YYYY-MM-DD HH:MM:SS`` (19) or with milliseconds (23)."""
+    return at[:precision].replace("T", " ") if at else "-"
+
+
+def _status(status: Status) -> str:
+    return f"[{_STATUS_STYLE[status]}]{status.value}[/]"
+
+
+def error_text(state: SagaState, attempts: bool = False) -> str:
+    """A run's error on one line: ``<type> at <step>: <message>`` (with the attempt count)."""
+    e = state.error
+    if e is None:
+        return ""
+    tries = f" (after {e.attempts} attempt{'s' if e.attempts != 1 else ''})" if attempts else ""
+    return f"{e.type} at {e.name}: {e.message}{tries}"
+
+
+def payload_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """What changed from one payload to the next.
+
+    ``{"added": {key: new}, "removed": {key: old}, "changed": {key: {"old": old, "new": new}}}``,
+    each sorted by key.
+    """
+    return {
+        "added": {k: after[k] for k in sorted(after.keys() - before.keys())},
+        "removed": {k: before[k] for k in sorted(before.keys() - after.keys())},
+        "changed": {
+            k: {"old": before[k], "new": after[k]}
+            for k in sorted(before.keys() & after.keys())
+            if before[k] != after[k]
+        },
+    }
+
+
+def history_entries(history: Sequence[SagaState]) -> list[dict[str, Any]]:
+    """Every version with the payload changes from the version before (from nothing for v1)."""
+    entries: list[dict[str, Any]] = []
+    previous: Mapping[str, Any] = {}
+    for state in history:
+        entries.append(
+            {
+                "version": state.version,
+                "status": state.status.value,
+                "current_step": state.current_step,
+                "at": state.updated_at,
+                "changes": payload_changes(previous, state.payload),
+            }
+        )
+        previous = state.payload
+    return entries
+
+
+def _changes_text(changes: Mapping[str, Mapping[str, Any]]) -> str:
+    lines = [f"+ {k} = {_compact(v, 60)}" for k, v in changes["added"].items()]
+    lines += [f"- {k} (was {_compact(v, 60)})" for k, v in changes["removed"].items()]
+    lines += [f"~ {k}: {_compact(v['old'], 30)} -> {_compact(v['new'], 30)}" for k, v in changes["changed"].items()]
+    return escape("\n".join(lines)) if lines else "[dim]no change[/]"
+
+
+def _event_details(event: Mapping[str, Any]) -> str:
+    """The fields of an event beyond the common ones, as ``key=value`` (``--json`` has them whole)."""
+    parts = []
+    for key, value in event.items():
+        if key in _EVENT_FIELDS:
+            continue
+        if key == "hash" and isinstance(value, str):
+            text = value[:12] + "…"
+        elif key == "error" and isinstance(value, Mapping):
+            text = f"{value.get('type')}: {value.get('message')}"
+        elif key == "entry" and isinstance(value, Mapping):
+            text = str(value.get("id"))
+        elif isinstance(value, str):
+            text = value if len(value) <= 80 else value[:79] + "…"
+        else:
+            text = _compact(value)
+        parts.append(f"{key}={text}")
+    return escape(" ".join(parts))
+
+
+def print_runs(runs: Sequence[SagaState], parked: Mapping[str, str] | None = None, more: str = "") -> None:
+    """The runs table of ``saga list`` (or ``no runs``); with ``parked`` (run id -> reason), a
+    column says why each run waits; with ``more``, the command that reads the next page."""
+    out = console()
+    if not runs:
+        out.print("no runs")
+        return
+    columns = ["run", "saga", "v", "status", "step", "version", "updated", "last checkpoint", "error"]
+    table = _table(*columns, *(["parked because"] if parked is not None else []))
+    for s in runs:
+        last = s.checkpoints[-1].name if s.checkpoints else "-"
+        row = [
+            s.id,
+            escape(s.saga),
+            str(s.definition_version),
+            _status(s.status),
+            str(s.current_step),
+            str(s.version),
+            _when(s.updated_at),
+            escape(last),
+            escape(error_text(s)),
+        ]
+        if parked is not None:
+            row.append(escape(parked.get(s.id, "")))
+        table.add_row(*row)
+    out.print(table)
+    if more:
+        out.print(f"more runs: saga list --cursor {more} (with the same filters)", markup=False)
+
+
+def print_stats(rows: Sequence[Mapping[str, Any]]) -> None:
+    """``saga stats``: runs per saga version and status."""
+    out = console()
+    if not rows:
+        out.print("no runs")
+        return
+    statuses = [s.value for s in Status]
+    table = _table("saga", "version", *statuses, "parked", "unfinished")
+    for row in rows:
+        counts = [str(row[k]) for k in (*statuses, "parked", "unfinished")]
+        table.add_row(escape(str(row["saga"])), str(row["version"]), *counts)
+    out.print(table)
+
+
+def print_failing_steps(steps: Sequence[tuple[str, str, int]]) -> None:
+    """``saga stats`` with an archive: the steps where runs fail most."""
+    out = console()
+    if not steps:
+        out.print("no failed steps")
+        return
+    table = _table("saga", "failing step", "runs")
+    for saga, step, n in steps:
+        table.add_row(escape(saga), escape(step), str(n))
+    out.print(table)
+
+
+def print_archived_runs(runs: Sequence[Any], more: str | None) -> None:
+    """``saga list`` from the archive: one row per run, and how to get the next page."""
+    out = console()
+    if not runs:
+        out.print("no runs")
+        return
+    table = _table("run", "saga", "version", "status", "step", "failed step", "tags", "started")
+    for r in runs:
+        table.add_row(
+            r.run_id,
+            escape(r.saga),
+            str(r.definition_version),
+            _status(Status(r.status)),
+            str(r.current_step),
+            escape(r.failed_step or "-"),
+            escape(" ".join(f"{k}={v}" for k, v in sorted(r.tags.items())) or "-"),
+            _when(r.created_at),
+        )
+    out.print(table)
+    if more:
+        out.print(f"more runs: saga list --cursor {more} (with the same filters)", markup=False)
+
+
+def print_feed_status(rows: Sequence[Any], parked: Sequence[Mapping[str, Any]]) -> None:
+    """``saga archive status``: each bucket's feed depth and lag, and the parked entries."""
+    out = console()
+    table = _table("bucket", "waiting", "oldest, s", "parked")
+    for r in rows:
+        table.add_row(str(r.bucket), str(r.depth), f"{r.oldest_age_seconds:.1f}", str(r.parked))
+    out.print(table)
+    waiting = sum(r.depth for r in rows)
+    lag = max((r.oldest_age_seconds for r in rows), default=0.0)
+    out.print(f"{waiting} feed entries waiting; the oldest is {lag:.1f} s old", markup=False)
+    for p in parked:
+        out.print(f"parked: run {p.get('run_id') or '?'} entry {p.get('id')}: {p.get('reason')}", markup=False)
+
+
+def print_state(state: SagaState, latest_version: int, flower: Mapping[str, str] | None = None) -> None:
+    """``saga show``: the state's fields, payload and checkpoints; with ``flower``
+    (``first_task``, ``tasks`` and ``search``), where Flower shows the run's tasks."""
+    out = console()
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    which = "latest" if state.version == latest_version else f"latest is {latest_version}"
+    rows = (
+        ("run", state.id),
+        ("saga", escape(state.saga)),
+        ("status", _status(state.status)),
+        ("version", f"{state.version} ({which})"),
+        ("current step", str(state.current_step)),
+        ("created", _when(state.created_at, 23)),
+        ("updated", _when(state.updated_at, 23)),
+        ("error", escape(error_text(state, attempts=True)) or "-"),
+    )
+    for label, value in rows:
+        grid.add_row(label, value)
+    if flower:
+        grid.add_row("flower", escape(f"{flower['first_task']}  (the run's first task)"))
+        grid.add_row("", escape(f"{flower['tasks']}  (search: {flower['search']})"))
+    out.print(grid)
+    out.print("\n[bold]payload[/]")
+    out.print(json.dumps(state.payload, indent=2, sort_keys=True, ensure_ascii=False), markup=False)
+    out.print("\n[bold]checkpoints[/]")
+    if not state.checkpoints:
+        out.print("none")
+        return
+    table = _table("step", "name", "committed", "payload hash")
+    for c in state.checkpoints:
+        table.add_row(str(c.step), escape(c.name), _when(c.at, 23), c.hash)
+    out.print(table)
+
+
+def print_history(entries: Sequence[Mapping[str, Any]]) -> None:
+    """``saga history``: every version with its payload changes."""
+    table = _table("version", "at", "status", "step", "payload changes")
+    for e in entries:
+        table.add_row(
+            str(e["version"]),
+            _when(e["at"], 23),
+            _status(Status(e["status"])),
+            str(e["current_step"]),
+            _changes_text(e["changes"]),
+        )
+    console().print(table)
+
+
+def print_events(log: Sequence[Event]) -> None:
+    """``saga events``: one row an event."""
+    table = _table("version", "at", "event", "step", "details")
+    for e in log:
+        step = f"{e['step']} {e.get('name', '')}" if "step" in e else ""
+        table.add_row(
+            str(e.get("version", "")),
+            _when(e.get("at", ""), 23),
+            escape(str(e.get("type", ""))),
+            escape(step),
+            _event_details(e),
+        )
+    console().print(table)
+
+
+def event_line(event: Mapping[str, Any], saga: str) -> str:
+    """One event of ``saga tail`` on one line: time, run (its first 8 characters, a prefix
+    every command takes), saga, version, type, step and the details ``saga events`` shows."""
+    run_id = str(event.get("run_id", ""))
+    step = f" {event['step']} {event.get('name', '')}".rstrip() if "step" in event else ""
+    details = _event_details(event)
+    return (
+        f"{_when(str(event.get('at', '')), 23)}  {escape(run_id[:8])}  {escape(saga)}  "
+        f"v{event.get('version', '?')}  {escape(str(event.get('type', '')))}{escape(step)}"
+        + (f"  {details}" if details else "")
+    )
+
+
+def print_lines(lines: Sequence[str]) -> None:
+    """Print lines of :func:`event_line` (rich markup), flushed at once (for a live tail)."""
+    out = console()
+    for line in lines:
+        out.print(line, soft_wrap=True)
+    out.file.flush()
+
+
+def print_dead_letters(entries: Sequence[Mapping[str, Any]], more: str = "") -> None:
+    """``saga dlq list``: one row an entry (or the queue is empty); with ``more``, the command
+    that reads the next page."""
+    out = console()
+    if not entries:
+        out.print("the dead-letter queue is empty")
+        return
+    table = _table("entry", "saga", "kind", "step", "error", "attempts", "at")
+    for e in entries:
+        table.add_row(
+            escape(str(e.get("id"))),
+            escape(str(e.get("saga"))),
+            escape(str(e.get("kind"))),
+            escape(str(e.get("step"))),
+            escape(f"{e.get('error_type')}: {e.get('error_message')}"),
+            str(e.get("attempts")),
+            _when(str(e.get("at", ""))),
+        )
+    out.print(table)
+    if more:
+        out.print(f"more entries: saga dlq list --cursor {more}", markup=False)

@@ -1,1 +1,0 @@
-"""The Alembic migrations of the SQL archive (applied by ``saga db upgrade``, see :mod:`saga.archive`)."""

@@ -1,0 +1,161 @@
+"""Reading one run: its latest state (the snapshot of an unfinished or failed run, else folded
+from its events), any version of it, its events and its bookkeeping.
+
+:class:`RunReads` sits between the connection and key layout (:class:`~saga.indexes.BucketedStore`)
+and the writes (:class:`~saga.store.RedisStore`). Every read returns objects of its own: a
+payload read here shares nothing with any other reader's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import cast
+
+from ..core import Event, SagaState, Shape, codec, rebuild
+from ..errors import RunNotFound
+from .indexes import BucketedStore
+from .schema import Progress
+
+
+def snapshot_state(snapshot: str | None) -> SagaState | None:
+    """The state a stored snapshot holds (None for none)."""
+    return SagaState.from_dict(json.loads(snapshot)) if snapshot else None
+
+
+class RunReads(BucketedStore):
+    """The reads of one run (see the module). Shapes are read once per process: a fingerprint's
+    shape never changes."""
+
+    def __init__(self, url: str, *, prefix: str, retries: int, buckets: int) -> None:
+        super().__init__(url, prefix=prefix, retries=retries, buckets=buckets)
+        self._shapes: dict[str, Shape] = {}
+
+    def get(self, run_id: str) -> SagaState:
+        """The latest state of a run."""
+        state = self.snapshots([run_id])[0]
+        if state is None:
+            raise RunNotFound(run_id)
+        return state
+
+    def snapshots(self, run_ids: Sequence[str]) -> list[SagaState | None]:
+        """The latest state of each run (None where there is no such run), in one round trip
+        for runs with a snapshot and one more for those rebuilt from their events."""
+        with self.guarded():
+            pipe = self.client.pipeline(transaction=False)
+            for run_id in run_ids:
+                pipe.get(self.keys(run_id).snapshot)
+            replies = cast(list[str | None], pipe.execute())
+        states = [snapshot_state(snapshot) for snapshot in replies]
+        settled = [i for i, snapshot in enumerate(replies) if snapshot is None]
+        if settled:
+            logs = self.logs([run_ids[i] for i in settled])
+            for i, events in zip(settled, logs, strict=True):
+                states[i] = rebuild(events) if events else None
+        return states
+
+    def labels(self, run_ids: Sequence[str]) -> list[tuple[str, int] | None]:
+        """The saga name and definition version of each run (None where there is no such run),
+        in one round trip."""
+        with self.guarded():
+            pipe = self.client.pipeline(transaction=False)
+            for run_id in run_ids:
+                pipe.hmget(self.keys(run_id).meta, ["saga", "sv"])
+            rows = cast(list[list[str | None]], pipe.execute())
+        return [(saga, int(sv or 1)) if saga else None for saga, sv in rows]
+
+    def events(self, run_id: str) -> list[Event]:
+        """Every event of a run, oldest first."""
+        events = self.logs([run_id])[0]
+        if not events:
+            raise RunNotFound(run_id)
+        return events
+
+    def history(self, run_id: str) -> list[SagaState]:
+        """The run at every version, oldest first, rebuilt from its events (each state with a
+        payload of its own)."""
+        return codec.history(self.events(run_id))
+
+    def at_version(self, run_id: str, version: int) -> SagaState:
+        """The run at one version, rebuilt from its events."""
+        return codec.at_version(run_id, self.events(run_id), version)
+
+    def meta(self, run_id: str) -> dict[str, str]:
+        """The run's bookkeeping fields (fingerprint, fence, attempt, dups, ...)."""
+        with self.guarded():
+            data = cast(dict[str, str], self.client.hgetall(self.keys(run_id).meta))
+        if not data:
+            raise RunNotFound(run_id)
+        return data
+
+    def lease(self, run_id: str) -> str | None:
+        """The run's current lease value, if one is live."""
+        with self.guarded():
+            return cast(str | None, self.client.get(self.keys(run_id).lease))
+
+    def progress(self, run_id: str, lanes: Sequence[str] = ()) -> Progress:
+        """What the watchdog needs beyond the snapshot (see :class:`Progress`), in one round
+        trip. With ``lanes`` (the members of a parallel group due at the cursor), the lease is
+        any of theirs that is live (the one with most time left) and the attempt count is
+        theirs together."""
+        k = self.keys(run_id)
+        owned = list(lanes) or [""]
+        with self.guarded():
+            pipe = self.client.pipeline(transaction=False)
+            for lane in owned:
+                pipe.get(k.lease_of(lane))
+                pipe.pttl(k.lease_of(lane))
+            fields = [f"attempt:{lane}" if lane else "attempt" for lane in owned]
+            pipe.hmget(k.meta, [*fields, "fingerprint", "parked", "cancel"])
+            replies = pipe.execute()
+        meta = replies[-1]
+        fingerprint, parked, cancel = meta[-3:]
+        live = [
+            (max(int(left), 0), lease)
+            for lease, left in zip(replies[0:-1:2], replies[1:-1:2], strict=True)
+            if lease is not None
+        ]
+        left, lease = max(live) if live else (0, None)
+        attempts = sum(int(n or 0) for n in meta[:-3])
+        return Progress(lease, left, attempts, fingerprint or "", parked, cancel or "")
+
+    def shape(self, run_id: str) -> Shape | None:
+        """The shape of the definition a run started with (None for an unknown run)."""
+        with self.guarded():
+            fingerprint = cast(str | None, self.client.hget(self.keys(run_id).meta, "fingerprint"))
+        return self._shape(run_id, fingerprint) if fingerprint else None
+
+    def _shape(self, run_id: str, fingerprint: str) -> Shape | None:
+        """A recorded shape by fingerprint (read once per process: a fingerprint's shape never
+        changes)."""
+        if fingerprint not in self._shapes:
+            with self.guarded():
+                raw = cast(str | None, self.client.hget(self.bucket_keys(run_id).shapes, fingerprint))
+            if raw is None:
+                return None
+            self._shapes[fingerprint] = Shape.from_list(json.loads(raw))
+        return self._shapes[fingerprint]
+
+    def known_shape(self, fingerprint: str) -> Shape | None:
+        """The shape of definition ``fingerprint`` if this process has read it already."""
+        return self._shapes.get(fingerprint)
+
+    def learn_shape(self, fingerprint: str, shape: Shape) -> Shape:
+        """Remember the shape of ``fingerprint`` (read by another client of this store)."""
+        return self._shapes.setdefault(fingerprint, shape)
+
+    def logs(self, run_ids: Sequence[str]) -> list[list[Event]]:
+        """The events of each run, in one round trip ([] for a run without)."""
+        with self.guarded():
+            pipe = self.client.pipeline(transaction=False)
+            for run_id in run_ids:
+                keys = self.keys(run_id)
+                pipe.hget(keys.meta, "fingerprint")
+                pipe.lrange(keys.events, 0, -1)
+            replies = pipe.execute()
+        fingerprints = cast(list[str | None], replies[::2])
+        rows = cast(list[list[str]], replies[1::2])
+        return [
+            codec.unpack(run_id, raw, self._shape(run_id, fingerprint) if fingerprint else None) if raw else []
+            for run_id, fingerprint, raw in zip(run_ids, fingerprints, rows, strict=True)
+        ]
