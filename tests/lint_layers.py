@@ -116,7 +116,7 @@ def _targets(
 ) -> list[tuple[str, tuple[str, ...], bool]]:
     """(target, names, internal) for an import statement in ``module``."""
     if isinstance(node, ast.Import):
-        out = []
+        out: list[tuple[str, tuple[str, ...], bool]] = []
         for alias in node.names:
             parts = alias.name.split(".")
             if parts[0] == PACKAGE:
