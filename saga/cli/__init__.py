@@ -113,6 +113,7 @@ class _SagaGroup(click.Group):
     "imported by resume, cancel, compensate and dlq retry  [env: SAGA_APP]",
 )
 @click.option("--debug", is_flag=True, help="Show the traceback of an error.")
+@click.version_option(package_name="saga", prog_name="saga", message="%(prog)s %(version)s")
 @click.pass_context
 def cli(ctx: click.Context, redis_url: str | None, app: str, debug: bool) -> None:
     """Inspect and operate saga runs and the dead-letter queue."""
