@@ -43,6 +43,8 @@ from saga.testing import RedisServer
 from .archive import archive_figures
 from .group import group_figures
 from .hot_tier import listing_figures, memory_figures
+from .imports import import_figures
+from .imports import markdown as imports_markdown
 from .measure import (
     BENCH_DIR,
     CONCURRENCY,
@@ -92,6 +94,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="saga runs of the archiver throughput, feed lag and bytes figures (default 2000; quick 200)",
     )
     p.add_argument("--skip-archive", action="store_true", help="leave the archive's figures out")
+    p.add_argument("--import-rounds", type=int, help="interleaved rounds of the start-up figures (default 9; quick 3)")
     p.add_argument(
         "--group-runs", type=int, help="runs per group-vs-chord throughput repetition (default 500; quick 30)"
     )
@@ -123,6 +126,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.runs = args.runs or (30 if quick else 500)
     args.reps = args.reps or (2 if quick else 3)
     args.latency_runs = args.latency_runs or (10 if quick else 100)
+    args.import_rounds = args.import_rounds or (3 if quick else 9)
     args.recovery_trials = args.recovery_trials if args.recovery_trials is not None else (1 if quick else 5)
     args.memory_runs = args.memory_runs or (50 if quick else 2000)
     args.list_runs = args.list_runs or (2000 if quick else 100_000)
@@ -255,6 +259,12 @@ def _waiters(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
     )
     print(f"  push-based waiting figures took {section['seconds']:g} s", flush=True)
     return {"waiters": section}
+
+
+def _imports(args: argparse.Namespace) -> dict[str, Any]:
+    """``{"imports": import saga and saga --help beside a bare Celery app}`` (:mod:`bench.imports`)."""
+    print(f"start-up: {args.import_rounds} interleaved rounds of import saga, saga --help, a bare Celery app...")
+    return {"imports": import_figures(args.import_rounds)}
 
 
 def measure(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
@@ -394,6 +404,7 @@ def measure(args: argparse.Namespace, stack: ExitStack) -> dict[str, Any]:
     result.update(_group(args, env))
     result.update(_waiters(args, env))
     result.update(_archive(args, env))
+    result.update(_imports(args))
     result["settings"] = {
         "runs": args.runs,
         "reps": args.reps,
@@ -453,6 +464,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(table)
     print(breakdown(result))
+    print()
+    print(imports_markdown(result["imports"]))
     print(f"\nwrote {args.json} and {args.markdown}")
     return 0
 

@@ -7,6 +7,7 @@ unless it was configured with settings of its own.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Mapping
@@ -23,6 +24,8 @@ DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
 #: Buckets when ``SAGA_BUCKETS`` does not say: enough to spread a cluster's slots over its nodes,
 #: few enough that a listing reads each bucket's index in one pipelined round trip.
 DEFAULT_BUCKETS = 16
+#: The libraries an archive needs: the ``archive`` extra (PostgreSQL adds psycopg: ``postgres``).
+ARCHIVE_LIBRARIES = ("sqlalchemy", "alembic")
 
 #: With an archive, how long a finished run stays in Redis once archived (an hour).
 DEFAULT_HOT_RETENTION_SECONDS = 3600
@@ -116,6 +119,19 @@ class Settings(BaseModel):
                     "set SAGA_BROKER_URL to a plain Redis or RabbitMQ"
                 )
             object.__setattr__(self, "broker_url", self.redis_url)
+        return self
+
+    @model_validator(mode="after")
+    def _archive_extra_installed(self) -> Settings:
+        if self.archive_url:
+            missing = [name for name in ARCHIVE_LIBRARIES if importlib.util.find_spec(name) is None]
+            if self.archive_url.startswith("postgresql") and importlib.util.find_spec("psycopg") is None:
+                missing.append("psycopg")
+            if missing:
+                extra = "postgres" if "psycopg" in missing else "archive"
+                raise ValueError(
+                    f"SAGA_ARCHIVE_URL needs {', '.join(missing)}, which is not installed: pip install 'saga[{extra}]'"
+                )
         return self
 
     @model_validator(mode="after")

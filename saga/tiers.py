@@ -6,10 +6,14 @@ either tier.
 
 from __future__ import annotations
 
-from .archive import Archive
+from typing import TYPE_CHECKING
+
 from .core import Event, SagaState, codec, rebuild
 from .errors import RunNotFound
 from .store import RedisStore
+
+if TYPE_CHECKING:
+    from .archive import Archive
 
 
 class Tiers:

@@ -11,11 +11,16 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
-from ..archive import Archive, ArchiveFeed, Archiver, ArchiveStats, FeedStatus, RunPage, RunQuery
+from .. import archive as archive_tier
+from ..archive import ArchiveFeed, ArchiveStats, FeedStatus, RunPage, RunQuery
 from ..core import Status, policy
 from ..errors import SagaError, SettingsError
 from ..registry import Registry, default_registry
+
+if TYPE_CHECKING:
+    from ..archive import Archive, Archiver
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -120,7 +125,7 @@ def upgrade(registry: Registry | None = None) -> str:
 def archiver(registry: Registry | None = None) -> Archiver:
     """An archiver over the registry's store and archive (``saga archive run``)."""
     reg = _registry(registry)
-    return Archiver(reg.store, archive_of(reg), reg.settings)
+    return archive_tier.Archiver(reg.store, archive_of(reg), reg.settings)
 
 
 def version_rows(summary: ArchiveStats, registry: Registry | None = None) -> list[dict[str, object]]:
