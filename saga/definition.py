@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable
 from typing import Any, overload
 
+from . import worker
 from .client import RunClient
 from .core import CompensationFunction, Direction, RetryPolicy, Shape, StepFunction
 from .engine import commit as engine
@@ -77,7 +78,7 @@ class Step:
         self._retry = retry
         self.task_name = tasks.task_name(saga.name, name, Direction.FORWARD)
         self.compensation_task_name = tasks.task_name(saga.name, name, Direction.COMPENSATION)
-        self.task: Any = saga.registry.task_for(saga.app, saga.name, name, Direction.FORWARD)
+        self.task: Any = worker.task_for(saga.registry, saga.app, saga.name, name, Direction.FORWARD)
         if timeout is not None:
             tasks.limit_time(self.task, timeout)
         self.compensation_task: Any = None
@@ -117,7 +118,7 @@ class Step:
             raise SagaDefinitionError(f"step {self.name!r} of saga {saga.name!r} already has a compensation")
         _check_body(fn, f"compensation of step {self.name!r} of saga {saga.name!r}")
         self.compensation = fn
-        self.compensation_task = saga.registry.task_for(saga.app, saga.name, self.name, Direction.COMPENSATION)
+        self.compensation_task = worker.task_for(saga.registry, saga.app, saga.name, self.name, Direction.COMPENSATION)
         saga._shape = None
         return fn
 
@@ -176,6 +177,7 @@ class Saga(RunClient):
         self._shape: Shape | None = None
         self._runtime: tuple[int, engine.Runtime] | None = None
         self.registry.add(self)
+        worker.hook_workers(self.registry, self.app)
 
     @property
     def settings(self) -> Settings:

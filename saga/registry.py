@@ -3,43 +3,32 @@
 It owns the settings (read from ``SAGA_*`` variables on first use unless configured), the sagas
 declared in the process (by name and version; a second declaration of both raises), the Celery
 task of each step name (one per app, shared by every version), one store per Redis URL and key
-prefix, the lease heartbeat, and the hooks that make each Celery app's workers run a watchdog
-and serve metrics. Each delivered message is routed here to the version its run started with.
-Sagas bind to the default registry unless given another one; tests and the CLI configure a
-registry explicitly (:meth:`Registry.configure`, :func:`use_registry`) instead of editing the
-environment.
+prefix, one archive per URL, the lease heartbeat, and which apps' workers are hooked. What a
+worker does with that state (routing each message to its run's version, the watchdog, the
+worker hooks) is :mod:`saga.worker`. Sagas bind to the default registry unless given another
+one; tests and the CLI configure a registry explicitly (:meth:`Registry.configure`,
+:func:`use_registry`) instead of editing the environment.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .archive import Archive, ArchiveFeed, Archiver
-from .core import Direction, EventType, Shape, call_problem, decide, policy
-from .engine import (
-    Heartbeat,
-    Runtime,
-    SagaDefinition,
-    StepDefinition,
-    StoredDefinition,
-    Watchdog,
-    deliver,
-    metrics,
-    park,
-    run_logger,
-)
-from .errors import RunNotFound, SagaDefinitionError, StoreUnavailable
+from . import archive as archive_tier
+from .core import Shape
+from .engine import Heartbeat, Runtime, SagaDefinition, StepDefinition, StoredDefinition
+from .errors import SagaDefinitionError
 from .settings import Settings
 from .store import RedisStore, memory
 from .tiers import Tiers
 from .transport import tasks
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from .archive import Archive
 
 #: Connection retries of a store: an unreachable Redis is retried with backoff for a few seconds.
 STORE_RETRIES = 8
@@ -129,7 +118,7 @@ class Registry:
         with self._lock:
             archive = self._archives.get(settings.archive_url)
             if archive is None:
-                archive = self._archives[settings.archive_url] = Archive(settings.archive_url)
+                archive = self._archives[settings.archive_url] = archive_tier.Archive(settings.archive_url)
             return archive
 
     def tiers_for(self, settings: Settings) -> Tiers:
@@ -154,8 +143,8 @@ class Registry:
     # --- sagas -----------------------------------------------------------------------------
 
     def add(self, saga: RegisteredSaga) -> None:
-        """Register a newly declared saga and hook its app's workers; a name and version already
-        declared in this registry raise :class:`SagaDefinitionError`."""
+        """Register a newly declared saga; a name and version already declared in this registry
+        raise :class:`SagaDefinitionError`."""
         with self._lock:
             versions = self._sagas.setdefault(saga.name, {})
             if saga.version in versions:
@@ -164,7 +153,6 @@ class Registry:
                     "saga its own name, and a changed definition a new version (Saga(..., version=N))"
                 )
             versions[saga.version] = saga
-        self.hook_workers(saga.app)
 
     def find(self, name: str, version: int | None = None) -> RegisteredSaga | None:
         """Version ``version`` of saga ``name`` (the highest declared when None), or None."""
@@ -225,123 +213,21 @@ class Registry:
         rt = self.get(name).runtime()
         return Runtime(StoredDefinition(name, version, shape, rt.definition.app), self.store, rt.settings, rt.heartbeat)
 
-    # --- tasks -----------------------------------------------------------------------------
+    # --- worker state (what saga.worker keeps here) -----------------------------------------
 
-    def task_for(self, app: Any, saga: str, step: str, direction: Direction) -> Any:
-        """The Celery task of step ``step`` of ``saga`` in ``direction`` on ``app``, registered
-        on first use; its messages are routed by :meth:`deliver`, whatever the version."""
-        name = tasks.task_name(saga, step, direction)
+    def tasks_of(self, app: Any) -> dict[str, Any]:
+        """The Celery tasks registered on ``app`` so far, by task name (see :func:`saga.worker.task_for`)."""
         with self._lock:
-            known = self._tasks.setdefault(app, {})
-            if name not in known:
-                what = "Step" if direction is Direction.FORWARD else "Compensation of step"
+            return self._tasks.setdefault(app, {})
 
-                def handle(run_id: str, attempt: int, version: int) -> tasks.Ending:
-                    return self.deliver(saga, step, direction, run_id, attempt, version)
-
-                doc = f"{what} {step!r} of saga {saga!r}."
-                known[name] = tasks.register_task(app, name, handle, doc, self.reject_message)
-            return known[name]
-
-    def reject_message(self, task: str, why: str, run_id: str | None) -> None:
-        """Report a malformed message rejected for ``task``: one log line, a count, and a
-        ``saga.message_rejected`` event on the run it names, when that run exists."""
-        metrics.poison_message(task)
-        logger.error("rejected a message for %s, not requeued: %s", task, why)
-        if run_id is None:
-            return
-        try:
-            state = self.store.get(run_id)
-            event = decide.note_event(state, EventType.SAGA_MESSAGE_REJECTED, task=task, reason=why)
-            self.store.note_events(state, [event])
-        except (RunNotFound, StoreUnavailable):
-            pass  # no such run, or no store now: the log line and the count say it
-
-    def deliver(
-        self, saga: str, step: str, direction: Direction, run_id: str, attempt: int, version: int
-    ) -> tasks.Ending:
-        """Route one delivered message to the definition its run started with (``version``), and
-        say how it ended. Without that definition here, a compensation may still run by name for
-        an operator's unwind (under the shape the run recorded); any other message parks the run."""
-        log = run_logger(logger, str(run_id), saga, step)
-        problem = call_problem(run_id, attempt, version)
-        if problem:
-            log.error("malformed message: %s; dropped to the log", problem)
-            return tasks.skipped(f"malformed message: {problem}")
-        definition = self.find(saga, version)
-        found = definition.find_step(step) if definition is not None else None
-        if definition is not None and found is not None:
-            return deliver(definition.runtime(), found, direction, run_id, attempt)
-        rt = self.get(saga).runtime()
-        try:
-            state = rt.store.get(run_id)
-        except RunNotFound:
-            log.error("no such run (expired or never started); message ignored")
-            return tasks.skipped("no such run")
-        by_name = self.compensation_named(saga, step) if direction is Direction.COMPENSATION else None
-        shape = rt.store.shape(run_id) if by_name is not None else None
-        if by_name is not None and shape is not None:
-            return deliver(self.stored_runtime(saga, version, shape), by_name, direction, run_id, attempt, by_name=True)
-        why = policy.missing_reason(saga, version, self.versions(saga))
-        if definition is not None:
-            stored = rt.store.progress(run_id).fingerprint
-            why = policy.drift_reason(saga, version, stored, definition.shape.fingerprint)
-        park(rt.store, state, why, log)
-        return tasks.skipped(f"parked: {why}")
-
-    # --- workers ---------------------------------------------------------------------------
-
-    def watchdog(self) -> Watchdog:
-        """A watchdog over this registry's sagas (started by each worker; tests call ``scan()``)."""
-        return Watchdog(self.runtimes, self.settings)
-
-    def hook_workers(self, app: Any) -> None:
-        """Once per Celery app: its workers run a watchdog and serve metrics, as this registry's
-        settings say (``SAGA_WATCHDOG_INTERVAL``, ``SAGA_METRICS_PORT``; 0 turns either off)."""
+    def first_hook(self, app: Any) -> bool:
+        """True the first time it is asked for ``app``: its workers are hooked once (see
+        :func:`saga.worker.hook_workers`), however many sagas it carries."""
         with self._lock:
             if app in self._hooked:
-                return
+                return False
             self._hooked.add(app)
-        folders: list[str] = []
-        dogs: list[Watchdog | Archiver] = []
-
-        def on_init(**_: Any) -> None:  # before the pool forks
-            if self.settings.metrics_port:
-                folder = metrics.prepare_multiprocess()
-                if folder:
-                    folders.append(folder)
-
-        def on_ready(**_: Any) -> None:
-            s = self.settings
-            if s.watchdog_interval > 0:
-                dogs.append(self.watchdog())
-                dogs[-1].start()
-            archive = self.archive_for(s)
-            if archive is not None and s.archiver:
-                dogs.append(Archiver(self.store, archive, s))
-                dogs[-1].start()
-            if s.metrics_port:
-                reads = {"saga_dead_letters": self.store.dead_letter_depth, "saga_parked_runs": self.store.parked_depth}
-                lag = ArchiveFeed(self.store).lag if s.archive_url else None
-                auth = {"user": s.metrics_user, "password_file": s.metrics_password_file}
-                metrics.serve(s.metrics_port, reads, lag, **auth)
-
-        def on_stop(**_: Any) -> None:
-            for dog in dogs:
-                dog.stop()
-
-        def on_child_exit(pid: int | None = None, **_: Any) -> None:
-            metrics.mark_child_dead(pid)
-
-        def on_shutdown(**_: Any) -> None:
-            while folders:
-                metrics.remove_folder(folders.pop())
-
-        tasks.on_worker_signal(app, "worker_init", on_init)
-        tasks.on_worker_signal(app, "worker_ready", on_ready)
-        tasks.on_process_signal("worker_shutting_down", on_stop)
-        tasks.on_process_signal("worker_process_shutdown", on_child_exit)
-        tasks.on_process_signal("worker_shutdown", on_shutdown)
+            return True
 
     def create_app(self, name: str = "saga", **overrides: Any) -> Any:
         """A Celery app configured from this registry's settings (see :func:`celery_config`)."""

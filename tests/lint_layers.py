@@ -135,8 +135,9 @@ def _targets(
     here = module.split(".") if module != "__init__" else []
     base = here if is_package else here[:-1]
     base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
-    target = ".".join([*base, *(node.module.split(".") if node.module else [])])
-    return [(target or "__init__", names, True)]
+    if not node.module:  # from . import decide, tasks: the modules themselves
+        return [(".".join([*base, name]), (), True) for name in names]
+    return [(".".join([*base, *node.module.split(".")]) or "__init__", names, True)]
 
 
 def imports_of(module: str, source: str, is_package: bool = False) -> list[Import]:

@@ -14,7 +14,7 @@ from typing import Any, cast
 import pytest
 from prometheus_client import REGISTRY
 
-from saga import RedisStore, Saga, Settings, Status, StepContext, create_app, dead_letters
+from saga import RedisStore, Saga, Settings, Status, StepContext, create_app, dead_letters, worker
 from saga.core import Shape, Transition, decide
 from saga.engine import Watchdog
 from saga.registry import Registry, default_registry
@@ -25,7 +25,7 @@ from tests.sagas import app, ledger, trip
 pytestmark = pytest.mark.usefixtures("worker")
 
 # one watchdog, as in one worker: a second one would wait for the first one's election lock
-watchdog = default_registry().watchdog()
+watchdog = worker.watchdog(default_registry())
 
 
 def create(t: Transition, shape: Shape | None = None) -> None:
@@ -200,7 +200,7 @@ def test_one_unreachable_store_does_not_stop_the_watchdog_watching_the_others(se
 
 def test_several_watchdogs_elect_one_scanner_and_another_takes_over_when_it_dies(redis_client: Client) -> None:
     # Given two workers' watchdogs and a stalled run
-    first, second = default_registry().watchdog(), default_registry().watchdog()
+    first, second = worker.watchdog(default_registry()), worker.watchdog(default_registry())
     t = decide.decide_start(str(uuid.uuid4()), "trip", {"lost": True}, at="2026-01-01T00:00:00.000000Z")
     create(t)
     trip.store.schedule(t.state.id, 0)
