@@ -159,13 +159,18 @@ class Cluster:
             self.store.restart_node(random.randrange(len(self.store.nodes)), kill=True)
 
     def kill_child(self) -> bool:
-        """SIGKILL one pool child of a worker; its parent replaces it."""
-        for wid in random.sample(sorted(self.procs), len(self.procs)):
-            children = process_children(self.procs[wid].pid)
-            if children:
-                os.kill(random.choice(children), signal.SIGKILL)
-                return True
-        return False
+        """SIGKILL one pool child of a worker; its parent replaces it. Waits up to 20 s for a worker
+        to have a child (a worker just started or replaced has none yet on a loaded machine)."""
+        deadline = time.monotonic() + 20
+        while True:
+            for wid in random.sample(sorted(self.procs), len(self.procs)):
+                children = process_children(self.procs[wid].pid)
+                if children:
+                    os.kill(random.choice(children), signal.SIGKILL)
+                    return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
 
     def stop(self) -> None:
         for proc in self.procs.values():
