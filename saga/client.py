@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
@@ -29,21 +30,22 @@ from .tiers import Tiers
 T = TypeVar("T")
 
 
-class RunClient:
-    """Starting and reading runs of one saga (mixed into :class:`~saga.Saga`)."""
+class RunClient(ABC):
+    """Starting and reading runs of one saga: the base of :class:`~saga.Saga`, which supplies
+    the saga's name, registry, settings and store (a subclass without them cannot be made)."""
 
     name: str
     registry: Registry
 
     @property
+    @abstractmethod
     def settings(self) -> Settings:
         """The settings the saga runs with."""
-        raise NotImplementedError
 
     @property
+    @abstractmethod
     def store(self) -> RedisStore:
         """The coordinator's store (the saga's)."""
-        raise NotImplementedError
 
     @property
     def tiers(self) -> Tiers:
