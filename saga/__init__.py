@@ -10,11 +10,9 @@ from .control import dead_letters, find_runs
 from .core import Checkpoint, Direction, SagaState, Status, StepContext, StepError, payload_hash
 from .definition import Saga, Step
 from .errors import (
+    ActionRefused,
     ArchiveSchemaMismatch,
     ArchiveUnavailable,
-    CheckpointCorrupted,
-    DeadlineExceeded,
-    DefinitionMismatch,
     EntryNotFound,
     InvalidOutput,
     InvalidPayload,
@@ -27,6 +25,7 @@ from .errors import (
     SagaError,
     SagaTimeout,
     SettingsError,
+    StorageFormatTooNew,
     StoreFull,
     StoreUnavailable,
 )
@@ -59,23 +58,22 @@ __all__ = [
     "default_store",
     "get_settings",
     # Errors
+    "ActionRefused",
     "ArchiveSchemaMismatch",
     "ArchiveUnavailable",
-    "CheckpointCorrupted",
-    "DefinitionMismatch",
     "EntryNotFound",
     "InvalidOutput",
     "InvalidPayload",
     "KeyConflict",
     "PermanentError",
     "Rejected",
-    "DeadlineExceeded",
     "OutputConflict",
     "RunNotFound",
     "SagaDefinitionError",
     "SagaError",
     "SagaTimeout",
     "SettingsError",
+    "StorageFormatTooNew",
     "StoreFull",
     "StoreUnavailable",
 ]

@@ -2,23 +2,32 @@
 
     SagaError
     ├── SagaDefinitionError     a saga or step declared wrongly (bad name, no steps, ...)
-    ├── SettingsError           a SAGA_* environment variable that cannot be used
-    ├── InvalidPayload          a payload or step output that is not a JSON object
+    ├── SettingsError           a SAGA_* setting that cannot be used (or one that is missing)
+    ├── InvalidPayload          start() given a payload, tags, key or deadline that breaks the rules
     ├── KeyConflict             start() with a key already used by a run with another payload
     ├── RunNotFound             no run with that id (never started, or past retention)
     ├── EntryNotFound           no dead-letter entry with that id
     ├── StoreUnavailable        Redis cannot be reached
     │   └── StoreFull           Redis refuses writes: it is at maxmemory
-    ├── BrokerUnavailable       the Celery broker cannot be reached to send a task
-    ├── CheckpointCorrupted     a stored checkpoint's hash does not match its payload
-    ├── DefinitionMismatch      a run was started with another definition of its saga
+    ├── ArchiveUnavailable      the SQL archive cannot be reached or refused a statement
+    ├── ArchiveSchemaMismatch   the archive's tables need `saga db upgrade`
     ├── SagaTimeout             wait() ran out of time (also a builtin TimeoutError)
-    ├── ActionRefused           an operator action that does not apply to the run as it is now
-    ├── DeadlineExceeded        a run's deadline passed before it finished: it was compensated
+    ├── ActionRefused           an operator action or query that does not apply as asked
+    ├── BrokerUnavailable       (internal) the Celery broker could not take a task message
+    ├── CheckpointCorrupted     (internal) recorded on a run whose checkpoint does not verify
+    ├── StorageFormatTooNew     a run's record was written by a newer storage format than this saga reads
     └── PermanentError          raised by step code: give up now, do not retry
         ├── InvalidOutput       a step returned, but what it returned cannot be used
         ├── OutputConflict      two members of a parallel group wrote the same payload key
         └── Rejected            an expected business outcome: compensate, no dead letter
+
+Every class ``saga`` exports is raised for the reason its docstring gives, which also says what
+to do about it: to the caller of a library call or ``saga`` command, or (``PermanentError`` and
+its subclasses) in step code, where it ends the step's attempts and its name becomes the run's
+``error.type``. The classes marked *(internal)* are not exported: they never reach a caller (the
+engine handles them, or records their name as a run's ``error.type``). A run's ``error.type``
+may also be ``DeadlineExceeded``: the name recorded on a run whose deadline passed, not a class.
+The ``saga`` command maps these errors to its exit codes (:mod:`saga.cli`).
 
 Every message is one line that says what to do about it; untrusted values in it (run ids,
 messages) are cut to a sane length by :func:`cut`.
@@ -44,15 +53,27 @@ class SagaError(Exception):
 
 
 class SagaDefinitionError(SagaError):
-    """A saga or one of its steps is declared in a way that cannot run."""
+    """A saga or one of its steps is declared in a way that cannot run: raised where it is
+    declared (``Saga(...)``, ``@saga.step``, ``@step.compensate``; a name and version declared
+    twice in one registry), when a saga with no steps is started, or when a run needs a saga or
+    version this process does not define. Fix the declaration, or import the module that defines
+    the saga (``--app``); the message names what is wrong."""
 
 
 class SettingsError(SagaError):
-    """A ``SAGA_*`` setting is missing or malformed."""
+    """A ``SAGA_*`` setting is malformed or unknown, or one an action needs is missing
+    (``SAGA_ARCHIVE_URL`` for a read of the archive): raised when the settings are read from the
+    environment (``Settings.from_env``: the default registry on first use, a worker, the
+    ``saga`` command) or when the archive or a store is opened with them. Fix the setting the
+    message names; nothing was done."""
 
 
 class InvalidPayload(SagaError):
-    """A payload or a step's return value is not a JSON object."""
+    """``start()`` (or ``start_async()``) was given a payload that breaks the rules (not a JSON
+    object, not JSON-serializable, NaN, a lone surrogate, too deep or over
+    ``SAGA_MAX_PAYLOAD_BYTES``), or tags, a start key or a deadline that cannot be used. Nothing
+    was written; fix the input, the message names the rule broken. (A step's return value that
+    breaks them fails the step with :class:`InvalidOutput` instead.)"""
 
 
 class KeyConflict(SagaError):
@@ -74,7 +95,9 @@ class KeyConflict(SagaError):
 
 
 class RunNotFound(SagaError):
-    """No run with this id exists in the store."""
+    """No run with this id (or start key) exists in Redis or the archive: raised by the reads of
+    a run (``get``, ``events``, ``find``, ``wait``) and the operator actions on one. It was
+    never started, or it finished and expired after retention; check the id."""
 
     def __init__(self, run_id: str) -> None:
         super().__init__(run_id)
@@ -85,7 +108,9 @@ class RunNotFound(SagaError):
 
 
 class EntryNotFound(SagaError):
-    """No dead-letter entry with this id exists."""
+    """No dead-letter entry with this id is in the queue: raised by ``saga dlq retry`` / ``drop``
+    (and the functions behind them). It was retried or dropped already, or the id is wrong; list
+    the entries with ``saga dlq list``."""
 
     def __init__(self, entry_id: str) -> None:
         super().__init__(entry_id)
@@ -96,7 +121,9 @@ class EntryNotFound(SagaError):
 
 
 class StoreUnavailable(SagaError):
-    """The coordinator's Redis cannot be reached."""
+    """The coordinator's Redis cannot be reached (after the connection retries), or
+    ``SAGA_REDIS_URL`` names no usable Redis: raised by any call that reads or writes the store.
+    Check ``SAGA_REDIS_URL`` and that Redis is up, then retry."""
 
 
 class StoreFull(StoreUnavailable):
@@ -106,40 +133,71 @@ class StoreFull(StoreUnavailable):
 
 
 class ArchiveUnavailable(SagaError):
-    """The SQL archive (``SAGA_ARCHIVE_URL``) cannot be reached or refused a statement; runs keep
-    moving in Redis and the archiver catches up once it answers."""
+    """The SQL archive (``SAGA_ARCHIVE_URL``) cannot be reached or refused a statement: raised by
+    a read that goes to the archive (``find_runs``, ``get`` of an archived run, ``saga list
+    --since``). Check the database and retry; runs keep moving in Redis and the archiver
+    catches up once it answers."""
 
 
 class ArchiveSchemaMismatch(SagaError):
-    """The archive's tables are at another schema revision than this version of saga needs;
-    ``saga db upgrade`` applies the migrations."""
+    """The archive's tables are at another schema revision than this version of saga needs:
+    raised when the archive is read or written. Run ``saga db upgrade`` (it applies the
+    migrations)."""
+
+
+class StorageFormatTooNew(SagaError):
+    """Raised when a run's stored record — its meta hash in Redis, or its row in the archive —
+    names a storage format newer than this saga reads (:data:`saga.core.STORAGE_FORMAT`): a
+    newer saga wrote it. Nothing is written to the record; upgrade saga where this was raised."""
+
+    def __init__(self, run_id: str, stored: str, known: int) -> None:
+        super().__init__(run_id, stored, known)
+        self.run_id, self.stored, self.known = run_id, stored, known
+
+    def __str__(self) -> str:
+        return (
+            f"run {cut(self.run_id)}: stored by storage format {cut(self.stored, 20)}; "
+            f"this saga reads formats up to {self.known}: upgrade saga on this machine"
+        )
 
 
 class BrokerUnavailable(SagaError):
-    """The Celery broker could not take a task message (the run itself is saved)."""
+    """*(internal, not exported)* The Celery broker could not take a task message. It never
+    reaches a caller: the engine logs it (the run itself is saved) and a worker's watchdog sends
+    the step again once ``SAGA_DISPATCH_TIMEOUT`` passes."""
 
 
 class CheckpointCorrupted(SagaError):
-    """A checkpoint's stored hash does not verify against the stored payload."""
-
-
-class DefinitionMismatch(SagaError):
-    """The run was started under a different definition of its saga than this process has."""
+    """*(internal, not exported)* Never raised to a caller: the error recorded on a run (its
+    ``error.type``, and its dead letter's ``error_type``) when a resume finds that its last
+    checkpoint's stored hash does not verify against the stored payload. The run fails instead
+    of moving on with damaged data; ``saga verify RUN`` shows what no longer matches."""
 
 
 class SagaTimeout(SagaError, TimeoutError):
-    """``Saga.wait`` gave up before the run reached a terminal status."""
+    """``Saga.wait`` / ``wait_async`` (or a wait of :mod:`saga.testing`) gave up after its
+    ``timeout`` before the run reached a terminal status. The run goes on: wait again, or look
+    at it with ``saga show RUN``. Also a builtin :class:`TimeoutError`."""
 
 
 class ActionRefused(SagaError):
-    """An operator action (resume, cancel, dead-letter retry or drop) refused for the run's
-    current state; the message says what the run is and what can be done instead."""
+    """An operator action does not apply to the run as it is now, or a query's input cannot be
+    used: raised by ``saga resume`` / ``cancel`` / ``compensate`` / ``dlq retry`` / ``dlq drop``
+    (and the :mod:`saga.control` functions behind them) for, e.g., a resume or cancel of a
+    finished run, a run leased by a live attempt, a drop without a reason; and by
+    :func:`~saga.find_runs` and the archive's listing and purge for a status, cursor or limit
+    that cannot be used. Nothing was changed; the message says what the run is and what to do
+    instead. The ``saga`` command exits with ``EXIT_REFUSED`` (6)."""
 
 
 class PermanentError(SagaError):
     """Raise from a step or compensation to give up at once, without retries.
 
-    A step that raises it goes straight to the dead-letter queue and its saga compensates.
+    A step that raises it goes straight to the dead-letter queue and its saga compensates: the
+    run ends ``compensated`` with an error of this type. A compensation that raises it is
+    dead-lettered and the run ends ``failed``, waiting for an operator (``saga dlq retry``).
+    The library raises its subclasses :class:`InvalidOutput` and :class:`OutputConflict` itself,
+    in the worker, never to the caller of ``start()``.
     """
 
 
@@ -153,18 +211,17 @@ class Rejected(PermanentError):
 
 
 class InvalidOutput(PermanentError):
-    """A step's body returned, but its return value cannot be merged into the payload (not a
-    JSON object). The body ran to its end, so its effect may have happened: a step declared
-    with ``compensate_on_failure=True`` has its own compensation run for it."""
+    """Raised in the worker when a step's body returned, but its return value cannot be merged
+    into the payload (not a JSON object or None, or breaking the rules of
+    :class:`InvalidPayload`): a permanent failure of the step (dead letter, the saga
+    compensates; the run's ``error.type`` is ``InvalidOutput``). The body ran to its end, so its
+    effect may have happened: a step declared with ``compensate_on_failure=True`` has its own
+    compensation run for it. Fix the step to return a JSON object."""
 
 
 class OutputConflict(PermanentError):
-    """Two members of one parallel group returned the same payload key: members must write
-    disjoint keys. The member that committed second gives up (its own compensation runs only
-    if it was declared with ``compensate_on_failure=True``), and the group unwinds."""
-
-
-class DeadlineExceeded(SagaError):
-    """The error type recorded on a run whose deadline passed before it finished: nothing new
-    ran forward after it, and the run's committed steps were compensated. Not raised by the
-    library; its name is the ``type`` of the run's ``error``."""
+    """Raised in the worker when two members of one parallel group returned the same payload
+    key: members must write disjoint keys. The member that committed second gives up (its own
+    compensation runs only if it was declared with ``compensate_on_failure=True``), and the
+    group unwinds; the run's ``error.type`` is ``OutputConflict``. Fix the members to return
+    keys of their own."""

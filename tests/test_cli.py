@@ -25,6 +25,7 @@ from saga.cli import (
     EXIT_FAILED_CHECK,
     EXIT_NOT_FOUND,
     EXIT_OK,
+    EXIT_REFUSED,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     cli,
@@ -34,7 +35,15 @@ from saga.cli import (
 )
 from saga.control import runs as control
 from saga.core import decide
-from saga.errors import EntryNotFound, RunNotFound, SagaError, StoreUnavailable
+from saga.errors import (
+    ActionRefused,
+    EntryNotFound,
+    KeyConflict,
+    RunNotFound,
+    SagaError,
+    SettingsError,
+    StoreUnavailable,
+)
 from saga.registry import Registry, default_registry
 from saga.store import Client
 from saga.testing import configured, free_port, start_worker_process, stop_process_group, wait_for, worker_env
@@ -312,7 +321,7 @@ def test_an_unexpected_error_is_one_line_unless_debug(redis_client: Client) -> N
 def test_saga_app_comes_from_the_environment_and_a_bad_one_is_one_line(runs: dict[str, str]) -> None:
     # SAGA_APP is a setting like the others: the library's settings accept it
     assert saga("list", "--limit", "1", env={"SAGA_APP": "workers"}).returncode == EXIT_OK
-    line = assert_one_line_error(saga("resume", runs["completed"], env={"SAGA_APP": "no_such_module"}), EXIT_ERROR)
+    line = assert_one_line_error(saga("resume", runs["completed"], env={"SAGA_APP": "no_such_module"}), EXIT_REFUSED)
     assert "cannot import app module 'no_such_module' (searched: " in line
 
 
@@ -340,7 +349,7 @@ def test_cancel_of_a_run_blocked_in_a_slow_step_ends_compensated(order: Any) -> 
         "reserve_inventory",
     ]
     # and a finished run cannot be cancelled
-    assert "only a pending or running run" in assert_one_line_error(saga("cancel", run_id), EXIT_ERROR)
+    assert "only a pending or running run" in assert_one_line_error(saga("cancel", run_id), EXIT_REFUSED)
 
 
 def test_resume_sends_a_never_dispatched_run_on_its_way(order: Any) -> None:
@@ -356,7 +365,7 @@ def test_resume_sends_a_never_dispatched_run_on_its_way(order: Any) -> None:
     [resumed] = [e for e in order.events(start.state.id) if e["type"] == "saga.resumed"]
     assert resumed["reason"] == "operator"
     # and a finished run cannot be resumed
-    assert "only an unfinished run" in assert_one_line_error(saga("resume", start.state.id), EXIT_ERROR)
+    assert "only an unfinished run" in assert_one_line_error(saga("resume", start.state.id), EXIT_REFUSED)
 
 
 def test_dlq_retry_of_a_compensated_run_starts_a_new_linked_run(order: Any) -> None:
@@ -443,7 +452,9 @@ def test_history_entries_start_from_an_empty_payload() -> None:
 def test_errors_map_to_named_exit_codes() -> None:
     assert exit_code_for(RunNotFound("x")) == exit_code_for(EntryNotFound("x")) == EXIT_NOT_FOUND == 3
     assert exit_code_for(StoreUnavailable("down")) == EXIT_UNAVAILABLE == 4
-    assert exit_code_for(SagaError("refused")) == exit_code_for(ValueError()) == EXIT_ERROR == 5
+    assert exit_code_for(ActionRefused("finished")) == exit_code_for(SagaError("refused")) == EXIT_REFUSED == 6
+    assert exit_code_for(SettingsError("bad")) == exit_code_for(KeyConflict("s", "k", "r")) == EXIT_REFUSED
+    assert exit_code_for(ValueError()) == exit_code_for(KeyError("x")) == EXIT_ERROR == 5
     assert (EXIT_OK, EXIT_FAILED_CHECK, EXIT_USAGE) == (0, 1, 2)
 
 
@@ -476,7 +487,9 @@ def test_an_unexpected_exception_in_process_hints_at_debug(monkeypatch: pytest.M
     monkeypatch.setattr(control, "stats", boom)
     out = invoke("stats")
     assert out.exit_code == EXIT_ERROR
-    assert out.stderr == "error: unexpected ValueError: boom (rerun with --debug to see the traceback)\n"
+    assert out.stderr == (
+        "error: unexpected ValueError: boom (a bug: rerun with --debug to see the traceback, and report it)\n"
+    )
     debug = invoke("--debug", "stats")
     assert debug.exit_code == EXIT_ERROR and "Traceback" in debug.stderr and "ValueError: boom" in debug.stderr
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from saga import Saga, SagaState, Settings, Status
-from saga.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE
+from saga.cli import EXIT_INTERRUPTED, EXIT_NOT_FOUND, EXIT_OK, EXIT_REFUSED, EXIT_USAGE
 from saga.core import decide
 from saga.registry import default_registry
 from saga.store import connect
@@ -258,9 +258,9 @@ def test_list_pages_with_a_cursor_and_filters_by_start_time(order: Saga) -> None
     assert set(before) <= set(until) and not set(after) & set(until)
     assert set(before + after) <= {s["id"] for s in saga_json("list", "--since", "1h")}
     # and a bad cursor or date is one line
-    assert "not a listing cursor" in one_line_error(saga("list", "--cursor", "nonsense"), EXIT_ERROR)
-    assert "is not a date" in one_line_error(saga("list", "--since", "yesterday"), EXIT_ERROR)
-    assert "--parked" in one_line_error(saga("list", "--parked", "--since", "1h"), EXIT_ERROR)
+    assert "not a listing cursor" in one_line_error(saga("list", "--cursor", "nonsense"), EXIT_REFUSED)
+    assert "is not a date" in one_line_error(saga("list", "--since", "yesterday"), EXIT_REFUSED)
+    assert "--parked" in one_line_error(saga("list", "--parked", "--since", "1h"), EXIT_REFUSED)
 
 
 # --- run id prefixes, show --key, Flower ---------------------------------------------------------
@@ -275,8 +275,8 @@ def test_a_unique_prefix_of_a_run_id_is_taken_wherever_a_run_id_is(order: Saga) 
     assert len(saga_json("history", prefix)) == order.get(run_id).version
     assert saga_json("verify", prefix)["run_id"] == run_id
     # an acting command names the run it found (here, to refuse: the run is finished)
-    assert run_id in one_line_error(saga("cancel", prefix), EXIT_ERROR)
-    assert run_id in one_line_error(saga("resume", prefix), EXIT_ERROR)
+    assert run_id in one_line_error(saga("cancel", prefix), EXIT_REFUSED)
+    assert run_id in one_line_error(saga("resume", prefix), EXIT_REFUSED)
     # a prefix shorter than 8 characters is not looked up
     assert run_id[:7] in one_line_error(saga("show", run_id[:7]), EXIT_NOT_FOUND)
 
@@ -289,7 +289,7 @@ def test_an_ambiguous_prefix_is_one_line_with_the_number_of_runs(order: Saga) ->
         start = decide.decide_start(run_id, "order", {"order_id": 31, "amount": 1})
         assert order.store.create(order.shape, start, None, check_at=time.time() + 300) == "created"
     # Then the shared prefix names neither, and a longer one names one
-    line = one_line_error(saga("show", shared), EXIT_ERROR)
+    line = one_line_error(saga("show", shared), EXIT_REFUSED)
     assert f"run id prefix {shared!r} matches 2 runs" in line and "give more of the id" in line
     assert saga_json("show", ids[0][:14])["id"] == ids[0]
 
@@ -366,10 +366,10 @@ def test_app_is_imported_from_the_current_directory_by_the_console_script(order:
     # and from another folder the error names the module and where it was looked for
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    line = one_line_error(run("--app", "probe_sagas:app", "resume", start.state.id, cwd=elsewhere), EXIT_ERROR)
+    line = one_line_error(run("--app", "probe_sagas:app", "resume", start.state.id, cwd=elsewhere), EXIT_REFUSED)
     assert f"cannot import app module 'probe_sagas' (searched: {elsewhere}, " in line
     assert "No module named 'probe_sagas'" in line
     # and a module that is found but fails to import says so
     (elsewhere / "broken_sagas.py").write_text("import no_such_dependency\n")
-    line = one_line_error(run("--app", "broken_sagas", "resume", start.state.id, cwd=elsewhere), EXIT_ERROR)
+    line = one_line_error(run("--app", "broken_sagas", "resume", start.state.id, cwd=elsewhere), EXIT_REFUSED)
     assert "app module 'broken_sagas' was found but importing it failed: No module named 'no_such_dependency'" in line

@@ -198,7 +198,7 @@ def test_an_operator_compensates_a_parked_run_with_the_compensations_of_the_new_
     assert transfer.balances(ledger_path)["alice"] == 990
     # resuming it is refused, saying why, while no worker has version 1
     refused = deployment.cli("resume", run_id, versions="2")
-    assert refused.returncode == 5 and "stays parked" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    assert refused.returncode == 6 and "stays parked" in refused.stderr and len(refused.stderr.splitlines()) == 1
     # When an operator compensates it, with only version 2 loaded
     out = deployment.cli("compensate", run_id, "--reason", "v1 removed", "--json", versions="2")
     assert out.returncode == 0, out.stderr
@@ -232,7 +232,7 @@ def test_an_operator_compensates_a_failed_run_once_the_fault_is_fixed(
     assert transfer.balances(ledger_path) == START
     # and a finished run cannot be compensated again
     again = deployment.cli("compensate", run_id)
-    assert again.returncode == 5 and "only an unfinished, parked or failed run" in again.stderr
+    assert again.returncode == 6 and "only an unfinished, parked or failed run" in again.stderr
 
 
 def test_a_run_of_a_saga_no_worker_knows_is_parked_by_the_watchdog_not_lost(
@@ -266,7 +266,7 @@ def test_compensate_refuses_a_run_whose_compensations_no_loaded_definition_has(
     deployment.stop("v1only", signal.SIGKILL)
     # an operator process that loads no definition of the saga
     out = deployment.cli("compensate", run_id, versions="")
-    assert out.returncode == 5 and len(out.stderr.splitlines()) == 1
+    assert out.returncode == 6 and len(out.stderr.splitlines()) == 1
     assert "no loaded definition of saga 'transfer' has a compensation for step(s) debit" in out.stderr
     assert saga.get(run_id).status is Status.RUNNING  # refused: nothing written
 

@@ -14,12 +14,17 @@ name                   code  when
 ``EXIT_FAILED_CHECK``  1     ``saga verify`` found problems with a run's records
 ``EXIT_USAGE``         2     a bad command line (click's own code)
 ``EXIT_NOT_FOUND``     3     no such run, version or dead-letter entry
-``EXIT_UNAVAILABLE``   4     Redis cannot be reached
-``EXIT_ERROR``         5     anything else: a refused action, bad settings, an unexpected error
+``EXIT_UNAVAILABLE``   4     Redis (or the SQL archive) cannot be reached
+``EXIT_ERROR``         5     an unexpected error: a bug (or damaged data); report it
+``EXIT_REFUSED``       6     refused: the action does not apply to the run as it is now (resume
+                             or cancel of a finished run, ...), or the input, settings or
+                             ``--app`` cannot be used; change something and try again
 ``EXIT_INTERRUPTED``   130   ``saga tail`` ended by Ctrl-C
 =====================  ====  ==============================================================
 
-An unexpected error also prints one line (plus a hint); ``saga --debug ...`` shows its traceback.
+Before 6 existed, a refusal exited with 5; now 5 means only an error the library did not
+foresee (:func:`exit_code_for` maps the errors). An unexpected error also prints one line (plus
+a hint to rerun with ``--debug`` and report it); ``saga --debug ...`` shows its traceback.
 The CLI configures one registry from the ``SAGA_*`` settings (and ``--redis-url``) before it
 imports ``--app``, so the sagas it loads and every action use the same store and settings as
 the workers.
@@ -45,6 +50,7 @@ from .common import (
     EXIT_FAILED_CHECK,
     EXIT_NOT_FOUND,
     EXIT_OK,
+    EXIT_REFUSED,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     Operator,
@@ -85,7 +91,11 @@ class _SagaGroup(click.Group):
         except Exception as exc:
             if self._show_traceback(ctx):
                 fail(f"{type(exc).__name__}: {exc}", EXIT_ERROR)
-            fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug to see the traceback)", EXIT_ERROR)
+            fail(
+                f"unexpected {type(exc).__name__}: {exc} (a bug: rerun with --debug to see the traceback, and "
+                "report it)",
+                EXIT_ERROR,
+            )
 
     @staticmethod
     def _show_traceback(ctx: click.Context) -> bool:
@@ -136,6 +146,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_NOT_FOUND",
     "EXIT_OK",
+    "EXIT_REFUSED",
     "EXIT_UNAVAILABLE",
     "EXIT_USAGE",
     "Operator",

@@ -22,7 +22,11 @@ EXIT_FAILED_CHECK = 1
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 EXIT_UNAVAILABLE = 4
+#: An unexpected error: a bug (or damaged data) the library did not foresee.
 EXIT_ERROR = 5
+#: The library refused, with a one-line reason: the action does not apply to the run as it is
+#: now, or the input, settings or ``--app`` cannot be used. Change something and try again.
+EXIT_REFUSED = 6
 
 #: The module ``--app`` imports when neither it nor ``SAGA_APP`` says otherwise.
 DEFAULT_APP: str = Settings.model_fields["app"].default
@@ -101,11 +105,20 @@ def import_app(module: str) -> None:
 
 
 def exit_code_for(exc: BaseException) -> int:
-    """The exit code an error ends the command with."""
+    """The exit code an error ends the command with: :data:`EXIT_NOT_FOUND` for no such run or
+    dead-letter entry; :data:`EXIT_UNAVAILABLE` for a Redis (or archive) that cannot be reached;
+    :data:`EXIT_REFUSED` for every other :class:`~saga.errors.SagaError` — the library refused on
+    purpose and its message says what to change (``ActionRefused``: resume of a finished run,
+    cancel of a finished run, ...; ``KeyConflict``, ``SettingsError``, ``InvalidPayload``,
+    ``SagaDefinitionError``, ``ArchiveSchemaMismatch``, an ambiguous run id prefix, an ``--app``
+    that cannot be imported); :data:`EXIT_ERROR` for any other exception: one the library did not
+    foresee, a bug to report."""
     if isinstance(exc, RunNotFound | EntryNotFound):
         return EXIT_NOT_FOUND
     if isinstance(exc, StoreUnavailable | ArchiveUnavailable):
         return EXIT_UNAVAILABLE
+    if isinstance(exc, SagaError):
+        return EXIT_REFUSED
     return EXIT_ERROR
 
 

@@ -14,7 +14,7 @@ from ..engine import runs
 from ..errors import RunNotFound
 from ..registry import Registry
 from . import render as cli_render
-from .common import EXIT_ERROR, EXIT_FAILED_CHECK, EXIT_NOT_FOUND, Operator, echo_json, fail, json_option, one_line
+from .common import EXIT_FAILED_CHECK, EXIT_NOT_FOUND, EXIT_REFUSED, Operator, echo_json, fail, json_option, one_line
 
 
 @click.command("list")
@@ -73,12 +73,12 @@ def list_command(
     archive_only = {"--tag": tags, "--failed-step": failed_step}
     given = [name for name, value in archive_only.items() if value]
     if given:
-        fail(f"{given[0]} searches the archive: set SAGA_ARCHIVE_URL (see README 'The archive')", EXIT_ERROR)
+        fail(f"{given[0]} searches the archive: set SAGA_ARCHIVE_URL (see README 'The archive')", EXIT_REFUSED)
     if parked:
         paged = {"--since": since, "--until": until, "--cursor": cursor}
         if any(paged.values()):
             option = next(name for name, value in paged.items() if value)
-            fail(f"--parked lists every parked run; {option} pages the listing of the others", EXIT_ERROR)
+            fail(f"--parked lists every parked run; {option} pages the listing of the others", EXIT_REFUSED)
         waiting = control.list_runs(
             status=status and status.lower(),
             saga=saga_name,
@@ -123,7 +123,9 @@ def _hot_page(
         try:
             after = (float(score), last)
         except ValueError:
-            fail(f"{one_line(cursor)[:40]!r} is not a listing cursor: pass the one a page printed, or none", EXIT_ERROR)
+            fail(
+                f"{one_line(cursor)[:40]!r} is not a listing cursor: pass the one a page printed, or none", EXIT_REFUSED
+            )
     since, until = window
     statuses = [Status(wanted.status)] if wanted.status else list(Status)
     entries = store.newest_entries(
@@ -168,7 +170,7 @@ def stats(op: Operator, since: str | None, as_json: bool) -> None:
             cli_render.print_failing_steps(summary.failing_steps)
         return
     if since:
-        fail("--since counts the archive: set SAGA_ARCHIVE_URL (see README 'The archive')", EXIT_ERROR)
+        fail("--since counts the archive: set SAGA_ARCHIVE_URL (see README 'The archive')", EXIT_REFUSED)
     rows = control.stats(registry)
     if as_json:
         echo_json(rows)
@@ -282,6 +284,6 @@ def _tags(pairs: tuple[str, ...]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            fail(f"--tag takes KEY=VALUE, got {pair!r}", EXIT_ERROR)
+            fail(f"--tag takes KEY=VALUE, got {pair!r}", EXIT_REFUSED)
         tags[key] = value
     return tags
