@@ -193,14 +193,14 @@ def every_page(archive: Archive, query: RunQuery) -> list[ArchivedRun]:
 
 def test_check_schema_names_the_upgrade_until_the_archive_is_upgraded(archive_url: str) -> None:
     archive = Archive(archive_url)
-    with pytest.raises(ArchiveSchemaMismatch, match=r"has schema none, this saga needs 0001: run `saga db upgrade`"):
+    with pytest.raises(ArchiveSchemaMismatch, match=r"has schema none, this saga needs 0002: run `saga db upgrade`"):
         archive.check_schema()
     with pytest.raises(ArchiveSchemaMismatch, match="saga db upgrade"):
         archive.write([copy_of(make_run("r1", "completed", BASE))])
-    assert archive.upgrade() == head_revision() == "0001"
+    assert archive.upgrade() == head_revision() == "0002"
     archive.check_schema()
-    assert archive.upgrade() == "0001"  # twice: nothing to do
-    assert archive.revision() == "0001" and archive.run_count() == 0
+    assert archive.upgrade() == "0002"  # twice: nothing to do
+    assert archive.revision() == "0002" and archive.run_count() == 0
     archive.dispose()
 
 

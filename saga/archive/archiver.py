@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Sequence
 
 from ..core import Status, rebuild
-from ..errors import ArchiveSchemaMismatch, ArchiveUnavailable, SagaError, StoreUnavailable
+from ..errors import ArchiveSchemaMismatch, ArchiveUnavailable, SagaError, StorageFormatTooNew, StoreUnavailable
 from ..settings import Settings
 from ..store import RedisStore
 from .feed import ArchiveFeed, FeedEntry
@@ -147,6 +147,9 @@ class Archiver:
         copies: list[RunCopy] = []
         refused: list[tuple[str, str]] = []
         for run_id, events in zip(run_ids, self.feed.runs(run_ids), strict=True):
+            if isinstance(events, StorageFormatTooNew):  # a newer saga wrote it: neither copied nor expired
+                refused.append((run_id, str(events)))
+                continue
             if not events:
                 continue
             try:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from ..core import Event, Status
+from ..errors import StorageFormatTooNew
 from ..store import RedisStore
 
 
@@ -63,9 +64,10 @@ class ArchiveFeed:
             for entry_id, fields in rows
         ]
 
-    def runs(self, run_ids: Sequence[str]) -> list[list[Event]]:
-        """The whole event log of each run ([] for a run no longer in Redis), in one round trip."""
-        return self.store.logs(run_ids)
+    def runs(self, run_ids: Sequence[str]) -> list[list[Event] | StorageFormatTooNew]:
+        """The whole event log of each run ([] for a run no longer in Redis), in one round trip;
+        in place of a run whose record is of a newer storage format, its refusal."""
+        return self.store.read_logs(run_ids)
 
     def ack(self, entries: Sequence[FeedEntry]) -> None:
         """Delete copied entries from their streams."""

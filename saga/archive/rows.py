@@ -7,7 +7,8 @@ event dict itself, at its 0-based position ``seq``), one per tag, one per checkp
 dead-letter entry its events record — ``saga.dead_lettered`` opens an entry (the dead letters of a
 forward step, of a compensation and of a run that cannot be trusted all come that way), and
 ``saga.retried``, ``saga.resumed`` with an ``entry_id`` (a compensation retried) and
-``saga.dead_letter_dropped`` close it. Times are microseconds since the epoch
+``saga.dead_letter_dropped`` close it. A run row carries the storage format that wrote it
+(:data:`saga.core.STORAGE_FORMAT`). Times are microseconds since the epoch
 (:func:`saga.codec.micros`), turned back into the run's exact strings by :func:`saga.codec.iso`.
 """
 
@@ -21,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ..core import TERMINAL, Event, EventType, SagaState, Status, iso, micros
+from ..core import STORAGE_FORMAT, TERMINAL, Event, EventType, SagaState, Status, iso, micros
 from ..errors import ActionRefused, cut
 
 #: Dead-letter statuses: an entry is open until an operator retries or drops it.
@@ -135,6 +136,7 @@ class RunRows:
                 "payload": s.payload,
                 "event_count": len(copy.events),
                 "bucket": copy.bucket,
+                "format": STORAGE_FORMAT,
             }
         )
         new = list(enumerate(copy.events))[held_events or 0 :]

@@ -32,7 +32,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
-from ..core import TERMINAL, Event
+from ..core import TERMINAL, Event, checked_format
 from ..errors import (
     ActionRefused,
     ArchiveSchemaMismatch,
@@ -169,8 +169,11 @@ class Archive:
 
     def events(self, run_id: str) -> list[Event]:
         """Every archived event of the run, oldest first, equal to the events written;
-        :class:`~saga.errors.RunNotFound` if the run is not archived."""
+        :class:`~saga.errors.RunNotFound` if the run is not archived,
+        :class:`~saga.errors.StorageFormatTooNew` if its row is of a newer storage format."""
         with self._begin() as conn:
+            stored = conn.execute(t.format_of(run_id)).scalar_one_or_none()
+            checked_format(run_id, stored)
             found: list[Event] = list(conn.execute(t.events_of(run_id)).scalars())
         if not found:
             raise RunNotFound(run_id)

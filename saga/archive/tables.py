@@ -59,6 +59,8 @@ runs = sa.Table(
     sa.Column("payload", EXACT_JSON, nullable=False),
     sa.Column("event_count", sa.Integer(), nullable=False),
     sa.Column("bucket", sa.Integer(), nullable=False),
+    #: the storage format that wrote the row (:data:`saga.core.STORAGE_FORMAT`; revision 0002)
+    sa.Column("format", sa.Integer(), nullable=False, server_default="1"),
 )
 sa.Index("ix_saga_runs_status_created", runs.c.status, runs.c.created_at, runs.c.run_id)
 sa.Index("ix_saga_runs_saga_created", runs.c.saga, runs.c.created_at, runs.c.run_id)
@@ -174,6 +176,11 @@ def dead_letter_upsert(dialect: str) -> Any:
 def events_of(run_id: str) -> sa.Select[Any]:
     """The event dicts of a run, oldest first."""
     return sa.select(events.c.data).where(events.c.run_id == run_id).order_by(events.c.seq)
+
+
+def format_of(run_id: str) -> sa.Select[Any]:
+    """The storage format of a run's row (no row: none)."""
+    return sa.select(runs.c.format).where(runs.c.run_id == run_id)
 
 
 def tag_sample(key: str, value: str, bound: int) -> sa.Select[Any]:

@@ -3,6 +3,7 @@
 from . import codec, decide, policy, stages
 from .codec import Packer, iso, micros, unpack, versions
 from .events import note_event, parked_event
+from .formats import FORMAT_FIELD, STORAGE_FORMAT, checked_format
 from .policy import (
     ContinueUnwind,
     Forget,
@@ -48,6 +49,7 @@ __all__ = [
     "Direction",
     "Event",
     "EventType",
+    "FORMAT_FIELD",
     "Forget",
     "GiveUp",
     "JSONObject",
@@ -59,6 +61,7 @@ __all__ = [
     "Resume",
     "Retry",
     "RetryPolicy",
+    "STORAGE_FORMAT",
     "SagaState",
     "Shape",
     "StartAgain",
@@ -70,6 +73,7 @@ __all__ = [
     "Transition",
     "call_problem",
     "canonical_json",
+    "checked_format",
     "codec",
     "cut",
     "decide",

@@ -41,7 +41,7 @@ from ..core import (
     text_hash,
     validated,
 )
-from ..errors import InvalidOutput, InvalidPayload, OutputConflict, Rejected, StoreUnavailable
+from ..errors import InvalidOutput, InvalidPayload, OutputConflict, Rejected, StorageFormatTooNew, StoreUnavailable
 from ..settings import Settings
 from ..store import BeginOutcome, CommitOptions, CommitReason, CommitResult, lane_id
 from ..transport import COMMITTED, Ending, gave_up, not_begun, skipped, will_retry
@@ -212,17 +212,22 @@ class Delivery:
     def _begin(self) -> Attempt | None:
         rt = self.rt
         shape = rt.definition.shape
-        begin = rt.store.begin(
-            self.run_id,
-            self.direction,
-            self.index,
-            attempt=self.attempt,
-            lease_ms=rt.lease_ms,
-            fingerprint="" if self.by_name else shape.fingerprint,
-            check_at=policy.lease_check_at(time.time(), rt.settings.lease_seconds),
-            lane=self.lane,
-            cursor=shape.stage(self.index).start,
-        )
+        try:
+            begin = rt.store.begin(
+                self.run_id,
+                self.direction,
+                self.index,
+                attempt=self.attempt,
+                lease_ms=rt.lease_ms,
+                fingerprint="" if self.by_name else shape.fingerprint,
+                check_at=policy.lease_check_at(time.time(), rt.settings.lease_seconds),
+                lane=self.lane,
+                cursor=shape.stage(self.index).start,
+            )
+        except StorageFormatTooNew as exc:  # a newer saga wrote the run: it moves it, not this worker
+            self.log.error("%s; message ignored, the run left as it is", exc)
+            self.ending = skipped(str(exc))
+            return None
         state = begin.state
         self.ending = not_begun(begin.outcome)  # until the attempt's result is recorded
         if begin.outcome is BeginOutcome.MISSING:

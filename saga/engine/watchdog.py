@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable, Iterable
 
 from ..core import SagaState, policy, stages
-from ..errors import SagaError, StoreUnavailable
+from ..errors import SagaError, StorageFormatTooNew, StoreUnavailable
 from ..settings import Settings
 from ..store import RedisStore, lane_id
 from . import metrics
@@ -110,7 +110,11 @@ class Watchdog:
                 if not store.hold_lock(store.global_keys.watchdog, self.owner, lock_ms):
                     continue
                 due = store.due(time.time())
-                for run_id, state in zip(due, store.snapshots(due), strict=True):
+                for run_id, state in zip(due, store.read_snapshots(due), strict=True):
+                    if isinstance(state, StorageFormatTooNew):  # a newer saga's watchdog moves it
+                        logger.error("watchdog: %s; left as it is", state)
+                        store.schedule(run_id, time.time() + self.settings.dispatch_timeout)
+                        continue
                     resumed += self._check(store, known, run_id, state)
                 self._tidy(store, known)
             except StoreUnavailable as exc:

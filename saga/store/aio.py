@@ -12,15 +12,15 @@ from __future__ import annotations
 import asyncio
 import json
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
-from ..core import Event, SagaState, Shape, codec, rebuild
+from ..core import FORMAT_FIELD, Event, SagaState, Shape, checked_format, codec, rebuild
 from ..errors import RunNotFound
 from .connection import CLUSTER_SCHEMES
 from .notify import AsyncWaiters, async_client, subscriptions
@@ -74,26 +74,38 @@ class AsyncReads:
             return await script(keys=list(keys), args=list(args))
 
     async def get(self, run_id: str) -> SagaState:
-        """The latest state of a run in Redis; :class:`RunNotFound` if Redis has none."""
+        """The latest state of a run in Redis; :class:`RunNotFound` if Redis has none,
+        :class:`~saga.errors.StorageFormatTooNew` if its record is of a newer storage format."""
         keys = self.reads.keys(run_id)
         with self.reads.guarded():
-            snapshot = await self._side().client.get(keys.snapshot)
+            snapshot, stored = await self._both(
+                lambda pipe: (pipe.get(keys.snapshot), pipe.hget(keys.meta, FORMAT_FIELD))
+            )
+        checked_format(run_id, stored)
         state = snapshot_state(snapshot)
         if state is not None:
             return state
         return rebuild(await self.events(run_id))
 
     async def events(self, run_id: str) -> list[Event]:
-        """Every event of a run in Redis, oldest first; :class:`RunNotFound` if Redis has none."""
+        """Every event of a run in Redis, oldest first; :class:`RunNotFound` if Redis has none,
+        :class:`~saga.errors.StorageFormatTooNew` if its record is of a newer storage format."""
         keys = self.reads.keys(run_id)
-        client = self._side().client
         with self.reads.guarded():
-            fingerprint = await client.hget(keys.meta, "fingerprint")
-            raw = await client.lrange(keys.events, 0, -1)
+            (fingerprint, stored), raw = await self._both(
+                lambda pipe: (pipe.hmget(keys.meta, ["fingerprint", FORMAT_FIELD]), pipe.lrange(keys.events, 0, -1))
+            )
+        checked_format(run_id, stored)
         if not raw:
             raise RunNotFound(run_id)
         shape = await self._shape(run_id, fingerprint) if fingerprint else None
         return codec.unpack(run_id, raw, shape)
+
+    async def _both(self, queue: Callable[[Any], object]) -> list[Any]:
+        """The replies of the commands ``queue`` puts on a pipeline, in one round trip."""
+        async with self._side().client.pipeline(transaction=False) as pipe:
+            queue(pipe)
+            return cast(list[Any], await pipe.execute())
 
     async def _shape(self, run_id: str, fingerprint: str) -> Shape | None:
         shape = self.reads.known_shape(fingerprint)

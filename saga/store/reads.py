@@ -4,18 +4,24 @@ from its events), any version of it, its events and its bookkeeping.
 :class:`RunReads` sits between the connection and key layout (:class:`~saga.indexes.BucketedStore`)
 and the writes (:class:`~saga.store.RedisStore`). Every read returns objects of its own: a
 payload read here shares nothing with any other reader's.
+
+Every read of a run's state, events or bookkeeping also reads its record's storage format (the
+meta hash's ``format`` field, in the same round trip) and refuses a newer one than this saga
+reads with :class:`~saga.errors.StorageFormatTooNew`; nothing here writes.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import cast
+from typing import TypeVar, cast
 
-from ..core import Event, SagaState, Shape, codec, rebuild
-from ..errors import RunNotFound
+from ..core import FORMAT_FIELD, Event, SagaState, Shape, checked_format, codec, rebuild
+from ..errors import RunNotFound, StorageFormatTooNew
 from .indexes import BucketedStore
 from .schema import Progress
+
+T = TypeVar("T")
 
 
 def snapshot_state(snapshot: str | None) -> SagaState | None:
@@ -40,18 +46,30 @@ class RunReads(BucketedStore):
 
     def snapshots(self, run_ids: Sequence[str]) -> list[SagaState | None]:
         """The latest state of each run (None where there is no such run), in one round trip
-        for runs with a snapshot and one more for those rebuilt from their events."""
+        for runs with a snapshot and one more for those rebuilt from their events;
+        :class:`StorageFormatTooNew` for the first run of a newer storage format."""
+        return [_checked(state) for state in self.read_snapshots(run_ids)]
+
+    def read_snapshots(self, run_ids: Sequence[str]) -> list[SagaState | None | StorageFormatTooNew]:
+        """:meth:`snapshots`, but a run of a newer storage format is its refusal, in its place,
+        so one such run does not hide the others (the watchdog's batch)."""
         with self.guarded():
             pipe = self.client.pipeline(transaction=False)
             for run_id in run_ids:
-                pipe.get(self.keys(run_id).snapshot)
-            replies = cast(list[str | None], pipe.execute())
-        states = [snapshot_state(snapshot) for snapshot in replies]
-        settled = [i for i, snapshot in enumerate(replies) if snapshot is None]
+                keys = self.keys(run_id)
+                pipe.get(keys.snapshot)
+                pipe.hget(keys.meta, FORMAT_FIELD)
+            replies = pipe.execute()
+        snapshots = cast(list[str | None], replies[::2])
+        states: list[SagaState | None | StorageFormatTooNew] = []
+        for run_id, snapshot, stored in zip(run_ids, snapshots, replies[1::2], strict=True):
+            refused = _refusal(run_id, stored)
+            states.append(refused or snapshot_state(snapshot))
+        settled = [i for i, snapshot in enumerate(snapshots) if snapshot is None and states[i] is None]
         if settled:
-            logs = self.logs([run_ids[i] for i in settled])
+            logs = self.read_logs([run_ids[i] for i in settled])
             for i, events in zip(settled, logs, strict=True):
-                states[i] = rebuild(events) if events else None
+                states[i] = events if isinstance(events, StorageFormatTooNew) else rebuild(events) if events else None
         return states
 
     def labels(self, run_ids: Sequence[str]) -> list[tuple[str, int] | None]:
@@ -86,6 +104,7 @@ class RunReads(BucketedStore):
             data = cast(dict[str, str], self.client.hgetall(self.keys(run_id).meta))
         if not data:
             raise RunNotFound(run_id)
+        checked_format(run_id, data.get(FORMAT_FIELD))
         return data
 
     def lease(self, run_id: str) -> str | None:
@@ -106,17 +125,18 @@ class RunReads(BucketedStore):
                 pipe.get(k.lease_of(lane))
                 pipe.pttl(k.lease_of(lane))
             fields = [f"attempt:{lane}" if lane else "attempt" for lane in owned]
-            pipe.hmget(k.meta, [*fields, "fingerprint", "parked", "cancel"])
+            pipe.hmget(k.meta, [*fields, "fingerprint", "parked", "cancel", FORMAT_FIELD])
             replies = pipe.execute()
         meta = replies[-1]
-        fingerprint, parked, cancel = meta[-3:]
+        fingerprint, parked, cancel, stored = meta[-4:]
+        checked_format(run_id, stored)
         live = [
             (max(int(left), 0), lease)
             for lease, left in zip(replies[0:-1:2], replies[1:-1:2], strict=True)
             if lease is not None
         ]
         left, lease = max(live) if live else (0, None)
-        attempts = sum(int(n or 0) for n in meta[:-3])
+        attempts = sum(int(n or 0) for n in meta[:-4])
         return Progress(lease, left, attempts, fingerprint or "", parked, cancel or "")
 
     def shape(self, run_id: str) -> Shape | None:
@@ -145,17 +165,44 @@ class RunReads(BucketedStore):
         return self._shapes.setdefault(fingerprint, shape)
 
     def logs(self, run_ids: Sequence[str]) -> list[list[Event]]:
-        """The events of each run, in one round trip ([] for a run without)."""
+        """The events of each run, in one round trip ([] for a run without);
+        :class:`StorageFormatTooNew` for the first run of a newer storage format."""
+        return [_checked(events) for events in self.read_logs(run_ids)]
+
+    def read_logs(self, run_ids: Sequence[str]) -> list[list[Event] | StorageFormatTooNew]:
+        """:meth:`logs`, but a run of a newer storage format is its refusal, in its place (its
+        events are not decoded), so one such run does not hide the others (the archiver's batch)."""
         with self.guarded():
             pipe = self.client.pipeline(transaction=False)
             for run_id in run_ids:
                 keys = self.keys(run_id)
-                pipe.hget(keys.meta, "fingerprint")
+                pipe.hmget(keys.meta, ["fingerprint", FORMAT_FIELD])
                 pipe.lrange(keys.events, 0, -1)
             replies = pipe.execute()
-        fingerprints = cast(list[str | None], replies[::2])
+        metas = cast(list[list[str | None]], replies[::2])
         rows = cast(list[list[str]], replies[1::2])
-        return [
-            codec.unpack(run_id, raw, self._shape(run_id, fingerprint) if fingerprint else None) if raw else []
-            for run_id, fingerprint, raw in zip(run_ids, fingerprints, rows, strict=True)
-        ]
+        out: list[list[Event] | StorageFormatTooNew] = []
+        for run_id, (fingerprint, stored), raw in zip(run_ids, metas, rows, strict=True):
+            refused = _refusal(run_id, stored)
+            if refused is not None:
+                out.append(refused)
+            else:
+                shape = self._shape(run_id, fingerprint) if fingerprint else None
+                out.append(codec.unpack(run_id, raw, shape) if raw else [])
+        return out
+
+
+def _refusal(run_id: str, stored: str | None) -> StorageFormatTooNew | None:
+    """The refusal of a record whose format field holds ``stored``, or None if this saga reads it."""
+    try:
+        checked_format(run_id, stored)
+    except StorageFormatTooNew as exc:
+        return exc
+    return None
+
+
+def _checked(value: T | StorageFormatTooNew) -> T:
+    """``value``, unless it is a refusal: then raised."""
+    if isinstance(value, StorageFormatTooNew):
+        raise value
+    return value

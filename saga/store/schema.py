@@ -16,7 +16,9 @@ key                             type    holds
                                         key), t0 (start, µs), version, status, cursor, fence,
                                         attempt, dups, cancel, parked, unwind, the dedup marks
                                         ``d:forward:i`` / ``d:compensation:i`` (all but the last
-                                        dropped when the run completes or is compensated)
+                                        dropped when the run completes or is compensated),
+                                        format (the storage format that wrote the record,
+                                        :data:`saga.core.STORAGE_FORMAT`; none: format 1)
 ``P:{k}:s:R``                   string  the latest snapshot (JSON), while the run is unfinished
                                         or failed
 ``P:{k}:e:R``                   list    the run's events, oldest first (:mod:`saga.core.codec`)
@@ -140,6 +142,7 @@ class BeginOutcome(StrEnum):
     DRIFT = "drift"  # the run was started under another definition
     MISSING = "missing"  # no such run
     EXPIRED = "expired"  # a forward step of a run past its deadline: nothing new starts
+    FORMAT = "format"  # the run's record is of a newer storage format: nothing written
 
 
 class CreateOutcome(StrEnum):

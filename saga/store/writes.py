@@ -15,7 +15,19 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..core import Direction, Event, EventType, SagaState, Shape, Status, Transition, codec, payload_hash
+from ..core import (
+    STORAGE_FORMAT,
+    Direction,
+    Event,
+    EventType,
+    SagaState,
+    Shape,
+    Status,
+    Transition,
+    codec,
+    payload_hash,
+)
+from ..errors import StorageFormatTooNew
 from ..settings import DEFAULT_BUCKETS
 from .aio import AsyncReads
 from .connection import same_server
@@ -131,6 +143,7 @@ class RedisStore(RunReads):
             check_at,
             message.body if message else "",
             "" if deadline is None else deadline,
+            STORAGE_FORMAT,
         ]
         keys = [k.meta, k.events, b.active, b.status(state.status), b.shapes, k.snapshot, b.feed]
         if message is not None:
@@ -159,6 +172,8 @@ class RedisStore(RunReads):
 
         The state comes with ``RUN``, ``DONE`` and ``DRIFT``, except for a completed or
         compensated run (it keeps no snapshot; nothing runs for it).
+        :class:`~saga.errors.StorageFormatTooNew` (nothing written) when the run's record names a
+        storage format newer than this saga reads.
         """
         k, b = self.keys(run_id), self.bucket_keys(run_id)
         kind = EventType.STEP_STARTED if direction is Direction.FORWARD else EventType.COMPENSATION_STARTED
@@ -175,12 +190,15 @@ class RedisStore(RunReads):
             run_id,
             lane,
             index if cursor is None else cursor,
+            STORAGE_FORMAT,
         ]
         with self.guarded():
             outcome, snapshot, token, n, extra = self.script("begin")(
                 keys=[k.meta, k.events, k.lease_of(lane), b.active, k.snapshot], args=args
             )
         result = BeginOutcome(outcome)
+        if result is BeginOutcome.FORMAT:
+            raise StorageFormatTooNew(run_id, str(extra), STORAGE_FORMAT)
         return Begin(
             result,
             snapshot_state(snapshot),

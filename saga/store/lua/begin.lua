@@ -10,6 +10,7 @@
 --   a parallel group, which has its own lease key, fence field 'fence:<lane>' and attempt count
 --   'attempt:<lane>'; its token still comes from the run's fence counter, so tokens are unique)
 -- ARGV[11] the cursor this step runs at (its own index; a group's first member for a member)
+-- ARGV[12] the newest storage format the caller reads (saga/core/formats.py: STORAGE_FORMAT)
 -- Returns {outcome, snapshot, token, attempt, extra}; the snapshot comes with run, done and drift
 -- (a completed or compensated run has none):
 --   run      lease taken: run the body (token fences its commit); a parked mark is cleared; the
@@ -22,16 +23,21 @@
 --   drift    the run was started under another definition (extra = the stored fingerprint)
 --   expired  a forward step of a run whose deadline (meta.dl) has passed: nothing new starts
 --   missing  no such run
+--   format   the run's record names a storage format newer than ARGV[12] (extra = meta.format):
+--            nothing is written (a record without meta.format is format 1)
 -- done, busy and stale count the delivery in meta.dups (deliveries that found nothing to do).
 -- Common path: HMGET, SET NX, HSET, RPUSH, ZADD, GET.
 local lane = ARGV[10]
 local attempt_field = 'attempt'
 if lane ~= '' then attempt_field = 'attempt:' .. lane end
 local m = redis.call('HMGET', KEYS[1], 'fingerprint', 'status', 'cursor', 'fence', attempt_field,
-  'd:' .. ARGV[1] .. ':' .. ARGV[2], 'unwind', 'parked', 't0', 'dl')
+  'd:' .. ARGV[1] .. ':' .. ARGV[2], 'unwind', 'parked', 't0', 'dl', 'format')
 local fp, status, cursor = m[1], m[2], m[3]
 if not fp then
   return {'missing', '', '', 0, ''}
+end
+if m[11] and not ((tonumber(m[11]) or math.huge) <= tonumber(ARGV[12])) then
+  return {'format', '', '', 0, m[11]}
 end
 local function snapshot() return redis.call('GET', KEYS[5]) or '' end
 if m[6] then

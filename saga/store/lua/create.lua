@@ -11,6 +11,8 @@
 -- ARGV[12] start time, µs   ARGV[13] now, s   ARGV[14] watchdog deadline, s
 -- ARGV[15] the first task's message ('' = none: the caller sends it)
 -- ARGV[16] the run's deadline, s since the epoch ('' = none): begin.lua refuses forward steps past it
+-- ARGV[17] the storage format the record is written in (saga/core/formats.py: STORAGE_FORMAT),
+--   kept in meta.format; readers refuse a format newer than theirs (a record without it is format 1)
 -- Returns 'created' | 'exists' (a run with this id and the same start payload: nothing written)
 --       | 'conflict' (a run with this id was started with another payload: nothing written).
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -19,7 +21,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   return 'exists'
 end
 local fields = {'saga', ARGV[2], 'fingerprint', ARGV[3], 'version', 1, 'status', ARGV[8], 'cursor', ARGV[9],
-  'sv', ARGV[10], 't0', ARGV[12]}
+  'sv', ARGV[10], 't0', ARGV[12], 'format', ARGV[17]}
 if ARGV[11] ~= '' then fields[#fields + 1] = 'input'; fields[#fields + 1] = ARGV[11] end
 if ARGV[16] ~= '' then fields[#fields + 1] = 'dl'; fields[#fields + 1] = ARGV[16] end
 redis.call('HSET', KEYS[1], unpack(fields))
