@@ -238,10 +238,10 @@ def warm_every_bucket(v: SagaVariant, timeout: float) -> int:
         fire_and_wait(v, WARMUP_RUNS, timeout)
         keys = [
             k
-            for b in range(store.buckets)
-            for k in (BucketKeys.of(store.prefix, b).shapes, BucketKeys.of(store.prefix, b).feed)
+            for b in range(store.keyspace.buckets)
+            for k in (BucketKeys.of(store.keyspace.prefix, b).shapes, BucketKeys.of(store.keyspace.prefix, b).feed)
         ]
-        if store.client.exists(*keys) == len(keys):
+        if store.keyspace.client.exists(*keys) == len(keys):
             return done
         if done >= 50 * WARMUP_RUNS:
             raise BenchError(f"after {done} warm-up runs, some bucket still has had none")
@@ -273,7 +273,7 @@ def timed_runs(v: SagaVariant, runs: int, timeout: float) -> tuple[float, float]
     last = 0.0
     for i in range(0, len(handles), 200):
         chunk = handles[i : i + 200]
-        for run_id, state in zip(chunk, v.saga.store.snapshots(chunk), strict=True):
+        for run_id, state in zip(chunk, v.saga.store.reads.snapshots(chunk), strict=True):
             if state is None or state.status.value != "completed":
                 raise BenchError(f"saga run {run_id} is {state.status.value if state else 'missing'}")
             last = max(last, micros(state.updated_at) / 1e6)
@@ -307,8 +307,8 @@ def feed_depth(feed: ArchiveFeed) -> int:
 def run_keys_left(store: RedisStore) -> int:
     """How many keys of runs (meta, events, lease, snapshot) are in the store (``SCAN``, which
     also reclaims expired keys it meets)."""
-    pattern = f"{store.prefix}:{{*}}:[rels]:*"
-    return sum(1 for _ in store.client.scan_iter(match=pattern, count=1000))
+    pattern = f"{store.keyspace.prefix}:{{*}}:[rels]:*"
+    return sum(1 for _ in store.keyspace.client.scan_iter(match=pattern, count=1000))
 
 
 def memory_info(client: Any) -> dict[str, int]:
@@ -467,7 +467,7 @@ def lag_and_memory(
             lambda: feed_depth(feed) == 0 and run_keys_left(store) == 0,
             gone_timeout,
         )
-        store.trim_finished(time.time() - HOT_RETENTION_S)  # the watchdog's tidy: none listed before
+        store.indexes.trim_finished(time.time() - HOT_RETENTION_S)  # the watchdog's tidy: none listed before
         time.sleep(0.3)  # let the server's cron resize its tables after the warm-up's keys left
         completed = sa.select(sa.func.count()).select_from(tables.runs).where(tables.runs.c.status == "completed")
         engine = stack.enter_context(disposing(sa.create_engine(url)))
@@ -476,7 +476,7 @@ def lag_and_memory(
         try:
             time.sleep(LAG_INTERVAL_S)
             info_before = memory_info(v.redis)
-            listed_before = store.count_runs(Status.COMPLETED)
+            listed_before = store.indexes.count_runs(Status.COMPLETED)
             fired, fired_wall = time.monotonic(), time.time()
             v.fire(runs)
             wait_until(
@@ -495,10 +495,10 @@ def lag_and_memory(
         time.sleep(0.3)
         info_after = memory_info(v.redis)
         keys_left = run_keys_left(store)
-        active_left = store.active_depth()
-        listed = store.count_runs(Status.COMPLETED) - listed_before
+        active_left = store.indexes.active_depth()
+        listed = store.indexes.count_runs(Status.COMPLETED) - listed_before
         feed_left = feed_depth(feed)
-        trimmed = store.trim_finished(time.time() - HOT_RETENTION_S)
+        trimmed = store.indexes.trim_finished(time.time() - HOT_RETENTION_S)
         time.sleep(0.3)
         info_tidied = memory_info(v.redis)
     lags = [lag for _, lag, _ in samples]

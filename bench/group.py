@@ -91,13 +91,13 @@ class GroupSagaVariant(SagaVariant):
         """The runs the ``active`` index holds if every one has finished (else None), and how
         many HGETs that took."""
         store = self.saga.store
-        pipe = store.client.pipeline(transaction=False)
-        for b in range(store.buckets):
-            pipe.zrange(BucketKeys.of(store.prefix, b).active, 0, -1)
+        pipe = store.keyspace.client.pipeline(transaction=False)
+        for b in range(store.keyspace.buckets):
+            pipe.zrange(BucketKeys.of(store.keyspace.prefix, b).active, 0, -1)
         left = [run_id for ids in pipe.execute() for run_id in ids]
-        pipe = store.client.pipeline(transaction=False)
+        pipe = store.keyspace.client.pipeline(transaction=False)
         for run_id in left:
-            pipe.hget(store.keys(run_id).meta, "status")
+            pipe.hget(store.keyspace.keys(run_id).meta, "status")
         statuses = pipe.execute() if left else []
         return (left if all(status in FINISHED for status in statuses) else None), len(left)
 
@@ -111,7 +111,7 @@ class GroupSagaVariant(SagaVariant):
         last_depth, since = -1, time.monotonic()
         while True:
             polls += 1
-            depth = store.active_depth()
+            depth = store.indexes.active_depth()
             if depth == 0:
                 break
             now = time.monotonic()
@@ -129,7 +129,7 @@ class GroupSagaVariant(SagaVariant):
             if now > deadline:
                 raise BenchError(f"saga runs still unfinished after {timeout}s")
             time.sleep(0.01)
-        own = {"zcard": polls * store.buckets, "zrange": checks * store.buckets, "hget": reads}
+        own = {"zcard": polls * store.keyspace.buckets, "zrange": checks * store.keyspace.buckets, "hget": reads}
         return {cmd: n for cmd, n in own.items() if n}
 
 

@@ -46,11 +46,11 @@ def _run_all(saga: Any, payload_bytes: int, runs: int, timeout: float) -> list[s
     store = saga.store
     ids = [saga.start({"blob": "x" * payload_bytes, "n": n}) for n in range(runs)]
     deadline = time.monotonic() + timeout
-    while store.active_depth():
+    while store.indexes.active_depth():
         if time.monotonic() > deadline:
             raise BenchError(f"{saga.name}: runs still unfinished after {timeout}s")
         time.sleep(0.05)
-    for state in store.snapshots(ids[-50:]):
+    for state in store.reads.snapshots(ids[-50:]):
         if state is None or state.status.value != "completed":
             raise BenchError(f"{saga.name}: a run ended {state.status.value if state else 'missing'}")
     return ids

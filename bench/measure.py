@@ -185,8 +185,8 @@ class SagaVariant(Variant):
         polls = 0
         while True:
             polls += 1
-            if store.active_depth() == 0:
-                return {"zcard": polls * store.buckets}
+            if store.indexes.active_depth() == 0:
+                return {"zcard": polls * store.keyspace.buckets}
             if time.monotonic() > deadline:
                 raise BenchError(f"saga runs still unfinished after {timeout}s")
             time.sleep(0.01)
@@ -195,14 +195,14 @@ class SagaVariant(Variant):
         """Every run is completed."""
         for i in range(0, len(handles), 200):
             chunk = handles[i : i + 200]
-            for run_id, state in zip(chunk, self.saga.store.snapshots(chunk), strict=True):
+            for run_id, state in zip(chunk, self.saga.store.reads.snapshots(chunk), strict=True):
                 if state is None or state.status.value != "completed":
                     raise BenchError(f"saga run {run_id} is {state.status.value if state else 'missing'}")
 
     def start_one(self) -> tuple[Any, str]:
         """Start a run; its id and its meta key."""
         run_id = self.saga.start({"n": 0})
-        return run_id, self.saga.store.keys(run_id).meta
+        return run_id, self.saga.store.keyspace.keys(run_id).meta
 
     def wait_api(self, handle: Any, timeout: float) -> None:
         """``Saga.wait`` (woken by the notification of the commit that ends the run)."""
@@ -509,20 +509,20 @@ def recovery_trial(
     the run from the kill to its completion. ``recovery_s`` is None when it did not complete
     within ``limit`` seconds."""
     store = saga.store
-    client = store.client
+    client = store.keyspace.client
     run_id = saga.start({"sleep": sleep})
-    meta = store.keys(run_id).meta
+    meta = store.keyspace.keys(run_id).meta
     deadline = time.monotonic() + 60
     while True:  # step 3 (index 2) has begun: its lease is taken
         cursor, status = client.hmget(meta, "cursor", "status")
-        if cursor == "2" and status == "running" and store.lease(run_id):
+        if cursor == "2" and status == "running" and store.reads.lease(run_id):
             break
         if time.monotonic() > deadline:
             raise BenchError(f"recovery run {run_id} never reached step 3 (at {cursor}, {status})")
         time.sleep(0.005)
     time.sleep(into_step)
-    lease_key = store.keys(run_id).lease
-    lock_key = store.global_keys.watchdog
+    lease_key = store.keyspace.keys(run_id).lease
+    lock_key = store.keyspace.global_keys.watchdog
     killed_at = time.time()
     worker.kill()
     worker.start()
@@ -544,7 +544,7 @@ def recovery_trial(
             break
         time.sleep(0.01)
     done_at = time.time()
-    events = store.events(run_id)
+    events = store.reads.events(run_id)
     resumed = [e for e in events if e.get("type") == "saga.resumed"]
     ok = status == "completed"
     return {

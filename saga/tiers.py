@@ -31,14 +31,14 @@ class Tiers:
     def get(self, run_id: str) -> SagaState:
         """The run's latest state."""
         try:
-            return self.store.get(run_id)
+            return self.store.reads.get(run_id)
         except RunNotFound:
             return rebuild(self._archived(run_id))
 
     def events(self, run_id: str) -> list[Event]:
         """Every event of the run, oldest first."""
         try:
-            return self.store.events(run_id)
+            return self.store.reads.events(run_id)
         except RunNotFound:
             return self._archived(run_id)
 

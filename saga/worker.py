@@ -56,7 +56,7 @@ def reject_message(registry: Registry, task: str, why: str, run_id: str | None) 
     if run_id is None:
         return
     try:
-        state = registry.store.get(run_id)
+        state = registry.store.reads.get(run_id)
         event = decide.note_event(state, EventType.SAGA_MESSAGE_REJECTED, task=task, reason=why)
         registry.store.note_events(state, [event])
     except (RunNotFound, StoreUnavailable):
@@ -80,17 +80,17 @@ def route(
         return deliver(definition.runtime(), found, direction, run_id, attempt)
     rt = registry.get(saga).runtime()
     try:
-        state = rt.store.get(run_id)
+        state = rt.store.reads.get(run_id)
     except RunNotFound:
         log.error("no such run (expired or never started); message ignored")
         return tasks.skipped("no such run")
     by_name = registry.compensation_named(saga, step) if direction is Direction.COMPENSATION else None
-    shape = rt.store.shape(run_id) if by_name is not None else None
+    shape = rt.store.reads.shape(run_id) if by_name is not None else None
     if by_name is not None and shape is not None:
         return deliver(registry.stored_runtime(saga, version, shape), by_name, direction, run_id, attempt, by_name=True)
     why = policy.missing_reason(saga, version, registry.versions(saga))
     if definition is not None:
-        stored = rt.store.progress(run_id).fingerprint
+        stored = rt.store.reads.progress(run_id).fingerprint
         why = policy.drift_reason(saga, version, stored, definition.shape.fingerprint)
     park(rt.store, state, why, log)
     return tasks.skipped(f"parked: {why}")
@@ -126,8 +126,8 @@ def hook_workers(registry: Registry, app: Any) -> None:
             dogs[-1].start()
         if s.metrics_port:
             reads = {
-                "saga_dead_letters": registry.store.dead_letter_depth,
-                "saga_parked_runs": registry.store.parked_depth,
+                "saga_dead_letters": registry.store.indexes.dead_letter_depth,
+                "saga_parked_runs": registry.store.indexes.parked_depth,
             }
             lag = ArchiveFeed(registry.store).lag if s.archive_url else None
             auth = {"user": s.metrics_user, "password_file": s.metrics_password_file}

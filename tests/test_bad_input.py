@@ -118,11 +118,11 @@ anything = objects | values
 
 def left_waiting_unseen(run_id: str) -> bool:
     """A run neither finished nor held by a lease nor on the watchdog's list: lost."""
-    state = fuzz.store.get(run_id)
-    due = fuzz.store.deadline(run_id)
+    state = fuzz.store.reads.get(run_id)
+    due = fuzz.store.indexes.deadline(run_id)
     if state.status.terminal:
         return due is not None  # a finished run left on the list
-    return fuzz.store.lease(run_id) is None and due is None
+    return fuzz.store.reads.lease(run_id) is None and due is None
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))

@@ -214,7 +214,7 @@ def test_verify_passes_for_an_untouched_run_and_fails_for_a_tampered_one(order: 
     assert out.returncode == EXIT_OK and out.stdout.startswith("ok: ")
     assert saga_json("verify", run_id) == {"run_id": run_id, "ok": True, "problems": []}
     # When its recorded start payload is changed behind the library's back
-    key = order.store.keys(run_id).events
+    key = order.store.keyspace.keys(run_id).events
     started = json.loads(redis_client.lindex(key, 0) or "[]")
     payload = next(field for field in started if isinstance(field, dict) and field.get("amount") == 10)
     payload["amount"] = 1000
@@ -305,7 +305,7 @@ def test_an_unreachable_redis_is_one_line_exit_4_and_quick(command: list[str]) -
 def test_an_unexpected_error_is_one_line_unless_debug(redis_client: Client) -> None:
     # Given a snapshot that is not JSON at all
     run_id = f"garbled-{uuid.uuid4()}"
-    keys = default_registry().store.keys(run_id)
+    keys = default_registry().store.keyspace.keys(run_id)
     redis_client.hset(keys.meta, "fingerprint", "0")
     redis_client.set(keys.snapshot, "not json")
     try:
@@ -408,7 +408,7 @@ def test_acting_commands_use_the_settings_the_workers_use(order: Any, redis_clie
     out = saga("dlq", "retry", entry["id"], env={"SAGA_LEASE_SECONDS": "50", "SAGA_COMPENSATION_QUEUE": parked})
     assert out.returncode == EXIT_OK, out.stderr
     # Then the watchdog deadline written is a 50 s lease away, as a worker with those settings writes it
-    due = order.store.deadline(run_id)
+    due = order.store.indexes.deadline(run_id)
     assert due is not None and due - before > 45
     # and the run goes on once its message is sent where the module's worker reads
     redis_client.delete(parked)

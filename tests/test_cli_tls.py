@@ -18,7 +18,7 @@ import pytest
 from saga import Settings
 from saga.cli import EXIT_OK, EXIT_UNAVAILABLE
 from saga.errors import SagaError, StoreUnavailable
-from saga.store import BucketedStore
+from saga.store import Keyspace
 from saga.testing import RedisServer, free_port, worker_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,6 +125,6 @@ def test_a_server_that_never_answers_the_handshake_fails_in_seconds(
     line = one_line(saga(settings, url, "list", timeout=15))
     assert "no TLS handshake: if that port is not a TLS port, use redis://" in line
     # a worker's store, with 3 retries (it took 40 s; with 8 retries, 96 s): the test's timeout
-    store = BucketedStore(url, prefix="saga", retries=3, buckets=16)
+    keyspace = Keyspace(url, prefix="saga", retries=3, buckets=16)
     with pytest.raises(StoreUnavailable, match="no TLS handshake"):
-        store.ping()
+        keyspace.ping()

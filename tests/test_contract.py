@@ -90,7 +90,7 @@ def test_a_permanent_failure_compensates_in_reverse_and_dead_letters(on_tier: Ca
         "compensation:charge",
         "compensation:reserve",
     ]
-    letters = [e for e in contract.registry.store.dead_letters() if e["run_id"] == state.id]
+    letters = [e for e in contract.registry.store.indexes.dead_letters() if e["run_id"] == state.id]
     assert [(e["step"], e["kind"]) for e in letters] == [("ship", "forward")]
 
 
@@ -98,7 +98,7 @@ def test_rejected_compensates_without_a_dead_letter(on_tier: Callable[..., SagaS
     state = on_tier(contract.order, {"sku": "book", "amount": 12, "reject_at": "charge"})
     assert state.status is Status.COMPENSATED
     assert ledger(state) == ["forward:reserve", "forward:charge", "compensation:reserve"]
-    assert not [e for e in contract.registry.store.dead_letters() if e["run_id"] == state.id]
+    assert not [e for e in contract.registry.store.indexes.dead_letters() if e["run_id"] == state.id]
 
 
 def test_a_transient_failure_is_retried_then_succeeds(on_tier: Callable[..., SagaState]) -> None:

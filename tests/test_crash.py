@@ -114,7 +114,7 @@ def test_a_worker_killed_in_the_first_step_is_resumed_a_lease_later(
     wait_for(lambda: in_step(order, run_id, 0), timeout=30, what="reserve_inventory to start")
     # Then the watchdog's deadline followed its lease, not the dispatch timeout of the start
     began = parse_iso(order.events(run_id)[-1]["at"])
-    due = order.store.deadline(run_id)
+    due = order.store.indexes.deadline(run_id)
     assert due is not None and due - began < crash_settings.dispatch_timeout / 2
     # When its worker is SIGKILLed and another starts
     os.killpg(first.pid, signal.SIGKILL)

@@ -211,7 +211,7 @@ def test_a_redelivered_message_does_not_rerun_a_committed_step(redis_client: Cli
 
     # When the first step's message is delivered again
     app.send_task("saga.trip.flight", args=(run_id,))
-    wait_for(lambda: trip.store.meta(run_id).get("dups") == "1", what="the duplicate to be seen")
+    wait_for(lambda: trip.store.reads.meta(run_id).get("dups") == "1", what="the duplicate to be seen")
 
     # Then its body did not run again and nothing was committed
     assert ledger(run_id).count("forward:flight") == 1
@@ -225,7 +225,7 @@ def test_a_duplicate_delivery_of_a_running_step_does_not_run_its_body_twice(redi
     wait_for(lambda: "forward:hotel" in ledger(run_id), what="hotel to start")
 
     app.send_task("saga.trip.hotel", args=(run_id,))
-    wait_for(lambda: trip.store.meta(run_id).get("dups") == "1", what="the duplicate to be refused")
+    wait_for(lambda: trip.store.reads.meta(run_id).get("dups") == "1", what="the duplicate to be refused")
     redis_client.rpush(gate, "go")
 
     assert finished(trip, run_id).status is Status.COMPLETED
@@ -326,7 +326,7 @@ def test_a_run_and_its_bucket_indexes_share_one_cluster_slot_and_finished_runs_e
     run_id = single.start({"n": 1})
     finished(single, run_id)
     store = single.store
-    keys, indexes = store.keys(run_id), store.bucket_keys(run_id)
+    keys, indexes = store.keyspace.keys(run_id), store.keyspace.bucket_keys(run_id)
     names = [*keys, indexes.active, indexes.parked, indexes.dlq, indexes.shapes, indexes.status(Status.COMPLETED)]
     assert len({key_slot(name.encode()) for name in names}) == 1
     assert redis_client.exists(keys.meta, keys.events) == 2 and redis_client.zscore(indexes.status("completed"), run_id)
@@ -337,7 +337,7 @@ def test_a_run_and_its_bucket_indexes_share_one_cluster_slot_and_finished_runs_e
 def test_a_failed_run_is_kept_without_expiry(redis_client: Client) -> None:
     run_id = trip.start({"fail_at": "car", "fail_compensation": "flight"})
     assert finished(trip, run_id).status is Status.FAILED
-    keys = trip.store.keys(run_id)
+    keys = trip.store.keyspace.keys(run_id)
     assert redis_client.ttl(keys.meta) == redis_client.ttl(keys.events) == -1
 
 

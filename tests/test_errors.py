@@ -129,7 +129,7 @@ def _entry(tmp_path: Path) -> None:
 
 
 def _store(tmp_path: Path) -> None:
-    RedisStore("redis://127.0.0.1:1/0", retries=0).get("x")  # a Redis that does not answer
+    RedisStore("redis://127.0.0.1:1/0", retries=0).reads.get("x")  # a Redis that does not answer
 
 
 def _store_full(tmp_path: Path) -> None:
@@ -142,8 +142,8 @@ def _store_full(tmp_path: Path) -> None:
         def only(payload: dict[str, Any], ctx: StepContext) -> None:
             return None
 
-        store.client.config_set("maxmemory-policy", "noeviction")
-        store.client.config_set("maxmemory", 1)
+        store.keyspace.client.config_set("maxmemory-policy", "noeviction")
+        store.keyspace.client.config_set("maxmemory", 1)
         full.start({"n": 1})  # Redis at maxmemory refuses the write
     finally:
         server.close()
@@ -167,7 +167,7 @@ def _refused(tmp_path: Path) -> None:
 
 def _format(tmp_path: Path) -> None:
     run_id = shop.start({"n": 1})
-    shop.store.client.hset(shop.store.keys(run_id).meta, "format", "99")  # as a newer saga writes it
+    shop.store.keyspace.client.hset(shop.store.keyspace.keys(run_id).meta, "format", "99")  # as a newer saga writes it
     shop.get(run_id)
 
 

@@ -57,7 +57,7 @@ def fail(store: RedisStore, shape: Shape) -> SagaState:
 
 
 def run_bytes(store: RedisStore, client: Client, run_id: str) -> int:
-    keys = store.keys(run_id)
+    keys = store.keyspace.keys(run_id)
     return sum(int(client.memory_usage(key) or 0) for key in (keys.meta, keys.events))
 
 
@@ -74,8 +74,8 @@ def test_a_finished_run_costs_its_payload_once_whatever_its_number_of_steps(
     assert 10_000 < short_bytes < 13_000
     assert long_bytes - short_bytes < 25 * 100
     # and every version is still there, rebuilt from the events
-    assert [s.version for s in store.history(long.id)] == list(range(1, 32))
-    assert store.get(long.id) == long and store.at_version(long.id, 7).current_step == 6
+    assert [s.version for s in store.reads.history(long.id)] == list(range(1, 32))
+    assert store.reads.get(long.id) == long and store.reads.at_version(long.id, 7).current_step == 6
 
 
 def test_index_entries_leave_with_their_run(redis_url: str, redis_client: Client) -> None:
@@ -84,17 +84,17 @@ def test_index_entries_leave_with_their_run(redis_url: str, redis_client: Client
     store = new_store(redis_url)
     gone = run_through(store, shape, {"n": 1}, ttl_ms=1)
     kept = fail(store, shape)
-    wait_for(lambda: not redis_client.exists(store.keys(gone.id).meta), what="the run's keys to expire")
-    registry = Registry(Settings(redis_url=redis_url, key_prefix=store.prefix))
+    wait_for(lambda: not redis_client.exists(store.keyspace.keys(gone.id).meta), what="the run's keys to expire")
+    registry = Registry(Settings(redis_url=redis_url, key_prefix=store.keyspace.prefix))
     # When runs are listed, the expired run is left out and its index entry dropped
     assert [s.id for s in control.list_runs(registry=registry)] == [kept.id]
-    assert redis_client.zscore(store.bucket_keys(gone.id).status(Status.COMPLETED), gone.id) is None
+    assert redis_client.zscore(store.keyspace.bucket_keys(gone.id).status(Status.COMPLETED), gone.id) is None
     # and the watchdog's tidying drops entries of runs finished before the retention horizon
     other = run_through(store, shape, {"n": 2}, ttl_ms=1)
-    assert store.trim_finished(time.time() + 1) == 1
-    assert redis_client.zscore(store.bucket_keys(other.id).status(Status.COMPLETED), other.id) is None
+    assert store.indexes.trim_finished(time.time() + 1) == 1
+    assert redis_client.zscore(store.keyspace.bucket_keys(other.id).status(Status.COMPLETED), other.id) is None
     # A run off the watchdog's list stays off it: finished runs are not watched
-    assert store.deadline(gone.id) is None and store.deadline(kept.id) is None
+    assert store.indexes.deadline(gone.id) is None and store.indexes.deadline(kept.id) is None
 
 
 def test_the_dead_letter_queue_is_read_a_page_at_a_time(redis_url: str) -> None:
@@ -104,14 +104,14 @@ def test_the_dead_letter_queue_is_read_a_page_at_a_time(redis_url: str) -> None:
     seen: list[str] = []
     cursor = ""
     for _ in range(5):
-        page = store.dead_letter_page(3, cursor)
+        page = store.indexes.dead_letter_page(3, cursor)
         seen += [e["id"] for e in page.entries]
         assert all(e["cursor"] for e in page.entries) and len(page.entries) <= 3
         cursor = page.cursor
         if not cursor:
             break
     assert seen == ids  # oldest first, each once
-    assert store.dead_letter_depth() == 7 and [e["id"] for e in store.dead_letters()] == ids
+    assert store.indexes.dead_letter_depth() == 7 and [e["id"] for e in store.indexes.dead_letters()] == ids
 
 
 def test_listing_by_status_reads_what_the_page_needs_not_every_run() -> None:
@@ -125,7 +125,7 @@ def test_listing_by_status_reads_what_the_page_needs_not_every_run() -> None:
                 failed.append(fail(store, shape).id)
             else:
                 run_through(store, shape, {"n": n})
-        registry = Registry(Settings(redis_url=server.url, key_prefix=store.prefix))
+        registry = Registry(Settings(redis_url=server.url, key_prefix=store.keyspace.prefix))
         with connect_node(server.url) as client:
             before = client.info("commandstats")
             # When the newest 5 failed runs are listed
@@ -141,9 +141,9 @@ def test_listing_by_status_reads_what_the_page_needs_not_every_run() -> None:
 def test_another_bucket_count_is_refused_with_one_line(redis_url: str) -> None:
     store = new_store(redis_url, buckets=16)
     run_through(store, Shape(("a",), (False,)), {"n": 1})
-    other = RedisStore(redis_url, prefix=store.prefix, buckets=8)
+    other = RedisStore(redis_url, prefix=store.keyspace.prefix, buckets=8)
     with pytest.raises(SettingsError) as info:
-        other.get("anything")
+        other.reads.get("anything")
     message = str(info.value)
     assert "SAGA_BUCKETS is 8" in message and "laid out with 16" in message and "\n" not in message
 
@@ -158,4 +158,4 @@ def cluster_url(redis_url: str, redis_cluster: object) -> Iterator[str]:
 def test_an_explicit_cluster_url_works_like_a_detected_one(cluster_url: str) -> None:
     store = new_store(cluster_url)
     state = run_through(store, Shape(("a", "b"), (False, False)), {"n": 1})
-    assert store.get(state.id).status is Status.COMPLETED
+    assert store.reads.get(state.id).status is Status.COMPLETED

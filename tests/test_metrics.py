@@ -76,12 +76,12 @@ def test_the_stuck_gauge_reads_how_far_past_its_deadline_the_most_overdue_run_is
         store = Registry(Settings(redis_url=redis.url, metrics_port=0)).store
         now = time.time()
         assert stuck_seconds(store, now) == 0.0  # an empty list: nothing is overdue
-        store.client.zadd(store.bucket_keys("later").active, {"later": now + 30})
+        store.keyspace.client.zadd(store.keyspace.bucket_keys("later").active, {"later": now + 30})
         assert stuck_seconds(store, now) == 0.0  # a deadline still ahead is not overdue
-        store.client.zadd(store.bucket_keys("left-behind").active, {"left-behind": now - 100})
-        store.client.zadd(store.bucket_keys("just-due").active, {"just-due": now - 1})
+        store.keyspace.client.zadd(store.keyspace.bucket_keys("left-behind").active, {"left-behind": now - 100})
+        store.keyspace.client.zadd(store.keyspace.bucket_keys("just-due").active, {"just-due": now - 1})
         assert stuck_seconds(store, now) == pytest.approx(100.0)
-        assert store.active_depth() == 3
+        assert store.indexes.active_depth() == 3
 
 
 def test_the_endpoint_answers_only_with_its_credentials(tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ def only(payload: dict[str, Any], ctx: StepContext) -> None:
 @pytest.fixture(autouse=True)
 def open_election(redis_client: Client) -> None:
     """Workers of other test modules (subprocesses with real watchdogs) may have held the lock."""
-    redis_client.delete(trip.store.global_keys.watchdog)
+    redis_client.delete(trip.store.keyspace.global_keys.watchdog)
 
 
 def resumes(run_id: str) -> list[dict[str, object]]:
@@ -50,7 +50,7 @@ def resumes(run_id: str) -> list[dict[str, object]]:
 
 def scan_until_resumed(run_id: str) -> None:
     """Make the run due now and let one watchdog pass resume it."""
-    trip.store.schedule(run_id, 0)
+    trip.store.indexes.schedule(run_id, 0)
     watchdog.scan()
 
 
@@ -72,12 +72,12 @@ def test_a_run_whose_next_step_was_never_published_is_resumed() -> None:
 def test_a_step_sent_moments_ago_is_not_resent_while_it_may_still_be_queued() -> None:
     t = decide.decide_start(str(uuid.uuid4()), "trip", {"queued": True})
     create(t)
-    trip.store.schedule(t.state.id, 0)
+    trip.store.indexes.schedule(t.state.id, 0)
     watchdog.scan()
     assert not resumes(t.state.id)
-    score = trip.store.deadline(t.state.id)
+    score = trip.store.indexes.deadline(t.state.id)
     assert score is not None and score > time.time() + 10  # looked at again later
-    trip.store.forget_active(t.state.id)
+    trip.store.indexes.forget_active(t.state.id)
 
 
 def test_a_step_whose_lease_expired_is_resumed_and_the_late_attempt_is_discarded(redis_client: Client) -> None:
@@ -86,7 +86,7 @@ def test_a_step_whose_lease_expired_is_resumed_and_the_late_attempt_is_discarded
     run_id = trip.start({"block": {"hotel": gate}})
     wait_for(lambda: "forward:hotel" in ledger(run_id), what="hotel to start")
     # ... and loses its lease
-    redis_client.delete(trip.store.keys(run_id).lease)
+    redis_client.delete(trip.store.keyspace.keys(run_id).lease)
     # When the watchdog resumes the run, a second attempt of hotel starts
     scan_until_resumed(run_id)
     wait_for(lambda: ledger(run_id).count("forward:hotel") == 2, what="the second attempt")
@@ -113,14 +113,14 @@ def test_a_slow_step_keeps_its_lease_through_the_heartbeat(redis_client: Client)
     gate = f"gate:{uuid.uuid4()}"
     run_id = trip.start({"block": {"car": gate}})
     wait_for(lambda: "forward:car" in ledger(run_id), what="car to start")
-    token = trip.store.lease(run_id)
-    wait_for(lambda: redis_client.pttl(trip.store.keys(run_id).lease) > 1900, timeout=5, what="a renewal")
-    ttl_seen = redis_client.pttl(trip.store.keys(run_id).lease)
+    token = trip.store.reads.lease(run_id)
+    wait_for(lambda: redis_client.pttl(trip.store.keyspace.keys(run_id).lease) > 1900, timeout=5, what="a renewal")
+    ttl_seen = redis_client.pttl(trip.store.keyspace.keys(run_id).lease)
     # a watchdog pass past the deadline leaves it alone: the lease is live
-    trip.store.schedule(run_id, 0)
+    trip.store.indexes.schedule(run_id, 0)
     watchdog.scan()
     assert not resumes(run_id)
-    assert trip.store.lease(run_id) == token and ttl_seen > 0
+    assert trip.store.reads.lease(run_id) == token and ttl_seen > 0
     redis_client.rpush(gate, "go")
     assert trip.wait(run_id, timeout=30).status is Status.COMPLETED
     assert not any(e["type"] == "saga.resumed" for e in trip.events(run_id))
@@ -131,14 +131,14 @@ def test_a_checkpoint_that_does_not_verify_is_never_resumed(redis_client: Client
     gate = f"gate:{uuid.uuid4()}"
     run_id = trip.start({"block": {"car": gate}})
     wait_for(lambda: "forward:car" in ledger(run_id), what="car to start")
-    keys = trip.store.keys(run_id)
+    keys = trip.store.keyspace.keys(run_id)
     redis_client.delete(keys.lease)
     # ... whose stored payload was altered after its checkpoint
     snap = json.loads(cast(str, redis_client.get(keys.snapshot)))
     snap["payload"]["hotel"] = "tampered"
     redis_client.set(keys.snapshot, json.dumps(snap))
     # When the watchdog looks at it
-    trip.store.schedule(run_id, 0)
+    trip.store.indexes.schedule(run_id, 0)
     watchdog.scan()
     # Then it fails with a clear error and a dead letter, and nothing is dispatched
     state = trip.get(run_id)
@@ -165,7 +165,7 @@ def test_a_worker_with_a_different_definition_parks_the_run_and_never_fails_it()
     assert (state.status, state.version) == (Status.PENDING, 1)
     assert ledger(t.state.id) == []
     assert not [d for d in dead_letters() if d["run_id"] == t.state.id]
-    assert t.state.id in [p.run_id for p in trip.store.parked()]
+    assert t.state.id in [p.run_id for p in trip.store.indexes.parked()]
     assert REGISTRY.get_sample_value("saga_runs_parked_total", {"saga": "trip"}) == parks_before + 1
     # and a watchdog with this same (other) definition leaves it parked
     watchdog.scan()
@@ -181,7 +181,7 @@ def test_an_unreachable_broker_at_start_keeps_the_run_for_the_watchdog(
     run_id = nobroker.start({"n": 1})
     state = nobroker.get(run_id)
     assert (state.status, state.version) == (Status.PENDING, 1)
-    assert nobroker.store.deadline(run_id) is not None
+    assert nobroker.store.indexes.deadline(run_id) is not None
     assert any("watchdog will send it" in rec.getMessage() for rec in caplog.records)
 
 
@@ -193,7 +193,7 @@ def test_one_unreachable_store_does_not_stop_the_watchdog_watching_the_others(se
     both = Watchdog(lambda: [elsewhere.runtime(), *default_registry().runtimes()], settings)
     t = decide.decide_start(str(uuid.uuid4()), "trip", {"lost": True}, at="2026-01-01T00:00:00.000000Z")
     create(t)
-    trip.store.schedule(t.state.id, 0)
+    trip.store.indexes.schedule(t.state.id, 0)
     assert both.scan() == 1
     assert trip.wait(t.state.id, timeout=30).status is Status.COMPLETED
 
@@ -203,17 +203,17 @@ def test_several_watchdogs_elect_one_scanner_and_another_takes_over_when_it_dies
     first, second = worker.watchdog(default_registry()), worker.watchdog(default_registry())
     t = decide.decide_start(str(uuid.uuid4()), "trip", {"lost": True}, at="2026-01-01T00:00:00.000000Z")
     create(t)
-    trip.store.schedule(t.state.id, 0)
+    trip.store.indexes.schedule(t.state.id, 0)
     # When both scan, only the elected one acts
     first.scan()
     assert len(resumes(t.state.id)) == 1
-    trip.store.schedule(t.state.id, 0)
+    trip.store.indexes.schedule(t.state.id, 0)
     assert second.scan() == 0
-    assert redis_client.get(trip.store.global_keys.watchdog) == first.owner
+    assert redis_client.get(trip.store.keyspace.global_keys.watchdog) == first.owner
     assert trip.wait(t.state.id, timeout=30).status is Status.COMPLETED
     assert [e["type"] for e in trip.events(t.state.id)].count("saga.resumed") == 1
     # Then, once the elected one is gone (its lock lapses), the other one scans
-    redis_client.delete(trip.store.global_keys.watchdog)
+    redis_client.delete(trip.store.keyspace.global_keys.watchdog)
     second.scan()
-    assert redis_client.get(trip.store.global_keys.watchdog) == second.owner
-    redis_client.delete(trip.store.global_keys.watchdog)  # leave the election open for the next test
+    assert redis_client.get(trip.store.keyspace.global_keys.watchdog) == second.owner
+    redis_client.delete(trip.store.keyspace.global_keys.watchdog)  # leave the election open for the next test

@@ -100,7 +100,7 @@ def every_key(client: Client) -> dict[str, bytes | None]:
 
 
 def with_format(client: Client, store: RedisStore, run_id: str, stored: str) -> None:
-    client.hset(store.keys(run_id).meta, FORMAT_FIELD, stored)
+    client.hset(store.keyspace.keys(run_id).meta, FORMAT_FIELD, stored)
 
 
 # --- the fixtures are what deployed data is ---------------------------------------------------
@@ -121,46 +121,46 @@ def test_the_golden_records_are_format_1_without_the_field() -> None:
 @pytest.mark.parametrize("case", sorted(STATUS))
 def test_each_golden_run_reads(store: RedisStore, case: str) -> None:
     run_id = RUNS[case]
-    state = store.get(run_id)
+    state = store.reads.get(run_id)
     assert (state.id, state.status) == (run_id, STATUS[case])
-    events = store.events(run_id)
+    events = store.reads.events(run_id)
     assert events[0]["type"] == "saga.started" and all(e["run_id"] == run_id for e in events)
     assert rebuild(events) == state
-    history = store.history(run_id)
+    history = store.reads.history(run_id)
     assert [s.version for s in history] == list(range(1, state.version + 1))
     assert history[-1] == state
-    assert store.at_version(run_id, 1) == history[0]
-    assert store.snapshots([run_id]) == [state]
-    assert store.meta(run_id)["saga"] == state.saga
+    assert store.reads.at_version(run_id, 1) == history[0]
+    assert store.reads.snapshots([run_id]) == [state]
+    assert store.reads.meta(run_id)["saga"] == state.saga
     assert asyncio.run(store.aio.get(run_id)) == state
     assert asyncio.run(store.aio.events(run_id)) == events
 
 
 def test_the_golden_runs_hold_what_their_steps_did(store: RedisStore) -> None:
-    done = store.get(RUNS["completed"])
+    done = store.reads.get(RUNS["completed"])
     assert done.payload == {"sku": "sku-1", "amount": 12, "reserved": "sku-1", "charged": 12, "shipped": True}
     assert done.tags == {"customer": "c-1"} and [c.name for c in done.checkpoints] == ["reserve", "charge", "ship"]
-    group = store.get(RUNS["group"])
+    group = store.reads.get(RUNS["group"])
     assert {"picked", "packed", "labelled", "dispatched"} <= set(group.payload)
-    assert store.get(RUNS["compensated"]).error is not None
-    rejected = store.get(RUNS["rejected"])
+    assert store.reads.get(RUNS["compensated"]).error is not None
+    rejected = store.reads.get(RUNS["rejected"])
     assert rejected.error is not None and rejected.error.type == "Rejected"
-    assert store.get(RUNS["failed"]).error is not None
+    assert store.reads.get(RUNS["failed"]).error is not None
 
 
 def test_listings_and_dead_letters_find_the_golden_runs(store: RedisStore) -> None:
-    completed = list(store.newest_runs([Status.COMPLETED]))
+    completed = list(store.indexes.newest_runs([Status.COMPLETED]))
     assert sorted(completed) == sorted([RUNS["completed"], RUNS["group"]])
-    assert list(store.newest_runs([Status.FAILED])) == [RUNS["failed"]]
-    assert sorted(store.newest_runs([Status.COMPENSATED])) == sorted([RUNS["compensated"], RUNS["rejected"]])
-    parked = store.parked()
+    assert list(store.indexes.newest_runs([Status.FAILED])) == [RUNS["failed"]]
+    assert sorted(store.indexes.newest_runs([Status.COMPENSATED])) == sorted([RUNS["compensated"], RUNS["rejected"]])
+    parked = store.indexes.parked()
     assert [p.run_id for p in parked] == [RUNS["parked"]]
-    assert parked[0].reason == store.progress(RUNS["parked"]).parked
-    letters = store.dead_letters()
+    assert parked[0].reason == store.reads.progress(RUNS["parked"]).parked
+    letters = store.indexes.dead_letters()
     assert {e["run_id"] for e in letters} == {RUNS["compensated"], RUNS["failed"]}
     for entry in letters:
-        assert store.dead_letter(str(entry["id"])) == entry
-    assert sorted(store.due(time.time() + 10**9)) == [RUNS["parked"]]
+        assert store.indexes.dead_letter(str(entry["id"])) == entry
+    assert sorted(store.indexes.due(time.time() + 10**9)) == [RUNS["parked"]]
 
 
 def test_the_cli_shows_a_golden_run(server: RedisServer, client: Client) -> None:
@@ -185,8 +185,8 @@ def test_a_new_run_records_the_format_it_was_written_in(server: RedisServer, cli
     with configured(registry, settings, app):
         run_id = probe.start({"n": 1})  # no worker: the record as start() wrote it
         store = registry.store
-        assert client.hget(store.keys(run_id).meta, FORMAT_FIELD) == str(STORAGE_FORMAT)
-        assert store.get(run_id).status is Status.PENDING
+        assert client.hget(store.keyspace.keys(run_id).meta, FORMAT_FIELD) == str(STORAGE_FORMAT)
+        assert store.reads.get(run_id).status is Status.PENDING
 
 
 # --- a newer format is refused, and left as it is ---------------------------------------------
@@ -195,18 +195,18 @@ def test_a_new_run_records_the_format_it_was_written_in(server: RedisServer, cli
 @pytest.mark.parametrize("case", ["completed", "parked", "failed"])
 def test_a_newer_format_is_refused_and_never_rewritten(client: Client, store: RedisStore, case: str) -> None:
     run_id = RUNS[case]
-    fingerprint = client.hget(store.keys(run_id).meta, "fingerprint")
+    fingerprint = client.hget(store.keyspace.keys(run_id).meta, "fingerprint")
     with_format(client, store, run_id, "2")
     before = every_key(client)
     reads: dict[str, Callable[[], object]] = {
-        "get": lambda: store.get(run_id),
-        "events": lambda: store.events(run_id),
-        "history": lambda: store.history(run_id),
-        "at_version": lambda: store.at_version(run_id, 1),
-        "snapshots": lambda: store.snapshots([RUNS["group"], run_id]),
-        "logs": lambda: store.logs([run_id]),
-        "meta": lambda: store.meta(run_id),
-        "progress": lambda: store.progress(run_id),
+        "get": lambda: store.reads.get(run_id),
+        "events": lambda: store.reads.events(run_id),
+        "history": lambda: store.reads.history(run_id),
+        "at_version": lambda: store.reads.at_version(run_id, 1),
+        "snapshots": lambda: store.reads.snapshots([RUNS["group"], run_id]),
+        "logs": lambda: store.reads.logs([run_id]),
+        "meta": lambda: store.reads.meta(run_id),
+        "progress": lambda: store.reads.progress(run_id),
         "aio.get": lambda: asyncio.run(store.aio.get(run_id)),
         "aio.events": lambda: asyncio.run(store.aio.events(run_id)),
         "begin": lambda: store.begin(
@@ -231,27 +231,27 @@ def test_a_newer_format_is_refused_and_never_rewritten(client: Client, store: Re
 def test_a_batch_read_refuses_only_the_newer_run(client: Client, store: RedisStore) -> None:
     with_format(client, store, RUNS["failed"], "2")
     ids = [RUNS["completed"], RUNS["failed"], RUNS["parked"]]
-    states = store.read_snapshots(ids)
+    states = store.reads.read_snapshots(ids)
     assert isinstance(states[1], StorageFormatTooNew)
-    assert states[0] == store.get(RUNS["completed"]) and states[2] == store.get(RUNS["parked"])
-    logs = store.read_logs(ids)
+    assert states[0] == store.reads.get(RUNS["completed"]) and states[2] == store.reads.get(RUNS["parked"])
+    logs = store.reads.read_logs(ids)
     assert isinstance(logs[1], StorageFormatTooNew)
-    assert logs[0] == store.events(RUNS["completed"])
+    assert logs[0] == store.reads.events(RUNS["completed"])
 
 
 @pytest.mark.parametrize("stored", ["1", ""])
 def test_format_1_named_or_not_reads(client: Client, store: RedisStore, stored: str) -> None:
     run_id = RUNS["parked"]
-    expected = store.get(run_id)
+    expected = store.reads.get(run_id)
     with_format(client, store, run_id, stored)
-    assert store.get(run_id) == expected
-    assert store.events(run_id)
+    assert store.reads.get(run_id) == expected
+    assert store.reads.events(run_id)
 
 
 def test_a_value_that_is_no_format_is_refused(client: Client, store: RedisStore) -> None:
     with_format(client, store, RUNS["completed"], "x9")
     with pytest.raises(StorageFormatTooNew, match="stored by storage format x9; this saga reads formats up to 1"):
-        store.get(RUNS["completed"])
+        store.reads.get(RUNS["completed"])
 
 
 def test_the_cli_refuses_a_newer_format_in_one_line(server: RedisServer, client: Client, store: RedisStore) -> None:
@@ -316,7 +316,7 @@ def test_the_golden_archive_rows_read_back_at_head(tmp_path: Path, store: RedisS
         assert events == golden_events(run_id)
         state = rebuild(events)
         assert state.status is STATUS[case]
-        assert state == store.get(run_id)  # the same run, whichever tier it is read from
+        assert state == store.reads.get(run_id)  # the same run, whichever tier it is read from
     listed = archive.find_runs(RunQuery(limit=50)).runs
     assert sorted(r.run_id for r in listed) == sorted(RUNS.values())
     assert {r.run_id for r in archive.find_runs(RunQuery(tags={"customer": "c-5"})).runs} == {RUNS["group"]}
@@ -347,8 +347,8 @@ def test_archived_rows_carry_the_current_format(tmp_path: Path, store: RedisStor
     url = f"sqlite:///{tmp_path / 'new.db'}"
     archive = Archive(url)
     archive.upgrade()
-    events = store.events(RUNS["completed"])
-    archive.write([RunCopy(rebuild(events), events, store.bucket(RUNS["completed"]))])
+    events = store.reads.events(RUNS["completed"])
+    archive.write([RunCopy(rebuild(events), events, store.keyspace.bucket(RUNS["completed"]))])
     assert run_formats(url) == {RUNS["completed"]: STORAGE_FORMAT}
     archive.dispose()
 

@@ -58,7 +58,7 @@ def test_begin_takes_the_lease_and_refuses_a_second_delivery(store: RedisStore) 
     first = begin(store, state)
     assert first.outcome == "run" and first.token and first.attempt == 1
     assert begin(store, state).outcome == "busy"
-    assert store.meta(state.id)["dups"] == "1"
+    assert store.reads.meta(state.id)["dups"] == "1"
 
 
 def test_only_one_of_racing_commits_on_one_version_applies(store: RedisStore) -> None:
@@ -78,9 +78,9 @@ def test_only_one_of_racing_commits_on_one_version_applies(store: RedisStore) ->
     # Then exactly one is applied, and it is the one the stored state shows
     [winner] = [i for i, applied in results.items() if applied]
     assert len(results) == 8
-    assert store.get(state.id).payload["winner"] == winner
-    assert [s.version for s in store.history(state.id)] == [1, 2]
-    assert len(store.events(state.id)) == 2  # saga.started + the winner's step.succeeded
+    assert store.reads.get(state.id).payload["winner"] == winner
+    assert [s.version for s in store.reads.history(state.id)] == [1, 2]
+    assert len(store.reads.events(state.id)) == 2  # saga.started + the winner's step.succeeded
 
 
 def test_an_attempt_that_lost_its_lease_cannot_commit(store: RedisStore, redis_client: Client) -> None:
@@ -88,7 +88,7 @@ def test_an_attempt_that_lost_its_lease_cannot_commit(store: RedisStore, redis_c
     state = new_run(store)
     one = begin(store, state)
     # When its lease expires and attempt 2 takes over
-    redis_client.delete(store.keys(state.id).lease)
+    redis_client.delete(store.keyspace.keys(state.id).lease)
     two = begin(store, state)
     assert two.outcome == "run" and two.token != one.token
     # Then attempt 1's late result is refused, attempt 2's is applied
@@ -96,7 +96,7 @@ def test_an_attempt_that_lost_its_lease_cannot_commit(store: RedisStore, redis_c
     late = commit(store, state, done, one.token, release=True)
     assert (late.applied, late.reason) == (False, "fenced")
     assert commit(store, state, done, two.token, release=True).applied
-    assert store.get(state.id).checkpoints[0].name == "a"
+    assert store.reads.get(state.id).checkpoints[0].name == "a"
 
 
 def test_a_zombie_is_fenced_out_even_when_nobody_holds_the_lease_any_more(
@@ -104,7 +104,7 @@ def test_a_zombie_is_fenced_out_even_when_nobody_holds_the_lease_any_more(
 ) -> None:
     state = new_run(store)
     one = begin(store, state)
-    redis_client.delete(store.keys(state.id).lease)
+    redis_client.delete(store.keyspace.keys(state.id).lease)
     ok, token = store.note_events(state, [], fence=True)  # what a resume does
     assert ok and token != one.token
     done = decide.decide_step_succeeded(state, SHAPE, 0, None)
@@ -119,7 +119,7 @@ def test_a_commit_retried_after_a_lost_reply_is_recognised_not_doubled(store: Re
     assert commit(store, state, done, b.token, release=True).reason == "ok"
     again = commit(store, state, done, b.token, release=True)
     assert (again.applied, again.reason) == (True, "again")
-    assert len(store.history(state.id)) == 2
+    assert len(store.reads.history(state.id)) == 2
 
 
 def test_a_committed_step_is_reported_done_to_any_later_delivery(store: RedisStore) -> None:
@@ -143,7 +143,7 @@ def test_creating_the_same_run_twice_writes_once(store: RedisStore) -> None:
     assert store.create(SHAPE, t, "k", check_at=time.time() + 30) == "created"
     again = decide.decide_start("fixed-id", "s", {"n": 2})
     assert store.create(SHAPE, again, "k", check_at=time.time() + 30) == "conflict"
-    assert store.get("fixed-id").payload["n"] == 1 and len(store.events("fixed-id")) == 1
+    assert store.reads.get("fixed-id").payload["n"] == 1 and len(store.reads.events("fixed-id")) == 1
 
 
 def test_retry_hands_the_lease_to_the_next_attempt_only(store: RedisStore) -> None:
@@ -154,7 +154,7 @@ def test_retry_hands_the_lease_to_the_next_attempt_only(store: RedisStore) -> No
     assert begin(store, state, attempt=1).outcome == "busy"  # a stray copy of attempt 1
     nxt = begin(store, state, attempt=2)
     assert nxt.outcome == "run" and nxt.attempt == 2
-    assert [(e["type"], e["attempt"]) for e in store.events(state.id)[-2:]] == [
+    assert [(e["type"], e["attempt"]) for e in store.reads.events(state.id)[-2:]] == [
         ("step.retrying", 1),
         ("step.started", 2),
     ]
@@ -163,7 +163,7 @@ def test_retry_hands_the_lease_to_the_next_attempt_only(store: RedisStore) -> No
 def test_an_unreachable_redis_is_one_clear_line() -> None:
     store = RedisStore("redis://:secret@127.0.0.1:1/0", retries=0)
     with pytest.raises(StoreUnavailable) as info:
-        store.get("x")
+        store.reads.get("x")
     message = str(info.value)
     assert "cannot reach Redis at redis://:***@127.0.0.1:1/0" in message and "SAGA_REDIS_URL" in message
     assert "secret" not in message and "\n" not in message
@@ -180,4 +180,4 @@ def test_scripts_forgotten_by_redis_are_loaded_again(store: RedisStore, redis_cl
     redis_client.script_flush()
     done = decide.decide_step_succeeded(state, SHAPE, 0, None)
     assert commit(store, state, done, b.token).applied
-    assert store.get(state.id).status is Status.RUNNING
+    assert store.reads.get(state.id).status is Status.RUNNING

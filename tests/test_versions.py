@@ -102,7 +102,7 @@ def client(settings: Settings, *versions: int) -> Saga:
 
 
 def parked(saga: Saga) -> set[str]:
-    return {p.run_id for p in saga.store.parked()}
+    return {p.run_id for p in saga.store.indexes.parked()}
 
 
 def event_types(saga: Saga, run_id: str) -> list[str]:
@@ -147,7 +147,7 @@ def test_a_deploy_without_v1_parks_its_runs_and_a_deploy_with_both_versions_fini
         assert state.status is Status.RUNNING and state.definition_version == 1
         [event] = [e for e in v1.events(run_id) if e["type"] == "saga.parked"]
         assert "no worker here has version 1 of saga 'transfer' (here: 2)" in event["reason"]
-    assert v1.store.dead_letter_depth() == 0
+    assert v1.store.indexes.dead_letter_depth() == 0
     listed = json.loads(deployment.cli("list", "--parked", "--json").stdout)
     assert {r["id"] for r in listed} == set(ids) and all("version 1" in r["parked"] for r in listed)
     deployment.stop("v2only")

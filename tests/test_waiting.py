@@ -25,7 +25,9 @@ class Listener:
 
     def __init__(self, store: RedisStore) -> None:
         self.heard: list[str] = []
-        self._plan = subscriptions(store.url, store.client, [b.done for b in store.every_bucket])
+        self._plan = subscriptions(
+            store.keyspace.url, store.keyspace.client, [b.done for b in store.keyspace.every_bucket]
+        )
         self._pubsubs: list[Any] = []
         self._nodes: list[Any] = []
         for sub in self._plan:
@@ -95,7 +97,9 @@ def test_wait_gives_up_with_a_timeout_error_on_a_run_that_does_not_end() -> None
 def test_waiters_reconnect_after_a_redis_restart_and_wake_on_the_next_notification() -> None:
     with RedisServer(appendonly=True) as server:
         store = RedisStore(server.url, prefix="waits", retries=2, buckets=4)
-        waiters = Waiters(subscriptions(store.url, store.client, [b.done for b in store.every_bucket]))
+        waiters = Waiters(
+            subscriptions(store.keyspace.url, store.keyspace.client, [b.done for b in store.keyspace.every_bucket])
+        )
         try:
             with waiters.watching("run-1") as woken:
                 assert waiters.live
@@ -103,7 +107,7 @@ def test_waiters_reconnect_after_a_redis_restart_and_wake_on_the_next_notificati
                 wait_for(woken.is_set, what="waiters woken when their subscription dropped")
                 wait_for(lambda: waiters.live, timeout=30, what="the subscription back")
                 woken.clear()
-                connect(server.url, retries=2).publish(store.bucket_keys("run-1").done, "run-1")
+                connect(server.url, retries=2).publish(store.keyspace.bucket_keys("run-1").done, "run-1")
                 wait_for(woken.is_set, what="the notification after the restart")
         finally:
             waiters.close()

@@ -186,7 +186,7 @@ def main() -> int:
         if booked is None:
             return 1
         console.print("\n[bold]Dead-letter queue[/]")
-        for entry in order.store.dead_letters():
+        for entry in order.store.indexes.dead_letters():
             if entry["run_id"] in {rid for _, rid in rows}:
                 console.print(
                     f"  {entry['id']}  {entry['kind']:<12} {entry['step']:<16} "

@@ -100,7 +100,7 @@ class Archiver:
     def elected(self) -> bool:
         """Take or keep the store's archiver lock; False while another archiver holds it."""
         lock_ms = int(max(self.interval * 6, 10.0) * 1000)
-        return self.store.hold_lock(self.store.global_keys.archiver, self.owner, lock_ms)
+        return self.store.indexes.hold_lock(self.store.keyspace.global_keys.archiver, self.owner, lock_ms)
 
     def _report(self, trouble: str) -> None:
         if trouble != self._trouble:

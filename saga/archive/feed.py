@@ -48,13 +48,15 @@ class ArchiveFeed:
 
     def __init__(self, store: RedisStore) -> None:
         self.store = store
+        #: the store's connection, scripts and key names
+        self.keyspace = store.keyspace
 
     def read(self, batch: int) -> list[FeedEntry]:
         """About ``batch`` of the oldest entries, spread over the buckets, in one round trip."""
-        buckets = self.store.every_bucket
+        buckets = self.keyspace.every_bucket
         per_bucket = max(8, math.ceil(batch / len(buckets)))
-        with self.store.guarded():
-            pipe = self.store.client.pipeline(transaction=False)
+        with self.keyspace.guarded():
+            pipe = self.keyspace.client.pipeline(transaction=False)
             for b in buckets:
                 pipe.xrange(b.feed, "-", "+", count=per_bucket)
             replies = cast(list[list[tuple[str, dict[str, str]]]], pipe.execute())
@@ -67,7 +69,7 @@ class ArchiveFeed:
     def runs(self, run_ids: Sequence[str]) -> list[list[Event] | StorageFormatTooNew]:
         """The whole event log of each run ([] for a run no longer in Redis), in one round trip;
         in place of a run whose record is of a newer storage format, its refusal."""
-        return self.store.read_logs(run_ids)
+        return self.store.reads.read_logs(run_ids)
 
     def ack(self, entries: Sequence[FeedEntry]) -> None:
         """Delete copied entries from their streams."""
@@ -76,10 +78,10 @@ class ArchiveFeed:
         by_bucket: dict[int, list[str]] = {}
         for e in entries:
             by_bucket.setdefault(e.bucket, []).append(e.entry_id)
-        with self.store.guarded():
-            pipe = self.store.client.pipeline(transaction=False)
+        with self.keyspace.guarded():
+            pipe = self.keyspace.client.pipeline(transaction=False)
             for bucket, ids in by_bucket.items():
-                pipe.xdel(self.store.every_bucket[bucket].feed, *ids)
+                pipe.xdel(self.keyspace.every_bucket[bucket].feed, *ids)
             pipe.execute()
 
     def park(self, entries: Sequence[FeedEntry], reason: str) -> None:
@@ -87,10 +89,10 @@ class ArchiveFeed:
         if not entries:
             return
         now = time.time()
-        with self.store.guarded():
-            pipe = self.store.client.pipeline(transaction=False)
+        with self.keyspace.guarded():
+            pipe = self.keyspace.client.pipeline(transaction=False)
             for e in entries:
-                keys = self.store.every_bucket[e.bucket]
+                keys = self.keyspace.every_bucket[e.bucket]
                 record = {"id": e.entry_id, "run_id": e.run_id, "fields": e.fields, "reason": reason, "at": now}
                 pipe.rpush(keys.feed_parked, json.dumps(record, ensure_ascii=False))
                 pipe.xdel(keys.feed, e.entry_id)
@@ -98,9 +100,9 @@ class ArchiveFeed:
 
     def parked(self) -> list[dict[str, object]]:
         """Every parked entry, bucket by bucket, oldest first."""
-        with self.store.guarded():
-            pipe = self.store.client.pipeline(transaction=False)
-            for b in self.store.every_bucket:
+        with self.keyspace.guarded():
+            pipe = self.keyspace.client.pipeline(transaction=False)
+            for b in self.keyspace.every_bucket:
                 pipe.lrange(b.feed_parked, 0, -1)
             replies = cast(list[list[str]], pipe.execute())
         return [cast(dict[str, object], json.loads(raw)) for rows in replies for raw in rows]
@@ -110,11 +112,11 @@ class ArchiveFeed:
         is finished and still exactly as copied (see archived.lua); returns how many."""
         if not copied:
             return 0
-        script = self.store.script("archived")
+        script = self.keyspace.script("archived")
         expiring = 0
-        with self.store.guarded():
+        with self.keyspace.guarded():
             for run_id, version, count in copied:
-                k, b = self.store.keys(run_id), self.store.bucket_keys(run_id)
+                k, b = self.keyspace.keys(run_id), self.keyspace.bucket_keys(run_id)
                 keys = [k.meta, k.events, b.status(Status.COMPLETED), b.status(Status.COMPENSATED)]
                 expiring += int(script(keys=keys, args=[version, count, ttl_ms, run_id]))
         return expiring
@@ -125,9 +127,9 @@ class ArchiveFeed:
 
     def status(self) -> list[FeedStatus]:
         """Each bucket's feed depth, the age of its oldest entry and its parked entries."""
-        buckets = self.store.every_bucket
-        with self.store.guarded():
-            pipe = self.store.client.pipeline(transaction=False)
+        buckets = self.keyspace.every_bucket
+        with self.keyspace.guarded():
+            pipe = self.keyspace.client.pipeline(transaction=False)
             for b in buckets:
                 pipe.xlen(b.feed)
                 pipe.xrange(b.feed, "-", "+", count=1)

@@ -62,7 +62,7 @@ def cancel(op: Operator, run: str, reason: str, as_json: bool) -> None:
 def _running_steps(registry: Registry, state: SagaState) -> list[str]:
     """The steps a requested cancel waits for: those at the run's cursor (a parallel group's
     members) not committed yet."""
-    shape = registry.store.shape(state.id)
+    shape = registry.store.reads.shape(state.id)
     if shape is None or state.current_step >= len(shape.steps):
         return []
     done = {c.step for c in state.checkpoints}

@@ -73,10 +73,10 @@ class Operator:
             return given
         store = self.registry().store
         try:
-            store.meta(given)
+            store.reads.meta(given)
             return given
         except RunNotFound:
-            matches = store.ids_with_prefix(given, limit=10)
+            matches = store.indexes.ids_with_prefix(given, limit=10)
         if len(matches) > 1:
             count = f"{len(matches)}{' or more' if len(matches) == 10 else ''}"
             some = ", ".join(matches[:3]) + (", ..." if len(matches) > 3 else "")

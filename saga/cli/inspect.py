@@ -128,7 +128,7 @@ def _hot_page(
             )
     since, until = window
     statuses = [Status(wanted.status)] if wanted.status else list(Status)
-    entries = store.newest_entries(
+    entries = store.indexes.newest_entries(
         statuses, limit + 1, low=since.timestamp() if since else None, high=after[0] if after else None
     )
     found: list[tuple[SagaState, str]] = []
@@ -137,8 +137,8 @@ def _hot_page(
         if not batch:
             break
         batch = [(r, at) for r, at in batch if after is None or (at, r) < after]
-        states = store.snapshots([r for r, _ in batch])
-        store.forget_runs([r for (r, _), state in zip(batch, states, strict=True) if state is None])
+        states = store.reads.snapshots([r for r, _ in batch])
+        store.indexes.forget_runs([r for (r, _), state in zip(batch, states, strict=True) if state is None])
         found += [
             (state, f"{at!r}/{r}")
             for (r, at), state in zip(batch, states, strict=True)

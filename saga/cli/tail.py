@@ -52,8 +52,8 @@ class Follower:
         """Watch every run in flight now (of the saga), its events so far taken as seen."""
         store = self.registry.store
         self.since -= MARGIN_SECONDS
-        ids = self._of_saga([run_id for run_id, _ in store.newest_entries(_IN_FLIGHT, 1000)])
-        for run_id, count in zip(ids, store.event_counts(ids), strict=True):
+        ids = self._of_saga([run_id for run_id, _ in store.indexes.newest_entries(_IN_FLIGHT, 1000)])
+        for run_id, count in zip(ids, store.indexes.event_counts(ids), strict=True):
             self.printed[run_id] = count
             self.watching.add(run_id)
 
@@ -62,12 +62,12 @@ class Follower:
         entered a status meanwhile, oldest first."""
         store = self.registry.store
         now = time.time()
-        entered = [run_id for run_id, _ in store.newest_entries(list(Status), 1000, low=self.since)]
+        entered = [run_id for run_id, _ in store.indexes.newest_entries(list(Status), 1000, low=self.since)]
         self.since = now - MARGIN_SECONDS
         ids = sorted(self.watching | set(self._of_saga(entered)))
-        grown = [r for r, n in zip(ids, store.event_counts(ids), strict=True) if n > self.printed.get(r, -1)]
+        grown = [r for r, n in zip(ids, store.indexes.event_counts(ids), strict=True) if n > self.printed.get(r, -1)]
         fresh: list[Event] = []
-        for run_id, events in zip(grown, store.logs(grown), strict=True):
+        for run_id, events in zip(grown, store.reads.logs(grown), strict=True):
             fresh += self._take(run_id, events)
         return sorted(fresh, key=lambda e: (str(e.get("at", "")), e.get("version", 0)))
 
@@ -75,18 +75,18 @@ class Follower:
         """Run ``run_id``'s events not printed yet, and whether it is finished (a run that left
         Redis is: its whole log is read from the archive, once)."""
         store = self.registry.store
-        count = store.event_counts([run_id])[0]
+        count = store.indexes.event_counts([run_id])[0]
         if run_id not in self.printed:
             if count == 0:
                 events = self.registry.tiers.events(run_id)
                 self.names[run_id] = str(events[0].get("saga", ""))
                 self.printed[run_id] = len(events)
                 return events, True
-            self.names[run_id] = (store.labels([run_id])[0] or ("", 0))[0]
+            self.names[run_id] = (store.reads.labels([run_id])[0] or ("", 0))[0]
             self.printed[run_id] = 0
         if count <= self.printed[run_id]:
             return [], count < self.printed[run_id]  # fewer: its retention ended meanwhile
-        fresh = self._take(run_id, store.logs([run_id])[0])
+        fresh = self._take(run_id, store.reads.logs([run_id])[0])
         return fresh, run_id not in self.watching
 
     def _take(self, run_id: str, events: list[Event]) -> list[Event]:
@@ -106,7 +106,7 @@ class Follower:
     def _of_saga(self, run_ids: Sequence[str]) -> list[str]:
         """The runs of ``run_ids`` of the followed saga (all without one); their names learnt."""
         unknown = [r for r in dict.fromkeys(run_ids) if r not in self.names]
-        for run_id, label in zip(unknown, self.registry.store.labels(unknown), strict=True):
+        for run_id, label in zip(unknown, self.registry.store.reads.labels(unknown), strict=True):
             if label is not None:
                 self.names[run_id] = label[0]
         return [r for r in run_ids if r in self.names and (self.saga is None or self.names[r] == self.saga)]

@@ -132,5 +132,5 @@ def version_rows(summary: ArchiveStats, registry: Registry | None = None) -> lis
     """The archive's counts as ``saga stats`` rows: ``saga``, ``version``, one count per
     status, ``parked`` (from Redis) and ``unfinished``."""
     counts: Counter[tuple[str, int, str]] = Counter({(s, v, st): n for s, v, st, n in summary.runs})
-    parked = Counter((p.saga, p.definition_version) for p in _registry(registry).store.parked(limit=10_000))
+    parked = Counter((p.saga, p.definition_version) for p in _registry(registry).store.indexes.parked(limit=10_000))
     return policy.version_rows(counts, parked)

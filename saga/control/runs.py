@@ -68,23 +68,23 @@ def list_runs(
     store = _registry(registry).store
     wanted = RunFilter(status, saga, version)
     if parked:
-        candidates = iter([p.run_id for p in store.parked(limit=10_000)])
+        candidates = iter([p.run_id for p in store.indexes.parked(limit=10_000)])
     else:
-        candidates = store.newest_runs([Status(status)] if status else list(Status), limit_hint=limit)
+        candidates = store.indexes.newest_runs([Status(status)] if status else list(Status), limit_hint=limit)
     found: list[SagaState] = []
     while len(found) < limit:
         ids = list(islice(candidates, limit - len(found)))
         if not ids:
             break
-        states = store.snapshots(ids)
-        store.forget_runs([run_id for run_id, state in zip(ids, states, strict=True) if state is None])
+        states = store.reads.snapshots(ids)
+        store.indexes.forget_runs([run_id for run_id, state in zip(ids, states, strict=True) if state is None])
         found += [state for state in states if state is not None and wanted.matches(state)]
     return found
 
 
 def parked_reasons(registry: Registry | None = None) -> dict[str, str]:
     """Run id -> why it is parked, for the parked runs."""
-    return {p.run_id: p.reason for p in _registry(registry).store.parked(limit=10_000)}
+    return {p.run_id: p.reason for p in _registry(registry).store.indexes.parked(limit=10_000)}
 
 
 def stats(registry: Registry | None = None) -> list[dict[str, object]]:
@@ -94,12 +94,12 @@ def stats(registry: Registry | None = None) -> list[dict[str, object]]:
     store = _registry(registry).store
     counts: Counter[tuple[str, int, str]] = Counter()
     for status in Status:
-        runs = store.newest_runs([status], limit_hint=1000)
+        runs = store.indexes.newest_runs([status], limit_hint=1000)
         while ids := list(islice(runs, 1000)):
-            for label in store.labels(ids):
+            for label in store.reads.labels(ids):
                 if label is not None:
                     counts[(*label, status.value)] += 1
-    parked = Counter((p.saga, p.definition_version) for p in store.parked(limit=10_000))
+    parked = Counter((p.saga, p.definition_version) for p in store.indexes.parked(limit=10_000))
     return policy.version_rows(counts, parked)
 
 
@@ -113,22 +113,22 @@ def verify(run_id: str, *, registry: Registry | None = None) -> list[str]:
 def resume(run_id: str, *, reason: str = "operator", registry: Registry | None = None) -> SagaState:
     """Resume an unfinished run at its cursor (see :func:`saga.engine.resume`)."""
     reg = _registry(registry)
-    state = reg.store.get(run_id)
+    state = reg.store.reads.get(run_id)
     if state.status.terminal:
         raise ActionRefused(f"run {run_id} is {state.status.value}; only an unfinished run can be resumed")
-    parked = reg.store.progress(run_id).parked
+    parked = reg.store.reads.progress(run_id).parked
     if parked and reg.find(state.saga, state.definition_version) is None:
         raise ActionRefused(f"run {run_id} stays parked: {parked}")
     if runs.resume(reg.runtime_for(state.saga, state.definition_version), run_id, reason) is None:
-        after = reg.store.get(run_id)
+        after = reg.store.reads.get(run_id)
         if after.status is Status.FAILED:
             message = after.error.message if after.error else ""
             raise ActionRefused(f"run {run_id} could not be resumed and failed: {message}")
-        parked = reg.store.progress(run_id).parked
+        parked = reg.store.reads.progress(run_id).parked
         if parked:
             raise ActionRefused(f"run {run_id} stays parked: {parked}")
         raise ActionRefused(f"run {run_id} is being run right now (its lease is live); nothing to resume")
-    return reg.store.get(run_id)
+    return reg.store.reads.get(run_id)
 
 
 def cancel(run_id: str, *, reason: str = "operator", registry: Registry | None = None) -> SagaState:
@@ -141,12 +141,12 @@ def cancel(run_id: str, *, reason: str = "operator", registry: Registry | None =
     request.
     """
     reg = _registry(registry)
-    state = reg.store.get(run_id)
+    state = reg.store.reads.get(run_id)
     if state.status is not Status.PENDING and state.status is not Status.RUNNING:
         raise ActionRefused(f"run {run_id} is {state.status.value}; only a pending or running run can be cancelled")
     if not engine.cancel_now(reg.runtime_for(state.saga, state.definition_version), state, reason):
         reg.store.request_cancel(run_id, reason)
-    return reg.store.get(run_id)
+    return reg.store.reads.get(run_id)
 
 
 def compensate(run_id: str, *, reason: str = "operator", registry: Registry | None = None) -> SagaState:
@@ -161,13 +161,13 @@ def compensate(run_id: str, *, reason: str = "operator", registry: Registry | No
     """
     reg = _registry(registry)
     store = reg.store
-    state = store.get(run_id)
+    state = store.reads.get(run_id)
     if state.status in (Status.COMPLETED, Status.COMPENSATED):
         raise ActionRefused(
             f"run {run_id} is {state.status.value}; only an unfinished, parked or failed run can be compensated"
         )
     own = reg.find(state.saga, state.definition_version)
-    shape = store.shape(run_id) or (own.shape if own is not None else None)
+    shape = store.reads.shape(run_id) or (own.shape if own is not None else None)
     if shape is None:
         raise ActionRefused(
             f"run {run_id} recorded no definition and version {state.definition_version} of saga {state.saga!r} "
@@ -189,18 +189,18 @@ def compensate(run_id: str, *, reason: str = "operator", registry: Registry | No
                 "step, or compensate it once the attempt ends"
             )
         raise ActionRefused(f"run {run_id} changed meanwhile ({result.reason}); try again")
-    return store.get(run_id)
+    return store.reads.get(run_id)
 
 
 def dead_letters(registry: Registry | None = None) -> list[JSONObject]:
     """Every dead-letter entry of every saga in the registry's store, oldest first."""
-    return _registry(registry).store.dead_letters()
+    return _registry(registry).store.indexes.dead_letters()
 
 
 def dead_letter_page(limit: int = 100, cursor: str = "", *, registry: Registry | None = None) -> DeadLetterPage:
     """Up to ``limit`` dead-letter entries, oldest first, from ``cursor`` on (an entry's
     ``cursor``: the page goes on after it); the page's ``cursor`` reads the next one."""
-    return _registry(registry).store.dead_letter_page(limit, cursor)
+    return _registry(registry).store.indexes.dead_letter_page(limit, cursor)
 
 
 def retry_dead_letter(entry_id: str, *, registry: Registry | None = None) -> str:
@@ -211,9 +211,9 @@ def retry_dead_letter(entry_id: str, *, registry: Registry | None = None) -> str
     """
     reg = _registry(registry)
     store = reg.store
-    entry = store.dead_letter(entry_id)
+    entry = store.indexes.dead_letter(entry_id)
     try:
-        state = store.get(entry["run_id"])
+        state = store.reads.get(entry["run_id"])
     except RunNotFound:
         raise ActionRefused(f"run {entry['run_id']} of entry {entry_id} has expired; drop the entry instead") from None
     action = policy.dead_letter_action(entry, state)
@@ -223,28 +223,28 @@ def retry_dead_letter(entry_id: str, *, registry: Registry | None = None) -> str
     if isinstance(action, policy.ContinueUnwind):
         if not runs.retry_compensation(rt, state, action.index, entry_id):
             raise ActionRefused(f"run {state.id} changed meanwhile; try again")
-        store.remove_dead_letter(entry_id)
+        store.indexes.remove_dead_letter(entry_id)
         return state.id
-    original = store.events(state.id)[0]["payload"]
+    original = store.reads.events(state.id)[0]["payload"]
     new_id = runs.start_run(rt, original, key=f"retry:{entry_id}")
     store.note_events(state, [decide.note_event(state, EventType.SAGA_RETRIED, entry_id=entry_id, new_run_id=new_id)])
-    store.remove_dead_letter(entry_id)
+    store.indexes.remove_dead_letter(entry_id)
     return new_id
 
 
 def drop_dead_letter(entry_id: str, *, reason: str, registry: Registry | None = None) -> None:
     """Take an entry off the queue without acting on it; the reason is recorded as an event."""
     store = _registry(registry).store
-    entry = store.dead_letter(entry_id)
+    entry = store.indexes.dead_letter(entry_id)
     if not reason.strip():
         raise ActionRefused("a reason is required to drop a dead-letter entry")
     try:
-        state = store.get(entry["run_id"])
+        state = store.reads.get(entry["run_id"])
         note = decide.note_event(state, EventType.SAGA_DEAD_LETTER_DROPPED, entry_id=entry_id, reason=reason)
         store.note_events(state, [note])
     except RunNotFound:
         pass  # the run expired; the entry goes all the same
-    store.remove_dead_letter(entry_id)
+    store.indexes.remove_dead_letter(entry_id)
 
 
 __all__ = [

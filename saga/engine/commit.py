@@ -227,7 +227,7 @@ def settle_group(rt: Runtime, state: SagaState) -> bool:
         if stages.lanes_due(state, shape):
             return False
         options = CommitOptions(refuse_while_leased=True, watch=rt.group_lanes(state))
-        left = stages.left_out(state, shape, rt.store.events(state.id))
+        left = stages.left_out(state, shape, rt.store.reads.events(state.id))
         if left:
             transition = decide.decide_undo_began(state, shape, left)
             options = replace(options, fence_all=True)
@@ -236,7 +236,7 @@ def settle_group(rt: Runtime, state: SagaState) -> bool:
         result = commit_and_follow(rt, state, transition, options)
         if result.applied or result.reason is not CommitReason.VERSION:
             return result.applied
-        state = rt.store.get(state.id)
+        state = rt.store.reads.get(state.id)
     return False
 
 
@@ -280,7 +280,7 @@ def cancel_now(rt: Runtime, state: SagaState, reason: str, *, undo_running: bool
     events show (:func:`saga.stages.unrecorded`, read here: a cancel is no hot path) — at a
     parallel group, every such member."""
     shape = rt.definition.shape
-    began = stages.unrecorded(rt.store.events(state.id), shape, state.current_step)
+    began = stages.unrecorded(rt.store.reads.events(state.id), shape, state.current_step)
     transition = decide.decide_cancel(state, shape, reason, undo_running=undo_running, began=began)
     options = CommitOptions(refuse_while_leased=True, watch=rt.group_lanes(state), fence_all=True)
     result = commit_and_follow(rt, state, transition, options)

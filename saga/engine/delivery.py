@@ -282,7 +282,7 @@ class Delivery:
         stage = shape.stage(self.index)
         if not out or not any(i in stage for i in state.committed_steps):
             return
-        for event in self.rt.store.events(self.run_id):
+        for event in self.rt.store.reads.events(self.run_id):
             other = event.get("step", -1)
             if event["type"] != "step.succeeded" or other == self.index or other not in stage:
                 continue
@@ -329,7 +329,7 @@ class Delivery:
             result = self._waiting(what, partial(self._commit_decided, state, decision))
             if result.applied or result.reason is not CommitReason.VERSION or not self.lane:
                 return result
-            state = self.rt.store.get(self.run_id)
+            state = self.rt.store.reads.get(self.run_id)
         return result
 
     def _commit_decided(

@@ -142,7 +142,7 @@ def expire(rt: Runtime, state: SagaState, *, by_name: bool = False, undo_running
     e.g. a killed attempt's step, when a resumed delivery finds the deadline passed) — at a
     parallel group, every such member, with the committed ones."""
     shape = rt.definition.shape
-    began = stages.unrecorded(rt.store.events(state.id), shape, state.current_step)
+    began = stages.unrecorded(rt.store.reads.events(state.id), shape, state.current_step)
     transition = decide.decide_deadline_exceeded(state, shape, undo_running=undo_running, began=began)
     options = CommitOptions(fence_all=True, watch=rt.group_lanes(state), operator_unwind=by_name)
     result = commit_and_follow(rt, state, transition, options)
@@ -179,12 +179,12 @@ def compensate(rt: Runtime, state: SagaState, reason: str) -> CommitResult:
     shape = rt.definition.shape
     members = shape.stage(state.current_step) if rt.in_group(state.current_step) else range(0)
     lanes = tuple(lane_id(d.value, i) for i in members for d in Direction)
-    began = stages.unrecorded(rt.store.events(state.id), shape, state.current_step) if lanes else []
+    began = stages.unrecorded(rt.store.reads.events(state.id), shape, state.current_step) if lanes else []
     transition = decide.decide_compensate(state, shape, reason, began=began)
     options = CommitOptions(refuse_while_leased=True, operator_unwind=True, watch=lanes, fence_all=bool(lanes))
     result = commit_and_follow(rt, state, transition, options)
     if result.applied:
-        rt.store.forget_parked([state.id])
+        rt.store.indexes.forget_parked([state.id])
         rt.log(state.id).warning("compensation requested by an operator: %s", reason)
     return result
 
@@ -206,14 +206,14 @@ def resume(rt: Runtime, run_id: str, reason: str) -> SagaState | None:
     from, or None when the run was not resumed.
     """
     store = rt.store
-    state = store.get(run_id)
+    state = store.reads.get(run_id)
     if state.status.terminal:
-        store.forget_active(run_id)
+        store.indexes.forget_active(run_id)
         return None
     step_name = rt.step_name(state.current_step)
     log = rt.log(run_id, step_name)
     shape = rt.definition.shape
-    stored = store.progress(run_id).fingerprint
+    stored = store.reads.progress(run_id).fingerprint
     if stored != shape.fingerprint:
         why = policy.drift_reason(rt.name, state.definition_version, stored, shape.fingerprint)
         park(store, state, why, log)
@@ -274,7 +274,7 @@ def settle_if_unwinding(rt: Runtime, run_id: str, index: int) -> None:
     """A member that may no longer begin (its group unwinds) may have been the last thing the
     group's unwind waited for: settle the group if nothing is left to do in it."""
     try:
-        state = rt.store.get(run_id)
+        state = rt.store.reads.get(run_id)
     except RunNotFound:
         return
     if state.status is Status.COMPENSATING and state.current_step == rt.definition.shape.stage(index).start:

@@ -79,7 +79,7 @@ class Watchdog:
 
     def active_runs(self) -> int:
         """How many unfinished runs the watchdog watches, over its stores."""
-        return sum(store.active_depth() for store in self._stores())
+        return sum(store.indexes.active_depth() for store in self._stores())
 
     def stuck_seconds(self) -> float:
         """How long the most overdue unfinished run has waited past its progress deadline, over
@@ -107,13 +107,13 @@ class Watchdog:
         for store, known in by_store.values():
             try:  # one unreachable store must not keep the others from being watched
                 resumed += self._resume_parked(store, known)
-                if not store.hold_lock(store.global_keys.watchdog, self.owner, lock_ms):
+                if not store.indexes.hold_lock(store.keyspace.global_keys.watchdog, self.owner, lock_ms):
                     continue
-                due = store.due(time.time())
-                for run_id, state in zip(due, store.read_snapshots(due), strict=True):
+                due = store.indexes.due(time.time())
+                for run_id, state in zip(due, store.reads.read_snapshots(due), strict=True):
                     if isinstance(state, StorageFormatTooNew):  # a newer saga's watchdog moves it
                         logger.error("watchdog: %s; left as it is", state)
-                        store.schedule(run_id, time.time() + self.settings.dispatch_timeout)
+                        store.indexes.schedule(run_id, time.time() + self.settings.dispatch_timeout)
                         continue
                     resumed += self._check(store, known, run_id, state)
                 self._tidy(store, known)
@@ -133,11 +133,11 @@ class Watchdog:
             policy.finished_kept_seconds(s.retention_seconds, s.hot_retention_seconds, archived=bool(s.archive_url))
             for s in everyone
         )
-        store.trim_finished(time.time() - retention)
+        store.indexes.trim_finished(time.time() - retention)
 
     def _resume_parked(self, store: RedisStore, known: Known) -> int:
         resumed = 0
-        for parked in store.parked():
+        for parked in store.indexes.parked():
             rt = known.get((parked.saga, parked.definition_version))
             if rt is None or rt.definition.shape.fingerprint != parked.fingerprint:
                 continue
@@ -149,10 +149,10 @@ class Watchdog:
 
     def _check(self, store: RedisStore, known: Known, run_id: str, state: SagaState | None) -> int:
         if state is None or state.status.terminal:
-            store.forget_active(run_id)
+            store.indexes.forget_active(run_id)
             return 0
         rt = known.get((state.saga, state.definition_version))
-        progress = store.progress(run_id, self._lanes(rt, state))
+        progress = store.reads.progress(run_id, self._lanes(rt, state))
         if rt is None:
             versions = [version for name, version in known if name == state.saga]
             missing = policy.missing_reason(state.saga, state.definition_version, versions)
@@ -175,15 +175,15 @@ class Watchdog:
             state, facts, now=now, lease_seconds=settings.lease_seconds, dispatch_timeout=settings.dispatch_timeout
         )
         if isinstance(verdict, policy.Forget):
-            store.forget_active(run_id)
+            store.indexes.forget_active(run_id)
             return 0
         if isinstance(verdict, policy.LookAgain):
-            store.schedule(run_id, verdict.at)
+            store.indexes.schedule(run_id, verdict.at)
             return 0
         if isinstance(verdict, policy.Expire | policy.CancelNow):
             mover = rt if rt is not None and not missing else self._stored(store, known, state)
             if mover is None:
-                store.schedule(run_id, now + settings.dispatch_timeout)
+                store.indexes.schedule(run_id, now + settings.dispatch_timeout)
                 return 0
             # an attempt that began and is not waiting out a retry's backoff may have acted
             acted = facts.began and not (progress.lease or "").startswith("backoff:")
@@ -192,18 +192,18 @@ class Watchdog:
             else:
                 done = cancel_now(mover, state, verdict.reason, undo_running=acted)
             if not done:
-                store.schedule(run_id, now + 1.0)  # it moved meanwhile: look again soon
+                store.indexes.schedule(run_id, now + 1.0)  # it moved meanwhile: look again soon
             return 0
         if isinstance(verdict, policy.Park):
             park(store, state, verdict.reason, run_logger(logger, run_id, state.saga, ""))
-            store.schedule(run_id, now + settings.dispatch_timeout)
+            store.indexes.schedule(run_id, now + settings.dispatch_timeout)
             return 0
         assert rt is not None  # triage resumes only a run this process can move
         try:
             return 1 if resume(rt, run_id, verdict.reason) else 0
         except SagaError as exc:
             rt.log(run_id, rt.step_name(state.current_step)).error("could not resume: %s", exc)
-            store.schedule(run_id, now + rt.settings.dispatch_timeout)
+            store.indexes.schedule(run_id, now + rt.settings.dispatch_timeout)
             return 0
 
     @staticmethod
@@ -222,7 +222,7 @@ class Watchdog:
     def _stored(store: RedisStore, known: Known, state: SagaState) -> Runtime | None:
         """A runtime for a run whose definition no saga here has: its recorded shape, sent with
         the app of any saga on the same store (compensations then run by step name)."""
-        shape = store.shape(state.id)
+        shape = store.reads.shape(state.id)
         some = next(iter(known.values()), None)
         if shape is None or some is None:
             return None
@@ -233,6 +233,6 @@ class Watchdog:
 def stuck_seconds(store: RedisStore, now: float) -> float:
     """How long the run with the oldest progress deadline in ``store`` has been past it at
     ``now`` (0 when no deadline has passed)."""
-    due = store.due(now, limit=1)
-    at = store.deadline(due[0]) if due else None
+    due = store.indexes.due(now, limit=1)
+    at = store.indexes.deadline(due[0]) if due else None
     return max(0.0, now - at) if at is not None else 0.0

@@ -2,7 +2,8 @@
 
 from . import memory
 from .connection import Client, answers, connect, connect_node
-from .indexes import BucketedStore, DeadLetterPage
+from .indexes import DeadLetterPage, Indexes
+from .keyspace import Keyspace
 from .notify import FALLBACK_POLL, Waiters, node_url, subscriptions
 from .schema import (
     PLAIN_COMMIT,
@@ -25,7 +26,6 @@ __all__ = [
     "Begin",
     "BeginOutcome",
     "BucketKeys",
-    "BucketedStore",
     "Client",
     "CommitOptions",
     "CommitReason",
@@ -33,6 +33,8 @@ __all__ = [
     "CreateOutcome",
     "DeadLetterPage",
     "FALLBACK_POLL",
+    "Indexes",
+    "Keyspace",
     "Message",
     "PLAIN_COMMIT",
     "ParkOutcome",

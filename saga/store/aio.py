@@ -3,8 +3,8 @@ so a coroutine never blocks its event loop on Redis.
 
 A ``redis.asyncio`` connection belongs to the event loop it was made in, so :class:`AsyncReads`
 keeps one client (and one :class:`~saga.notify.AsyncWaiters`) per running loop, dropped with
-the loop. Keys, shapes and decoding are the sync store's (:class:`~saga.reads.RunReads`): both
-read the same layout.
+the loop. Keys and shapes are the sync reads' (:class:`~saga.store.reads.RunReads` and its
+:class:`~saga.store.Keyspace`): both read the same layout.
 """
 
 from __future__ import annotations
@@ -39,22 +39,23 @@ class AsyncReads:
 
     def __init__(self, reads: RunReads) -> None:
         self.reads = reads
+        self.keyspace = reads.keyspace
         self._sides: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopSide] = weakref.WeakKeyDictionary()
 
     def _side(self) -> _LoopSide:
         loop = asyncio.get_running_loop()
         side = self._sides.get(loop)
         if side is None:
-            reads = self.reads
-            sync_client = reads.client  # connects, detects a cluster, checks the layout (once)
-            scheme, _, rest = reads.url.partition("://")
+            keyspace = self.keyspace
+            sync_client = keyspace.client  # connects, detects a cluster, checks the layout (once)
+            scheme, _, rest = keyspace.url.partition("://")
             options: dict[str, Any] = {"decode_responses": True, "socket_connect_timeout": 2, "socket_timeout": 10}
             if isinstance(sync_client, RedisCluster):
                 client: Any = AsyncRedisCluster.from_url(f"{CLUSTER_SCHEMES.get(scheme, scheme)}://{rest}", **options)
             else:
-                client = async_client(reads.url)
-            channels = [b.done for b in reads.every_bucket]
-            side = _LoopSide(client, AsyncWaiters(subscriptions(reads.url, sync_client, channels)), {})
+                client = async_client(keyspace.url)
+            channels = [b.done for b in keyspace.every_bucket]
+            side = _LoopSide(client, AsyncWaiters(subscriptions(keyspace.url, sync_client, channels)), {})
             self._sides[loop] = side
         return side
 
@@ -70,14 +71,14 @@ class AsyncReads:
         if script is None:
             text = resources.files("saga.store").joinpath("lua", f"{name}.lua").read_text()
             script = side.scripts[name] = side.client.register_script(text)
-        with self.reads.guarded():
+        with self.keyspace.guarded():
             return await script(keys=list(keys), args=list(args))
 
     async def get(self, run_id: str) -> SagaState:
         """The latest state of a run in Redis; :class:`RunNotFound` if Redis has none,
         :class:`~saga.errors.StorageFormatTooNew` if its record is of a newer storage format."""
-        keys = self.reads.keys(run_id)
-        with self.reads.guarded():
+        keys = self.keyspace.keys(run_id)
+        with self.keyspace.guarded():
             snapshot, stored = await self._both(
                 lambda pipe: (pipe.get(keys.snapshot), pipe.hget(keys.meta, FORMAT_FIELD))
             )
@@ -90,8 +91,8 @@ class AsyncReads:
     async def events(self, run_id: str) -> list[Event]:
         """Every event of a run in Redis, oldest first; :class:`RunNotFound` if Redis has none,
         :class:`~saga.errors.StorageFormatTooNew` if its record is of a newer storage format."""
-        keys = self.reads.keys(run_id)
-        with self.reads.guarded():
+        keys = self.keyspace.keys(run_id)
+        with self.keyspace.guarded():
             (fingerprint, stored), raw = await self._both(
                 lambda pipe: (pipe.hmget(keys.meta, ["fingerprint", FORMAT_FIELD]), pipe.lrange(keys.events, 0, -1))
             )
@@ -110,8 +111,8 @@ class AsyncReads:
     async def _shape(self, run_id: str, fingerprint: str) -> Shape | None:
         shape = self.reads.known_shape(fingerprint)
         if shape is None:
-            with self.reads.guarded():
-                raw = await self._side().client.hget(self.reads.bucket_keys(run_id).shapes, fingerprint)
+            with self.keyspace.guarded():
+                raw = await self._side().client.hget(self.keyspace.bucket_keys(run_id).shapes, fingerprint)
             if raw is None:
                 return None
             shape = self.reads.learn_shape(fingerprint, Shape.from_list(json.loads(raw)))

@@ -1,9 +1,10 @@
 """Reading one run: its latest state (the snapshot of an unfinished or failed run, else folded
 from its events), any version of it, its events and its bookkeeping.
 
-:class:`RunReads` sits between the connection and key layout (:class:`~saga.indexes.BucketedStore`)
-and the writes (:class:`~saga.store.RedisStore`). Every read returns objects of its own: a
-payload read here shares nothing with any other reader's.
+:class:`RunReads` reads through its store's :class:`~saga.store.Keyspace` (connection and key
+names); a :class:`~saga.store.RedisStore` holds it as ``store.reads``, beside its writes, and
+its asyncio twin (:mod:`saga.store.aio`) as ``store.aio``. Every read returns objects of its
+own: a payload read here shares nothing with any other reader's.
 
 Every read of a run's state, events or bookkeeping also reads its record's storage format (the
 meta hash's ``format`` field, in the same round trip) and refuses a newer one than this saga
@@ -18,7 +19,7 @@ from typing import TypeVar, cast
 
 from ..core import FORMAT_FIELD, Event, SagaState, Shape, checked_format, codec, rebuild
 from ..errors import RunNotFound, StorageFormatTooNew
-from .indexes import BucketedStore
+from .keyspace import Keyspace
 from .schema import Progress
 
 T = TypeVar("T")
@@ -29,12 +30,12 @@ def snapshot_state(snapshot: str | None) -> SagaState | None:
     return SagaState.from_dict(json.loads(snapshot)) if snapshot else None
 
 
-class RunReads(BucketedStore):
-    """The reads of one run (see the module). Shapes are read once per process: a fingerprint's
-    shape never changes."""
+class RunReads:
+    """The reads of one run (see the module), on ``keyspace``. Shapes are read once per process:
+    a fingerprint's shape never changes."""
 
-    def __init__(self, url: str, *, prefix: str, retries: int, buckets: int) -> None:
-        super().__init__(url, prefix=prefix, retries=retries, buckets=buckets)
+    def __init__(self, keyspace: Keyspace) -> None:
+        self.keyspace = keyspace
         self._shapes: dict[str, Shape] = {}
 
     def get(self, run_id: str) -> SagaState:
@@ -53,10 +54,10 @@ class RunReads(BucketedStore):
     def read_snapshots(self, run_ids: Sequence[str]) -> list[SagaState | None | StorageFormatTooNew]:
         """:meth:`snapshots`, but a run of a newer storage format is its refusal, in its place,
         so one such run does not hide the others (the watchdog's batch)."""
-        with self.guarded():
-            pipe = self.client.pipeline(transaction=False)
+        with self.keyspace.guarded():
+            pipe = self.keyspace.client.pipeline(transaction=False)
             for run_id in run_ids:
-                keys = self.keys(run_id)
+                keys = self.keyspace.keys(run_id)
                 pipe.get(keys.snapshot)
                 pipe.hget(keys.meta, FORMAT_FIELD)
             replies = pipe.execute()
@@ -75,10 +76,10 @@ class RunReads(BucketedStore):
     def labels(self, run_ids: Sequence[str]) -> list[tuple[str, int] | None]:
         """The saga name and definition version of each run (None where there is no such run),
         in one round trip."""
-        with self.guarded():
-            pipe = self.client.pipeline(transaction=False)
+        with self.keyspace.guarded():
+            pipe = self.keyspace.client.pipeline(transaction=False)
             for run_id in run_ids:
-                pipe.hmget(self.keys(run_id).meta, ["saga", "sv"])
+                pipe.hmget(self.keyspace.keys(run_id).meta, ["saga", "sv"])
             rows = cast(list[list[str | None]], pipe.execute())
         return [(saga, int(sv or 1)) if saga else None for saga, sv in rows]
 
@@ -100,8 +101,8 @@ class RunReads(BucketedStore):
 
     def meta(self, run_id: str) -> dict[str, str]:
         """The run's bookkeeping fields (fingerprint, fence, attempt, dups, ...)."""
-        with self.guarded():
-            data = cast(dict[str, str], self.client.hgetall(self.keys(run_id).meta))
+        with self.keyspace.guarded():
+            data = cast(dict[str, str], self.keyspace.client.hgetall(self.keyspace.keys(run_id).meta))
         if not data:
             raise RunNotFound(run_id)
         checked_format(run_id, data.get(FORMAT_FIELD))
@@ -109,18 +110,18 @@ class RunReads(BucketedStore):
 
     def lease(self, run_id: str) -> str | None:
         """The run's current lease value, if one is live."""
-        with self.guarded():
-            return cast(str | None, self.client.get(self.keys(run_id).lease))
+        with self.keyspace.guarded():
+            return cast(str | None, self.keyspace.client.get(self.keyspace.keys(run_id).lease))
 
     def progress(self, run_id: str, lanes: Sequence[str] = ()) -> Progress:
         """What the watchdog needs beyond the snapshot (see :class:`Progress`), in one round
         trip. With ``lanes`` (the members of a parallel group due at the cursor), the lease is
         any of theirs that is live (the one with most time left) and the attempt count is
         theirs together."""
-        k = self.keys(run_id)
+        k = self.keyspace.keys(run_id)
         owned = list(lanes) or [""]
-        with self.guarded():
-            pipe = self.client.pipeline(transaction=False)
+        with self.keyspace.guarded():
+            pipe = self.keyspace.client.pipeline(transaction=False)
             for lane in owned:
                 pipe.get(k.lease_of(lane))
                 pipe.pttl(k.lease_of(lane))
@@ -141,16 +142,16 @@ class RunReads(BucketedStore):
 
     def shape(self, run_id: str) -> Shape | None:
         """The shape of the definition a run started with (None for an unknown run)."""
-        with self.guarded():
-            fingerprint = cast(str | None, self.client.hget(self.keys(run_id).meta, "fingerprint"))
+        with self.keyspace.guarded():
+            fingerprint = cast(str | None, self.keyspace.client.hget(self.keyspace.keys(run_id).meta, "fingerprint"))
         return self._shape(run_id, fingerprint) if fingerprint else None
 
     def _shape(self, run_id: str, fingerprint: str) -> Shape | None:
         """A recorded shape by fingerprint (read once per process: a fingerprint's shape never
         changes)."""
         if fingerprint not in self._shapes:
-            with self.guarded():
-                raw = cast(str | None, self.client.hget(self.bucket_keys(run_id).shapes, fingerprint))
+            with self.keyspace.guarded():
+                raw = cast(str | None, self.keyspace.client.hget(self.keyspace.bucket_keys(run_id).shapes, fingerprint))
             if raw is None:
                 return None
             self._shapes[fingerprint] = Shape.from_list(json.loads(raw))
@@ -172,10 +173,10 @@ class RunReads(BucketedStore):
     def read_logs(self, run_ids: Sequence[str]) -> list[list[Event] | StorageFormatTooNew]:
         """:meth:`logs`, but a run of a newer storage format is its refusal, in its place (its
         events are not decoded), so one such run does not hide the others (the archiver's batch)."""
-        with self.guarded():
-            pipe = self.client.pipeline(transaction=False)
+        with self.keyspace.guarded():
+            pipe = self.keyspace.client.pipeline(transaction=False)
             for run_id in run_ids:
-                keys = self.keys(run_id)
+                keys = self.keyspace.keys(run_id)
                 pipe.hmget(keys.meta, ["fingerprint", FORMAT_FIELD])
                 pipe.lrange(keys.events, 0, -1)
             replies = pipe.execute()

@@ -1,4 +1,6 @@
-"""The Redis store: every Redis command about one run is in this module.
+"""The Redis store, composed of its parts (its keyspace, one run's reads, the operations over many
+runs, the asyncio side), and the writes of one run's life: create, begin, commit, retry, note,
+park, renew, a cancel request (the indexes' own upkeep is :mod:`saga.store.indexes`).
 
 The key layout and the scripts' replies are in :mod:`saga.store.schema`, how events are stored in
 :mod:`saga.core.codec`, the scripts themselves in ``saga/store/lua/``, each headed with its KEYS, ARGV and
@@ -31,6 +33,8 @@ from ..errors import StorageFormatTooNew
 from ..settings import DEFAULT_BUCKETS
 from .aio import AsyncReads
 from .connection import same_server
+from .indexes import Indexes
+from .keyspace import Keyspace
 from .notify import Waiters, subscriptions
 from .reads import RunReads, snapshot_state
 from .schema import (
@@ -60,12 +64,14 @@ def _packer(state: SagaState) -> codec.Packer:
     return codec.Packer(codec.micros(state.created_at), last, state.version)
 
 
-class RedisStore(RunReads):
+class RedisStore:
     """Runs, their events, leases and dead letters in one Redis or one Redis Cluster.
 
-    The reads of a run come from :class:`~saga.reads.RunReads`; the cross-run operations
-    (watchdog list, lock, parked runs, dead letters, listing) and the connection and key layout
-    from :class:`~saga.indexes.BucketedStore`.
+    A store is composed of parts that share one :class:`~saga.store.Keyspace` (``keyspace``: the
+    connection, opened on first use, the scripts and the key names): the reads of one run
+    (``reads``, :class:`~saga.store.reads.RunReads`) and their asyncio twin (``aio``), the
+    operations over many runs (``indexes``: watchdog list, lock, parked runs, dead letters,
+    listing; :class:`~saga.store.Indexes`), and, here, the writes to one run and its waiters.
 
     Guarantees: each transition is committed by one script call (one round trip) that also
     moves the run in its bucket's indexes, so a reader sees a run either before or after it,
@@ -78,15 +84,20 @@ class RedisStore(RunReads):
     def __init__(
         self, url: str, *, prefix: str = "saga", retries: int = 8, buckets: int = DEFAULT_BUCKETS, feed: bool = False
     ) -> None:
-        super().__init__(url, prefix=prefix, retries=retries, buckets=buckets)
-        self._pushes: dict[str, bool] = {}
-        self._waiters: Waiters | None = None
-        self._waiters_lock = threading.Lock()
+        #: the connection, scripts and key names every part shares
+        self.keyspace = Keyspace(url, prefix=prefix, retries=retries, buckets=buckets)
+        #: the reads of one run
+        self.reads = RunReads(self.keyspace)
+        #: the operations over many runs
+        self.indexes = Indexes(self.keyspace)
         #: the store's reads, scripts and waiters for coroutines (:mod:`saga.store.aio`)
-        self.aio = AsyncReads(self)
+        self.aio = AsyncReads(self.reads)
         #: Whether every script that commits a transition also appends the run to its bucket's
         #: archive feed (an archive is configured).
         self.feed = feed
+        self._pushes: dict[str, bool] = {}
+        self._waiters: Waiters | None = None
+        self._waiters_lock = threading.Lock()
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -108,8 +119,8 @@ class RedisStore(RunReads):
         when with another. ``deadline`` (seconds since the epoch) is when forward steps stop
         being begun."""
         keys, args = self.create_call(shape, start, key, check_at=check_at, message=message, deadline=deadline)
-        with self.guarded():
-            return CreateOutcome(self.script("create")(keys=keys, args=args))
+        with self.keyspace.guarded():
+            return CreateOutcome(self.keyspace.script("create")(keys=keys, args=args))
 
     def create_call(
         self,
@@ -124,7 +135,7 @@ class RedisStore(RunReads):
         """The keys and arguments of ``create.lua`` for :meth:`create` (also run by the asyncio
         client over its own connection)."""
         state = start.state
-        k, b = self.keys(state.id), self.bucket_keys(state.id)
+        k, b = self.keyspace.keys(state.id), self.keyspace.bucket_keys(state.id)
         started_us = codec.micros(state.created_at)
         args = [
             state.id,
@@ -175,7 +186,7 @@ class RedisStore(RunReads):
         :class:`~saga.errors.StorageFormatTooNew` (nothing written) when the run's record names a
         storage format newer than this saga reads.
         """
-        k, b = self.keys(run_id), self.bucket_keys(run_id)
+        k, b = self.keyspace.keys(run_id), self.keyspace.bucket_keys(run_id)
         kind = EventType.STEP_STARTED if direction is Direction.FORWARD else EventType.COMPENSATION_STARTED
         now_us = time.time_ns() // 1000
         args = [
@@ -192,8 +203,8 @@ class RedisStore(RunReads):
             index if cursor is None else cursor,
             STORAGE_FORMAT,
         ]
-        with self.guarded():
-            outcome, snapshot, token, n, extra = self.script("begin")(
+        with self.keyspace.guarded():
+            outcome, snapshot, token, n, extra = self.keyspace.script("begin")(
                 keys=[k.meta, k.events, k.lease_of(lane), b.active, k.snapshot], args=args
             )
         result = BeginOutcome(outcome)
@@ -246,7 +257,7 @@ class RedisStore(RunReads):
             )
             if on
         )
-        k, b = self.keys(after.id), self.bucket_keys(after.id)
+        k, b = self.keyspace.keys(after.id), self.keyspace.bucket_keys(after.id)
         packer = _packer(before)
         keys = [
             k.meta,
@@ -282,8 +293,8 @@ class RedisStore(RunReads):
             b.done,
             *(packer.pack(e) for e in transition.events),
         ]
-        with self.guarded():
-            reply = self.script("commit")(keys=keys, args=args)
+        with self.keyspace.guarded():
+            reply = self.keyspace.script("commit")(keys=keys, args=args)
         applied = bool(reply[0])
         return CommitResult(applied, CommitReason(reply[1]), str(reply[2]) if applied else "")
 
@@ -293,10 +304,10 @@ class RedisStore(RunReads):
         """Append a fenced attempt's retry events (snapshot-neutral) and hand its lease (its
         ``lane``'s, in a parallel group) to the retry that follows (see record.lua); False when
         the token no longer holds the run."""
-        k, packer = self.keys(state.id), _packer(state)
+        k, packer = self.keyspace.keys(state.id), _packer(state)
         fence_field = f"fence:{lane}" if lane else "fence"
-        with self.guarded():
-            ok = self.script("record")(
+        with self.keyspace.guarded():
+            ok = self.keyspace.script("record")(
                 keys=[k.meta, k.events, k.lease_of(lane)],
                 args=[token, lease_value, lease_ms, fence_field, *map(packer.pack, events)],
             )
@@ -322,7 +333,7 @@ class RedisStore(RunReads):
 
         Returns ``(True, new token or '')`` or ``(False, reason)``.
         """
-        k, b, packer = self.keys(state.id), self.bucket_keys(state.id), _packer(state)
+        k, b, packer = self.keyspace.keys(state.id), self.keyspace.bucket_keys(state.id), _packer(state)
         args = [
             "" if expected_version is None else expected_version,
             "1" if require_idle else "0",
@@ -333,8 +344,8 @@ class RedisStore(RunReads):
             lane,
             *map(packer.pack, events),
         ]
-        with self.guarded():
-            ok, detail = self.script("note")(
+        with self.keyspace.guarded():
+            ok, detail = self.keyspace.script("note")(
                 keys=[k.meta, k.events, k.lease_of(lane), b.parked, b.active, *self._feed(b)], args=args
             )
         return bool(ok), str(detail)
@@ -343,11 +354,11 @@ class RedisStore(RunReads):
         """Park a run no worker here can move (see park.lua): its ``saga.parked`` event and reason
         are recorded, and it joins its bucket's parked runs, unless an attempt holds it or it
         moved."""
-        k, b = self.keys(state.id), self.bucket_keys(state.id)
+        k, b = self.keyspace.keys(state.id), self.keyspace.bucket_keys(state.id)
         args: list[str | int | float] = [reason, state.version, _packer(state).pack(event), time.time(), state.id]
-        with self.guarded():
+        with self.keyspace.guarded():
             return ParkOutcome(
-                self.script("park")(keys=[k.meta, k.events, k.lease, b.parked, *self._feed(b)], args=args)
+                self.keyspace.script("park")(keys=[k.meta, k.events, k.lease, b.parked, *self._feed(b)], args=args)
             )
 
     def _feed(self, b: BucketKeys) -> list[str]:
@@ -361,8 +372,8 @@ class RedisStore(RunReads):
         every bucket's channel; see :mod:`saga.store.notify`)."""
         with self._waiters_lock:
             if self._waiters is None:
-                channels = [b.done for b in self.every_bucket]
-                self._waiters = Waiters(subscriptions(self.url, self.client, channels))
+                channels = [b.done for b in self.keyspace.every_bucket]
+                self._waiters = Waiters(subscriptions(self.keyspace.url, self.keyspace.client, channels))
             return self._waiters
 
     @property
@@ -370,22 +381,22 @@ class RedisStore(RunReads):
         """commit.lua's flag that tells a run's bucket channel it became terminal: 's' (SPUBLISH)
         on a cluster, where a sharded channel stays on the bucket's slot, else 'p' (PUBLISH:
         servers before Redis 7 have no sharded channels)."""
-        return "s" if self.on_cluster else "p"
+        return "s" if self.keyspace.on_cluster else "p"
 
     def pushes_messages(self, broker_url: str) -> bool:
         """Whether task messages for the broker at ``broker_url`` can be pushed by this store's
         scripts: the broker is this very Redis (same server and database) and not a cluster."""
         if broker_url not in self._pushes:
-            self._pushes[broker_url] = same_server(self.url, broker_url) and not self.on_cluster
+            self._pushes[broker_url] = same_server(self.keyspace.url, broker_url) and not self.keyspace.on_cluster
         return self._pushes[broker_url]
 
     def request_cancel(self, run_id: str, reason: str) -> None:
         """Ask the attempt running now to cancel the run when it commits."""
-        with self.guarded():
-            self.client.hset(self.keys(run_id).meta, "cancel", reason or "cancelled")
+        with self.keyspace.guarded():
+            self.keyspace.client.hset(self.keyspace.keys(run_id).meta, "cancel", reason or "cancelled")
 
     def renew(self, run_id: str, token: str, lease_ms: int, lane: str = "") -> bool:
         """Extend a lease (``lane``'s, in a parallel group) that still carries ``token``."""
-        with self.guarded():
-            k = self.keys(run_id)
-            return bool(self.script("renew")(keys=[k.lease_of(lane), k.meta], args=[token, lease_ms]))
+        with self.keyspace.guarded():
+            k = self.keyspace.keys(run_id)
+            return bool(self.keyspace.script("renew")(keys=[k.lease_of(lane), k.meta], args=[token, lease_ms]))

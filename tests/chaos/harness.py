@@ -281,7 +281,7 @@ def _drive(cluster: Cluster, seconds: float, rate: float, rng: random.Random) ->
 
 def _check(started: dict[str, Run], cluster: Cluster, figures: Figures, kills: list[float]) -> None:
     fx = redis.Redis.from_url(cluster.redis.url, decode_responses=True)
-    dead = {d["run_id"]: d for d in chaos.store.dead_letters()}
+    dead = {d["run_id"]: d for d in chaos.store.indexes.dead_letters()}
     figures.runs = len(started)
     gave_up: set[str] = set()
     for run_id, run in started.items():

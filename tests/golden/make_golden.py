@@ -149,7 +149,7 @@ def make_runs(settings: Settings) -> dict[str, str]:
     with configured(registry, settings, app):  # no worker: the run waits at its first step, and is parked
         run_id = order.start({"sku": "sku-6", "amount": 3})
         store = registry.store
-        state = store.get(run_id)
+        state = store.reads.get(run_id)
         log = run_logger(logging.getLogger(__name__), run_id, state.saga, "")
         if not park(store, state, "golden: a worker without this definition", log):
             raise SystemExit("golden: the parked run could not be parked")
@@ -198,8 +198,8 @@ def dump_archive(settings: Settings, run_ids: list[str], where: Path) -> dict[st
     archive.upgrade()
     copies = []
     for run_id in run_ids:
-        events = store.events(run_id)
-        copies.append(RunCopy(rebuild(events), events, store.bucket(run_id)))
+        events = store.reads.events(run_id)
+        copies.append(RunCopy(rebuild(events), events, store.keyspace.bucket(run_id)))
     archive.write(copies)
     archive.dispose()
     engine = sa.create_engine(url)
