@@ -100,7 +100,13 @@ def every_key(client: Client) -> dict[str, bytes | None]:
 
 
 def with_format(client: Client, store: RedisStore, run_id: str, stored: str) -> None:
-    client.hset(store.keyspace.keys(run_id).meta, FORMAT_FIELD, stored)
+    """The run's record as a saga of format ``stored`` writes it: the meta hash's field, and the
+    snapshot's own ``format`` key where the run keeps a snapshot (every format after 1 writes both)."""
+    keys = store.keyspace.keys(run_id)
+    client.hset(keys.meta, FORMAT_FIELD, stored)
+    snapshot = client.get(keys.snapshot)
+    if snapshot is not None and stored not in ("", "1"):
+        client.set(keys.snapshot, json.dumps({**json.loads(snapshot), FORMAT_FIELD: stored}), keepttl=True)
 
 
 # --- the fixtures are what deployed data is ---------------------------------------------------

@@ -2,7 +2,10 @@
 
 Every run record carries the number of the storage format that wrote it: the ``format`` field
 of the run's meta hash in Redis (written by ``create.lua`` with the run) and the ``format``
-column of its ``saga_runs`` row in the archive. A record without one was written before the
+column of its ``saga_runs`` row in the archive. Every format after 1 also writes it into the
+run's snapshot (a ``format`` key of the snapshot's JSON object), so that a batch of snapshots (a
+listing, the watchdog's scan) is checked without a command per run for its meta hash; a format-1
+snapshot has no such key. A record without one was written before the
 field existed, by format 1. A reader meets a format newer than :data:`STORAGE_FORMAT` only when
 a newer saga wrote the record: it refuses it with :class:`~saga.errors.StorageFormatTooNew` and
 never rewrites it (the newer saga owns it). The golden fixtures in ``tests/golden`` hold records

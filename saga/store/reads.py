@@ -7,8 +7,9 @@ its asyncio twin (:mod:`saga.store.aio`) as ``store.aio``. Every read returns ob
 own: a payload read here shares nothing with any other reader's.
 
 Every read of a run's state, events or bookkeeping also reads its record's storage format (the
-meta hash's ``format`` field, in the same round trip) and refuses a newer one than this saga
-reads with :class:`~saga.errors.StorageFormatTooNew`; nothing here writes.
+meta hash's ``format`` field, in the same round trip; a batch of snapshots, the format each
+snapshot carries) and refuses a newer one than this saga reads with
+:class:`~saga.errors.StorageFormatTooNew`; nothing here writes.
 """
 
 from __future__ import annotations
@@ -53,19 +54,27 @@ class RunReads:
 
     def read_snapshots(self, run_ids: Sequence[str]) -> list[SagaState | None | StorageFormatTooNew]:
         """:meth:`snapshots`, but a run of a newer storage format is its refusal, in its place,
-        so one such run does not hide the others (the watchdog's batch)."""
+        so one such run does not hide the others (the watchdog's batch). One run's read also
+        reads its meta hash's format field, in the same round trip; a batch (a listing, the
+        watchdog) reads the snapshots alone and checks each one's own ``format`` key, which every
+        format after 1 writes into its snapshots (see :mod:`saga.core.formats`): no command per
+        run beyond its snapshot."""
+        one = len(run_ids) == 1
         with self.keyspace.guarded():
             pipe = self.keyspace.client.pipeline(transaction=False)
             for run_id in run_ids:
                 keys = self.keyspace.keys(run_id)
                 pipe.get(keys.snapshot)
-                pipe.hget(keys.meta, FORMAT_FIELD)
+                if one:
+                    pipe.hget(keys.meta, FORMAT_FIELD)
             replies = pipe.execute()
-        snapshots = cast(list[str | None], replies[::2])
+        snapshots = cast(list[str | None], replies[::2] if one else replies)
+        in_meta = replies[1::2] if one else [None] * len(run_ids)
         states: list[SagaState | None | StorageFormatTooNew] = []
-        for run_id, snapshot, stored in zip(run_ids, snapshots, replies[1::2], strict=True):
-            refused = _refusal(run_id, stored)
-            states.append(refused or snapshot_state(snapshot))
+        for run_id, snapshot, stored in zip(run_ids, snapshots, in_meta, strict=True):
+            data = json.loads(snapshot) if snapshot else None
+            refused = _refusal(run_id, stored) or _refusal(run_id, data.get(FORMAT_FIELD) if data else None)
+            states.append(refused or (SagaState.from_dict(data) if data else None))
         settled = [i for i, snapshot in enumerate(snapshots) if snapshot is None and states[i] is None]
         if settled:
             logs = self.read_logs([run_ids[i] for i in settled])
