@@ -100,7 +100,8 @@ def test_a_sigkilled_worker_is_resumed_by_another_and_the_run_completes(order: S
     state = order.wait(run_id, timeout=60)
     assert state.status is Status.COMPLETED
     [resumed] = [e for e in order.events(run_id) if e["type"] == "saga.resumed"]
-    assert resumed["reason"] == "lease expired" and resumed["name"] == "charge_payment"
+    assert resumed["reason"] == "lease expired: the worker running attempt 1 stopped renewing its lease"
+    assert resumed["name"] == "charge_payment"
     assert resumed["from_version"] == 2  # after reserve_inventory committed
     assert [c.name for c in state.checkpoints] == ["reserve_inventory", "charge_payment", "create_shipment"]
 
@@ -125,7 +126,8 @@ def test_a_worker_killed_in_the_first_step_is_resumed_a_lease_later(
     state = order.wait(run_id, timeout=60)
     assert state.status is Status.COMPLETED
     [resumed] = [e for e in order.events(run_id) if e["type"] == "saga.resumed"]
-    assert (resumed["reason"], resumed["name"], resumed["from_version"]) == ("lease expired", "reserve_inventory", 1)
+    assert (resumed["name"], resumed["from_version"]) == ("reserve_inventory", 1)
+    assert resumed["reason"] == "lease expired: the worker running attempt 1 stopped renewing its lease"
     with capsys.disabled():
         print(
             f"\nfirst-step recovery: resumed {parse_iso(resumed['at']) - killed:.2f} s after the kill (lease {LEASE} s)"

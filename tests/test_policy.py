@@ -9,11 +9,13 @@ import pytest
 from saga import PermanentError
 from saga.core import (
     ContinueUnwind,
+    Direction,
     Forget,
     GiveUp,
     Liveness,
     LookAgain,
     Park,
+    Queued,
     Refuse,
     Resume,
     Retry,
@@ -76,10 +78,14 @@ def triage(
     began: bool = True,
     parked: bool = False,
     lease_left: float = 5.0,
+    *,
+    attempt: int = 1,
+    queued: Queued | None = None,
+    now: float = NOW,
 ) -> object:
     missing = "" if known else "no worker here defines saga 's'"
-    facts = Liveness(missing, lease_live, began, parked, lease_left)
-    return policy.triage(state, facts, now=NOW, lease_seconds=5, dispatch_timeout=30)
+    facts = Liveness(missing, lease_live, began, parked, lease_left, attempt=attempt if began else 0, queued=queued)
+    return policy.triage(state, facts, now=now, lease_seconds=5, dispatch_timeout=30)
 
 
 def test_a_finished_or_expired_run_is_forgotten() -> None:
@@ -117,8 +123,10 @@ def test_a_run_with_a_live_lease_is_looked_at_just_after_that_lease_could_end() 
     assert triage(state_at(), lease_live=True, lease_left=60) == LookAgain(NOW + 5.25)
 
 
-def test_an_attempt_that_began_and_holds_no_lease_is_resumed() -> None:
-    assert triage(state_at(), began=True) == Resume("lease expired")
+def test_an_attempt_that_began_and_holds_no_lease_is_resumed_saying_its_worker_stopped() -> None:
+    verdict = triage(state_at(), began=True, attempt=2)
+    assert verdict == Resume("lease expired: the worker running attempt 2 stopped renewing its lease")
+    assert policy.resume_cause(verdict.reason) == "lease expired"
 
 
 def test_a_step_never_begun_waits_out_the_dispatch_timeout_then_is_resumed() -> None:
@@ -126,7 +134,69 @@ def test_a_step_never_begun_waits_out_the_dispatch_timeout_then_is_resumed() -> 
     verdict = triage(sent_10s_ago, began=False)
     assert isinstance(verdict, LookAgain) and verdict.at == pytest.approx(NOW + 20)
     sent_long_ago = state_at(updated_at="2026-01-01T00:00:00.000000Z")
-    assert triage(sent_long_ago, began=False) == Resume("next step never started")
+    verdict = triage(sent_long_ago, began=False)
+    assert verdict == Resume("message not begun within SAGA_DISPATCH_TIMEOUT: lost or still queued")
+    assert policy.resume_cause(verdict.reason) == policy.NOT_BEGUN
+
+
+def test_a_retry_queued_after_its_due_time_is_watched_by_the_dispatch_timeout_not_the_lease() -> None:
+    # Given a run whose attempt 1 began, failed and scheduled its retry (attempt 2), due at
+    # `due`, whose message has not begun (it waits behind a backlog); the backoff's lease is gone
+    due = NOW - 100
+    retry = Queued(since=due, attempt=2)
+    # a lease and its margin after the retry was due: nothing died, the message is queued
+    assert triage(state_at(), began=True, queued=retry, now=due + 5.25) == LookAgain(due + 30)
+    assert triage(state_at(), began=True, queued=retry, now=due + 29.9) == LookAgain(due + 30)
+    # once the dispatch timeout has passed since it was due, it was lost (or queued too long)
+    verdict = triage(state_at(), began=True, queued=retry, now=due + 30)
+    assert verdict == Resume(
+        "message not begun within SAGA_DISPATCH_TIMEOUT: lost or still queued (attempt 2, a retry)"
+    )
+    assert policy.resume_cause(verdict.reason) == "message not begun within SAGA_DISPATCH_TIMEOUT"
+    # a resume's message is watched the same way, from when the resume sent it
+    resumed = Queued(since=due)
+    assert triage(state_at(), began=True, queued=resumed, now=due + 10) == LookAgain(due + 30)
+    assert triage(state_at(), began=True, queued=resumed, now=due + 31) == Resume(
+        "message not begun within SAGA_DISPATCH_TIMEOUT: lost or still queued (sent by a resume)"
+    )
+    # while the backoff still holds the lease, it is looked at when that lease could end
+    assert triage(state_at(), began=True, lease_live=True, lease_left=2.0, queued=retry) == LookAgain(NOW + 2.25)
+
+
+def test_the_message_a_run_waits_for_is_read_from_its_events() -> None:
+    def event(kind: str, step: int, at: str, **fields: object) -> dict[str, object]:
+        return {"type": kind, "step": step, "at": f"2026-01-01T00:00:{at}Z", **fields}
+
+    began = event("step.started", 0, "01.000000", attempt=1)
+    retrying = event("step.retrying", 0, "02.000000", direction="forward", attempt=1, delay=0.5)
+    t = parse_iso("2026-01-01T00:00:02.500000Z")
+    forward = Direction.FORWARD
+    # a retry scheduled, not begun: due at the event's time plus its delay, carrying attempt 2
+    assert policy.queued_since([began, retrying], forward, [0]) == Queued(since=t, attempt=2)
+    # the retry began (and runs, or died): no queued message; its lease says which
+    assert (
+        policy.queued_since([began, retrying, event("step.started", 0, "03.000000", attempt=2)], forward, [0]) is None
+    )
+    # nothing since the last commit: the commit's message (the snapshot's time is when it was sent)
+    assert policy.queued_since([began], forward, [0]) is None
+    assert policy.queued_since([], forward, [0]) is None
+    # a resume's message, not begun
+    resumed = event("saga.resumed", 0, "09.000000", direction="forward", reason="x")
+    assert policy.queued_since([began, resumed], forward, [0]) == Queued(parse_iso("2026-01-01T00:00:09.000000Z"))
+    # another step's or another direction's events say nothing of this one
+    other = event("step.retrying", 1, "04.000000", direction="forward", attempt=1, delay=0)
+    undo = event("step.retrying", 0, "05.000000", direction="compensation", attempt=1, delay=0)
+    assert policy.queued_since([began, retrying, other, undo], forward, [0]) == Queued(since=t, attempt=2)
+    # a step that committed (an earlier visit) has no queued message of that visit
+    failed = event("compensation.failed", 0, "06.000000")
+    assert policy.queued_since([undo, failed], Direction.COMPENSATION, [0]) is None
+    # a parallel group's members: the latest queued one, unless a member began since its own
+    late = event("step.retrying", 2, "07.000000", direction="forward", attempt=3, delay=1)
+    assert policy.queued_since([began, retrying, late], forward, [0, 2]) == Queued(
+        parse_iso("2026-01-01T00:00:08.000000Z"), attempt=4
+    )
+    started = event("step.started", 2, "08.000000", attempt=4)
+    assert policy.queued_since([began, retrying, late, started], forward, [0, 2]) is None
 
 
 # --- deadlines and retention ------------------------------------------------------------------

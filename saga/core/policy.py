@@ -1,8 +1,9 @@
 """The policies: pure answers to the questions the engine, the watchdog and operator actions ask.
 
 - retry or give up (:func:`retry_policy`);
-- what the watchdog does with a run that has not moved (:func:`triage`), and why a run is
-  parked (:func:`missing_reason`, :func:`drift_reason`);
+- what the watchdog does with a run that has not moved (:func:`triage`; which message it waits
+  for: :func:`queued_since`; why it is resumed: :func:`resume_reason`), and why a run is parked
+  (:func:`missing_reason`, :func:`drift_reason`);
 - when the watchdog must look at a run next (:func:`next_check_at`, :func:`dispatch_check_at`);
 - how long a run's keys are kept (:func:`retention_ms`);
 - which dead-letter action applies (:func:`dead_letter_action`);
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import PermanentError
-from .state import Direction, SagaState, Status, parse_iso, payload_hash
+from .state import Direction, EventType, SagaState, Status, parse_iso, payload_hash
 
 # --- retry or give up ------------------------------------------------------------------------
 
@@ -114,6 +115,26 @@ class Park:
 LEASE_MARGIN = 0.25
 
 
+#: The head of a resume's reason when the attempt at the cursor began and its lease lapsed
+#: without a commit: its worker died, or stopped renewing (a paused or partitioned worker).
+LEASE_EXPIRED = "lease expired"
+#: The head of a resume's reason when the message the run waits for was not begun within
+#: ``SAGA_DISPATCH_TIMEOUT`` of being sent (or of a retry's due time): lost, or still queued.
+NOT_BEGUN = "message not begun within SAGA_DISPATCH_TIMEOUT"
+
+
+@dataclass(frozen=True)
+class Queued:
+    """A message sent after the last attempt at the run's cursor began, and not begun since: a
+    retry (``attempt`` > 0, the attempt its message carries), due at ``since`` (its
+    ``step.retrying`` event's time plus its delay), or a resume's message (``attempt`` 0), sent
+    at ``since``. It may wait in the broker (a countdown, then a queue) for as long as a first
+    attempt's message may."""
+
+    since: float
+    attempt: int = 0
+
+
 @dataclass(frozen=True)
 class Liveness:
     """What the watchdog knows of an unfinished run it is looking at."""
@@ -124,11 +145,19 @@ class Liveness:
     parked: bool = False  # the run waits for a worker with its definition
     lease_left: float = 0.0  # seconds the live lease has left
     cancel: str = ""  # the reason an operator gave to cancel the run, while it waits for its attempt
+    attempt: int = 0  # the attempts begun at the cursor (the last one's number, for a step alone)
+    queued: Queued | None = None  # a retry's or a resume's message not begun (see queued_since)
 
     @property
     def known(self) -> bool:
         """This process has the definition the run needs."""
         return not self.missing
+
+    @property
+    def running(self) -> bool:
+        """The last thing that happened at the cursor is an attempt that began (and may have
+        acted): not a retry or a resume waiting for its message to begin."""
+        return self.began and self.queued is None
 
 
 def triage(
@@ -142,12 +171,16 @@ def triage(
     - an operator asked to cancel it and no attempt holds it: cancel it;
     - parked: resume it (``definition available``) once this process has its definition and no
       attempt holds it; else look again after ``dispatch_timeout``;
-    - a live lease: something is moving it; look again just after that lease could end;
-    - sent but never begun, less than ``dispatch_timeout`` ago: a queue may be long; look again
-      when that time is up;
-    - otherwise it must be resumed: ``lease expired`` (an attempt began and let its lease lapse)
-      or ``next step never started`` (the task was lost, or dropped by a worker that did not know
-      it) — or, when this process lacks the run's definition, parked, saying why.
+    - a live lease (an attempt, or a retry's backoff): look again just after that lease could end;
+    - a message not begun — the step sent by the last commit with no attempt begun, a retry
+      scheduled after the last attempt failed, or a resume's message — less than
+      ``dispatch_timeout`` after it was sent (a retry: after it was due): a queue may be long;
+      look again when that time is up. A queued message is watched by the dispatch timeout, a
+      running attempt by its lease;
+    - otherwise it must be resumed, saying why (:data:`LEASE_EXPIRED`: an attempt began and let
+      its lease lapse; :data:`NOT_BEGUN`: the message was lost, or dropped by a worker that did
+      not know it, or is queued longer than ``dispatch_timeout``) — or, when this process lacks
+      the run's definition, parked, saying why.
     """
     if state is None or state.status.terminal:
         return Forget()
@@ -171,13 +204,71 @@ def _triage(
         return LookAgain(now + dispatch_timeout)
     if facts.lease_live:
         return LookAgain(now + min(facts.lease_left, lease_seconds) + LEASE_MARGIN)
-    if not facts.began:
-        waited = now - parse_iso(state.updated_at)
-        if waited < dispatch_timeout:
-            return LookAgain(now + dispatch_timeout - waited)
+    if not facts.running:
+        sent = facts.queued.since if facts.queued is not None else parse_iso(state.updated_at)
+        if now < sent + dispatch_timeout:
+            return LookAgain(sent + dispatch_timeout)
     if not facts.known:
         return Park(facts.missing)
-    return Resume("lease expired" if facts.began else "next step never started")
+    return Resume(resume_reason(facts))
+
+
+def resume_reason(facts: Liveness) -> str:
+    """Why the watchdog resumes a run with these facts: its head (:func:`resume_cause`) says
+    which — an attempt that died (:data:`LEASE_EXPIRED`) or a message that was lost
+    (:data:`NOT_BEGUN`) — and the rest which attempt or message."""
+    if facts.running:
+        which = f"attempt {facts.attempt}" if facts.attempt else "the attempt"
+        return f"{LEASE_EXPIRED}: the worker running {which} stopped renewing its lease"
+    if facts.queued is None:
+        return f"{NOT_BEGUN}: lost or still queued"
+    if facts.queued.attempt:
+        return f"{NOT_BEGUN}: lost or still queued (attempt {facts.queued.attempt}, a retry)"
+    return f"{NOT_BEGUN}: lost or still queued (sent by a resume)"
+
+
+def resume_cause(reason: str) -> str:
+    """A resume's reason without its details (the text before the first ``": "``): the
+    ``reason`` label of ``saga_resumes_total``, so that label takes a few values only."""
+    return reason.partition(": ")[0]
+
+
+def queued_since(events: Sequence[Mapping[str, Any]], direction: Direction, steps: Sequence[int]) -> Queued | None:
+    """The message a run at ``steps`` (the step at its cursor, or the members of the parallel
+    group due there) in ``direction`` waits for, if it was sent after the last attempt there
+    began, from the run's ``events``: for each step, its latest ``step.retrying`` or
+    ``saga.resumed`` with no attempt begun (``step.started`` / ``compensation.started``) after it.
+
+    None when an attempt of any of them began after the last such message (that attempt runs,
+    or died: its lease tells which), or none of them has one (the message of the last commit,
+    sent at the snapshot's time). Otherwise the latest of them (every message sent before it
+    has had at least as long to begin)."""
+    started = EventType.STEP_STARTED if direction is Direction.FORWARD else EventType.COMPENSATION_STARTED
+    ended = (
+        (EventType.STEP_SUCCEEDED, EventType.STEP_FAILED)
+        if direction is Direction.FORWARD
+        else (EventType.COMPENSATION_SUCCEEDED, EventType.COMPENSATION_FAILED)
+    )
+    latest: Queued | None = None
+    for index in steps:
+        for event in reversed(events):
+            if event.get("step") != index:
+                continue
+            kind = event["type"]
+            if kind == started:
+                return None
+            if kind in ended:
+                break
+            if kind == EventType.STEP_RETRYING and event.get("direction") == direction.value:
+                found = Queued(parse_iso(event["at"]) + float(event.get("delay", 0)), int(event["attempt"]) + 1)
+            elif kind == EventType.SAGA_RESUMED and event.get("direction") == direction.value:
+                found = Queued(parse_iso(event["at"]))
+            else:
+                continue
+            if latest is None or found.since > latest.since:
+                latest = found
+            break
+    return latest
 
 
 def missing_reason(saga: str, version: int, versions_here: Sequence[int]) -> str:

@@ -233,7 +233,7 @@ def resume(rt: Runtime, run_id: str, reason: str) -> SagaState | None:
         log.info("not resumed (%s): the run is moving", detail)
         return None
     dispatch(rt, state)
-    metrics.resumed(rt.name, reason)
+    metrics.resumed(rt.name, policy.resume_cause(reason))
     log.warning("resumed from version %d (%s)", state.version, reason)
     return state
 
@@ -265,7 +265,7 @@ def _resume_members(rt: Runtime, state: SagaState, reason: str) -> SagaState | N
             resumed.append(shape.steps[index])
     if not resumed:
         return None
-    metrics.resumed(rt.name, reason)
+    metrics.resumed(rt.name, policy.resume_cause(reason))
     rt.log(state.id).warning("resumed %s from version %d (%s)", ", ".join(resumed), state.version, reason)
     return state
 

@@ -161,6 +161,7 @@ class Watchdog:
             missing = policy.drift_reason(state.saga, state.definition_version, progress.fingerprint, here)
         else:
             missing = ""
+        idle = progress.lease is None and not progress.parked
         facts = policy.Liveness(
             missing,
             lease_live=progress.lease is not None,
@@ -168,6 +169,10 @@ class Watchdog:
             parked=bool(progress.parked),
             lease_left=progress.lease_ms_left / 1000,
             cancel=progress.cancel,
+            attempt=progress.attempt,
+            # a retry (or a resume's message) waiting in the broker is watched by the dispatch
+            # timeout, like a first attempt's: read the events only for a run nothing holds
+            queued=self._queued(store, rt, state) if idle else None,
         )
         settings = rt.settings if rt is not None else self.settings
         now = time.time()
@@ -185,8 +190,9 @@ class Watchdog:
             if mover is None:
                 store.indexes.schedule(run_id, now + settings.dispatch_timeout)
                 return 0
-            # an attempt that began and is not waiting out a retry's backoff may have acted
-            acted = facts.began and not (progress.lease or "").startswith("backoff:")
+            # an attempt that began and is not waiting for its retry (a backoff, then the
+            # broker) may have acted
+            acted = facts.running and not (progress.lease or "").startswith("backoff:")
             if isinstance(verdict, policy.Expire):
                 done = expire(mover, state, by_name=mover is not rt, undo_running=acted)
             else:
@@ -205,6 +211,19 @@ class Watchdog:
             rt.log(run_id, rt.step_name(state.current_step)).error("could not resume: %s", exc)
             store.indexes.schedule(run_id, now + rt.settings.dispatch_timeout)
             return 0
+
+    @staticmethod
+    def _queued(store: RedisStore, rt: Runtime | None, state: SagaState) -> policy.Queued | None:
+        """The retry's or resume's message the run waits for, not begun since it was sent (see
+        :func:`saga.policy.queued_since`), from the run's events: at a parallel group, of the
+        members due at the cursor."""
+        if rt is not None and rt.in_group(state.current_step):
+            steps = stages.lanes_due(state, rt.definition.shape)
+        else:
+            steps = [state.current_step]
+        if not steps:
+            return None
+        return policy.queued_since(store.reads.events(state.id), state.direction, steps)
 
     @staticmethod
     def _lanes(rt: Runtime | None, state: SagaState | None) -> list[str]:

@@ -10,6 +10,10 @@ with the order of first applications in ``fxorder:<run>``) and counts every raw 
 (chance that an attempt fails before its effect), ``max_sleep`` (seconds a step may take, after
 its effect, so a kill can land between effect and commit), ``hold`` ({step: seconds} the step
 sleeps after its effect, so a run with a shorter deadline expires with it in flight).
+
+A third saga, ``backlog`` (``flaky -> after``, no ledger), is the backlog case: a worker with one
+slot and runs whose first step fails on its first attempt and heals on its second, each body
+taking ``BACKLOG_BODY`` seconds, so retries wait behind the queue.
 """
 
 from __future__ import annotations
@@ -102,7 +106,36 @@ def _declare(saga: Saga, name: str, *, undo: bool, group: str | None = None) -> 
         step.compensate(act)
 
 
+#: How long each body of the backlog saga takes.
+BACKLOG_BODY = 0.1
+
+
+class Hiccup(Exception):
+    """The backlog saga's first step failing once (an ordinary exception: retried)."""
+
+
+def declare_backlog(*, app: Any, registry: Registry | None = None) -> Saga:
+    """The backlog saga on ``app``: ``flaky`` fails its first attempt and succeeds on its second;
+    ``after`` succeeds; each sleeps :data:`BACKLOG_BODY` first."""
+    saga = Saga("backlog", app=app, registry=registry)
+
+    @saga.step(name="flaky", max_retries=3, retry_backoff=0.05, retry_backoff_max=0.05)
+    def flaky(payload: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+        time.sleep(BACKLOG_BODY)
+        if ctx.attempt == 1:
+            raise Hiccup(f"{ctx.run_id} hiccup on attempt 1")
+        return {"flaky": ctx.attempt}
+
+    @saga.step(name="after")
+    def after(payload: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+        time.sleep(BACKLOG_BODY)
+        return {"after": ctx.attempt}
+
+    return saga
+
+
 app = create_app("chaos")
 declared = declare([int(v) for v in os.environ.get("CHAOS_VERSIONS", "1").split(",") if v], app=app)
 chaos = declared[min(declared)]
 grouped = declare_grouped(app=app)
+backlog = declare_backlog(app=app)

@@ -7,10 +7,15 @@ after its effect, so they expire mid-run whatever the timing: the step after it 
 only past the deadline, and a worker refuses to begin a forward step then.
 
 With TEST_STORE=cluster the store is a 3-master Redis Cluster of its own (AOF) and the Redis
-restart is a master's; the broker and the effects ledger stay on the plain Redis."""
+restart is a master's; the broker and the effects ledger stay on the plain Redis.
+
+The backlog case (:func:`run_backlog`) is apart: one worker with one slot, runs of the backlog
+saga (its first step fails once and heals) started at once, so every retry waits behind the
+queue; no resume without a death, and with one, exactly the resumes the death explains."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -24,18 +29,20 @@ from typing import Any, cast
 import redis
 
 from saga import SagaError, SagaState, Settings
-from saga.core import parse_iso
+from saga.core import parse_iso, policy
 from saga.registry import default_registry
 from saga.testing import (
     RedisCluster,
     RedisServer,
+    WorkerProcess,
     configured,
     process_children,
     start_worker_process,
     stop_process_group,
+    wait_for,
     worker_env,
 )
-from tests.chaos.app import GROUP_STAGES, GROUP_UNDOABLE, STEPS, UNDOABLE, app, chaos, declare, grouped
+from tests.chaos.app import GROUP_STAGES, GROUP_UNDOABLE, STEPS, UNDOABLE, app, backlog, chaos, declare, grouped
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -402,3 +409,107 @@ def _check_linear(run_id: str, state: SagaState, order: list[str], expired: bool
     if running and undo[:1] == [f"compensation:{running}"] and running not in committed:
         expected_undo.insert(0, f"compensation:{running}")
     assert undo == expected_undo, f"{run_id}: compensations {undo}, expected {expected_undo}"
+
+
+@dataclass
+class Backlog:
+    """What the backlog case saw: runs, retries, and resumes by run and reason; with a death, the
+    attempt that was running when its worker was killed and the runs whose messages it held."""
+
+    runs: int = 0
+    retries: int = 0
+    seconds: float = 0.0
+    #: run id -> the reasons of its resumes
+    resumed: dict[str, list[str]] = field(default_factory=dict)
+    #: the run whose attempt was running at the kill ('' when the kill fell between two bodies)
+    killed_attempt: str = ""
+    #: runs with a message the killed worker had taken and not acknowledged (prefetched, a
+    #: retry's countdown, the running attempt's): lost with it, until visibility_timeout
+    held: set[str] = field(default_factory=set)
+
+    def causes(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for reasons in self.resumed.values():
+            for reason in reasons:
+                cause = policy.resume_cause(reason)
+                counts[cause] = counts.get(cause, 0) + 1
+        return counts
+
+    def report(self, what: str) -> str:
+        death = (
+            f"; killed attempt: {'1' if self.killed_attempt else 'none'}, runs with a message the dead worker held: "
+            f"{len(self.held)}"
+            if self.held or self.killed_attempt
+            else ""
+        )
+        return (
+            f"backlog {what}: {self.runs} runs on one slot, {self.retries} retries, drained in {self.seconds:.1f}s; "
+            f"{sum(map(len, self.resumed.values()))} resumes over {len(self.resumed)} runs {self.causes()}{death}"
+        )
+
+
+#: The backlog case's timing: a short lease and watchdog interval (a retry waits in the queue far
+#: longer than a lease), and a dispatch timeout longer than the whole backlog takes to drain.
+BACKLOG_LEASE = 1.0
+BACKLOG_DISPATCH_TIMEOUT = 20.0
+
+
+def run_backlog(runs: int, *, kill: bool) -> Backlog:
+    """Start ``runs`` runs of the backlog saga at once on one worker with one slot; with
+    ``kill``, SIGKILL that worker once a third of them completed (while an attempt runs) and
+    start another. Waits for every run to complete and returns what it saw."""
+    with RedisServer() as server:
+        settings = Settings(
+            redis_url=server.url,
+            broker_url=server.url,
+            lease_seconds=BACKLOG_LEASE,
+            watchdog_interval=0.2,
+            dispatch_timeout=BACKLOG_DISPATCH_TIMEOUT,
+            metrics_port=0,
+        )
+        log = Path(server.dir) / "backlog.log"
+        worker = WorkerProcess("tests.chaos.app", settings, name="backlog", concurrency=1, cwd=ROOT, log=log)
+        figures = Backlog(runs=runs)
+        with configured(default_registry(), settings, app), worker:
+            t0 = time.monotonic()
+            run_ids = [backlog.start({"n": n}) for n in range(runs)]
+            if kill:
+                _kill_mid_backlog(worker, run_ids, server.url, figures)
+            for run_id in run_ids:
+                state = backlog.wait(run_id, timeout=120 + BACKLOG_DISPATCH_TIMEOUT)
+                assert state.status.value == "completed", f"{run_id} ended {state.status.value}"
+            figures.seconds = time.monotonic() - t0
+            for run_id in run_ids:
+                events = backlog.events(run_id)
+                assert backlog.rebuild(run_id) == backlog.get(run_id), f"{run_id}: rebuild differs"
+                figures.retries += sum(e["type"] == "step.retrying" for e in events)
+                reasons = [str(e["reason"]) for e in events if e["type"] == "saga.resumed"]
+                if reasons:
+                    figures.resumed[run_id] = reasons
+        return figures
+
+
+def _kill_mid_backlog(worker: WorkerProcess, run_ids: list[str], broker_url: str, figures: Backlog) -> None:
+    """SIGKILL the worker while an attempt runs, a third of the way through the backlog, then
+    note which attempt it was running and which runs' messages it held, and start another."""
+
+    def running() -> bool:
+        done = sum(backlog.get(run_id).status.value == "completed" for run_id in run_ids)
+        return done >= len(run_ids) // 3 and any(_running(run_id) for run_id in run_ids)
+
+    wait_for(running, timeout=60, what="a third of the backlog done, an attempt running")
+    worker.kill()  # SIGKILL, then wait until the broker dropped its connections
+    figures.killed_attempt = next((run_id for run_id in run_ids if _running(run_id)), "")
+    with redis.Redis.from_url(broker_url, decode_responses=True) as broker:
+        # acks are late: every message the worker had taken is still in kombu's unacked hash
+        for raw in broker.hvals("unacked"):
+            message = json.loads(raw)[0]
+            figures.held.add(message["headers"]["root_id"])  # a run's tasks have its id as root id
+    worker.start()
+
+
+def _running(run_id: str) -> bool:
+    """Whether the last thing that happened at the run's cursor is an attempt that began (and
+    has neither committed nor scheduled a retry)."""
+    events = backlog.events(run_id)
+    return bool(events) and events[-1]["type"] == "step.started"
