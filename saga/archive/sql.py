@@ -17,7 +17,6 @@ SQLAlchemy; only this module and the migrations import Alembic.
 from __future__ import annotations
 
 import json
-import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -42,6 +41,7 @@ from ..errors import (
     SettingsError,
     cut,
 )
+from ..settings import redact
 from . import tables as t
 from .rows import (
     ArchivedRun,
@@ -100,7 +100,7 @@ class Archive:
     @property
     def url_for_humans(self) -> str:
         """The archive's URL with any password masked."""
-        return self._url.render_as_string(hide_password=True)
+        return redact(self._url.render_as_string(hide_password=True))
 
     # --- schema -------------------------------------------------------------------------------
 
@@ -310,11 +310,11 @@ def _parse(url: str) -> URL:
     try:
         parsed = make_url(url)
     except (sa_exc.ArgumentError, ValueError):
-        shown = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+        shown = redact(url)
         raise SettingsError(f"SAGA_ARCHIVE_URL {cut(shown, 80)!r} is not a database URL: {_USE}") from None
     driver = _DRIVERS.get(parsed.drivername)
     if driver is None:
-        shown = parsed.render_as_string(hide_password=True)
+        shown = redact(parsed.render_as_string(hide_password=True))
         raise SettingsError(
             f"SAGA_ARCHIVE_URL {cut(shown, 80)!r} names {parsed.drivername}, not a database the archive runs on: {_USE}"
         )
