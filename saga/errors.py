@@ -40,11 +40,30 @@ from __future__ import annotations
 CUT = 200
 
 
+#: What :func:`visible` writes for each character a terminal or a log reader would act on: the
+#: C0 controls (``\n``, ``\r``, ``\t``, ``\x1b`` ...), DEL and the C1 controls, the Unicode line
+#: and paragraph separators, and the bidirectional overrides and isolates.
+_CONTROLS: dict[int, str] = {
+    **{c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))},
+    ord("\t"): "\\t",
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    **{c: f"\\u{c:04x}" for c in (0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))},
+}
+
+
+def visible(text: str) -> str:
+    """``text`` with every control character written as its escape (ESC as ``\\x1b``, a line
+    feed as ``\\n``): untrusted text that cannot clear a terminal, recolour it, or start a line
+    of its own in a log or a listing. Other characters are kept."""
+    return text.translate(_CONTROLS)
+
+
 def cut(value: object, limit: int = CUT) -> str:
     """``value`` as text of at most ``limit`` characters (``…`` marks a cut), safe to log: lone
-    surrogates are escaped."""
+    surrogates and control characters are escaped (:func:`visible`)."""
     text = value if isinstance(value, str) else repr(value)
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = visible(text.encode("utf-8", "backslashreplace").decode("utf-8"))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

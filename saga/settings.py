@@ -11,6 +11,7 @@ import importlib.util
 import os
 import re
 from collections.abc import Mapping
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -49,6 +50,52 @@ def memory_name(url: str) -> str:
     if not is_memory_url(url) or not _MEMORY_NAME.match(name):
         raise SettingsError(f"{url!r} is not a memory URL: use memory:// or memory://<name> (letters, digits, _ . -)")
     return name
+
+
+#: Query parameters of a URL whose value is a secret: a name that contains one of these words.
+_SECRET_PARAMS = ("pass", "secret", "token", "key")
+#: The schemes ``SAGA_REDIS_URL`` takes (besides ``memory://``), and the form it is written in.
+REDIS_SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster", "unix")
+_USERINFO_TEXT = re.compile(r"(://[^:/@]*:)[^@]*@")
+_SECRET_QUERY_TEXT = re.compile(r"(?i)([?&][^=&#]*(?:pass|secret|token|key)[^=&#]*=)[^&#]*")
+BROKER_URL_FORM = "redis://[[user]:password@]host[:port][/db] or amqp://user:password@host[:port]/vhost"
+REDIS_URL_FORM = "redis://[[user]:password@]host[:port][/db] (or rediss://, redis+cluster://, unix://, memory://)"
+
+
+def redact(url: str) -> str:
+    """``url`` with its secrets hidden, for messages and logs: the password of its userinfo, and
+    the value of every query parameter whose name contains pass, secret, token or key (``***``).
+    Never raises: a URL that does not parse (a port that is not a number) is redacted as text."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return _SECRET_QUERY_TEXT.sub(r"\1***", _USERINFO_TEXT.sub(r"\1***@", url))
+    netloc = parts.netloc
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
+    query = "&".join(_redacted_param(param) for param in parts.query.split("&")) if parts.query else ""
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _redacted_param(param: str) -> str:
+    name, eq, _ = param.partition("=")
+    return f"{name}=***" if eq and any(word in unquote(name).lower() for word in _SECRET_PARAMS) else param
+
+
+def url_problem(url: str) -> str | None:
+    """What keeps ``url`` from being read as a URL (a port that is not a number from 0 to 65535,
+    an unbalanced ``[`` of an IPv6 host), or None."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        return str(exc).rstrip(".")
+    try:
+        parts.port  # noqa: B018 (parsing the port is the check)
+    except ValueError:
+        port = parts.netloc.rpartition("@")[2].rpartition(":")[2]
+        return f"its port {port[:20]!r} is not a number from 0 to 65535"
+    return None
 
 
 class Settings(BaseModel):
@@ -122,6 +169,20 @@ class Settings(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _urls_parse(self) -> Settings:
+        for name, url in (("SAGA_REDIS_URL", self.redis_url), ("SAGA_BROKER_URL", self.broker_url)):
+            if is_memory_url(url) or (name == "SAGA_BROKER_URL" and url == self.redis_url):
+                continue
+            problem = url_problem(url)
+            scheme, sep, _ = url.partition("://")
+            if problem is None and name == "SAGA_REDIS_URL" and (not sep or scheme.lower() not in REDIS_SCHEMES):
+                problem = f"the scheme is {scheme!r}" if sep else "it has no scheme"
+            if problem is not None:
+                what, form = ("a Redis URL", REDIS_URL_FORM) if name == "SAGA_REDIS_URL" else ("a URL", BROKER_URL_FORM)
+                raise ValueError(f"{name} {redact(url)!r} is not {what}: {problem}; use {form}")
+        return self
+
+    @model_validator(mode="after")
     def _archive_extra_installed(self) -> Settings:
         if self.archive_url:
             missing = [name for name in ARCHIVE_LIBRARIES if importlib.util.find_spec(name) is None]
@@ -165,7 +226,9 @@ class Settings(BaseModel):
             field = ENV_PREFIX + str(first["loc"][0]).upper() if first["loc"] else "SAGA_*"
             if first["type"] == "extra_forbidden":
                 raise SettingsError(f"{field} is not a known setting; see README 'Settings'") from None
-            raise SettingsError(f"{field}: {first['msg']} (got {first.get('input')!r})") from None
+            given = first.get("input")
+            shown = redact(given) if field.endswith("_URL") and isinstance(given, str) else given
+            raise SettingsError(f"{field}: {first['msg']} (got {shown!r})") from None
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``SAGA_*`` variables, for a worker or CLI subprocess:

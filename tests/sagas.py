@@ -4,7 +4,8 @@ Every body appends ``"<direction>:<step>"`` to the list ``ledger:<run id>`` (raw
 applies its effect once per idempotency key (``effects:<run id>``), like a real payment API.
 Behaviour is driven by payload flags:
 
-- ``fail_at``: step name that raises PermanentError
+- ``fail_at``: step name that raises PermanentError (with the message ``fail_message`` if given,
+  e.g. text a downstream service echoed)
 - ``reject_at``: step name that raises Rejected (an expected business outcome)
 - ``flaky``: {step: N} -> that step raises a transient error on its first N attempts
 - ``fail_compensation``: step whose compensation always raises
@@ -58,7 +59,7 @@ def _body(payload: dict[str, Any], ctx: StepContext) -> None:
             key = gate.replace("{attempt}", str(ctx.attempt))
             any(c.blpop([key], timeout=5) for _ in range(12))
         if payload.get("fail_at") == ctx.step:
-            raise PermanentError(f"{ctx.step} refused")
+            raise PermanentError(str(payload.get("fail_message", f"{ctx.step} refused")))
         if payload.get("reject_at") == ctx.step:
             raise Rejected("insufficient funds")
         if ctx.attempt <= int(payload.get("flaky", {}).get(ctx.step, 0)):

@@ -505,3 +505,28 @@ def test_a_tag_listing_scans_the_tag_index_in_order_on_sqlite(tmp_path: Path) ->
     engine.dispose()
     assert "USING COVERING INDEX ix_saga_run_tags_lookup (key=? AND value=?" in plan[0], plan
     assert not any("TEMP B-TREE" in step or step.startswith("SCAN") for step in plan), plan
+
+
+def test_a_new_sqlite_archive_and_its_companion_files_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+    # Given the usual umask (files world-readable by default)
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "runs.db"
+        archive = Archive(f"sqlite:///{path}")
+        archive.upgrade()
+        archive.run_count()
+        # Then the database and every file SQLite made beside it are 0600
+        made = [p for p in tmp_path.iterdir() if p.name.startswith("runs.db")]
+        assert path in made and any(p.name.endswith("-wal") for p in made)
+        assert {p.name: os.stat(p).st_mode & 0o777 for p in made} == {p.name: 0o600 for p in made}
+        archive.dispose()
+        # and an existing file's mode is left as it is (never loosened, never changed)
+        kept = tmp_path / "kept.db"
+        kept.touch(mode=0o640)
+        os.chmod(kept, 0o640)
+        other = Archive(f"sqlite:///{kept}")
+        other.upgrade()
+        assert os.stat(kept).st_mode & 0o777 == 0o640
+        other.dispose()
+    finally:
+        os.umask(old)

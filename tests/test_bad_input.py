@@ -3,6 +3,7 @@ failures after the body counted as attempts (never a loop), and a fuzz test over
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -49,6 +50,41 @@ def test_start_refuses_a_hostile_payload_before_anything_is_written(
     with pytest.raises(InvalidPayload, match=re.escape(rule)):
         trip.start(payload, key=f"hostile-{uuid.uuid4()}")
     assert redis_client.dbsize() == keys
+
+
+@pytest.mark.parametrize(
+    "deadline",
+    [
+        1e20,
+        pytest.param(10**400, id="10**400"),
+        float("inf"),
+        float("-inf"),
+        float("nan"),
+        -1,
+        0,
+        0.0,
+        True,
+        "60",
+        [60],
+    ],
+)
+def test_start_refuses_a_deadline_out_of_range_in_one_line_saying_the_range(
+    deadline: object, redis_client: Client
+) -> None:
+    keys = redis_client.dbsize()
+    with pytest.raises(InvalidPayload) as refused:
+        trip.start({}, key=f"deadline-{uuid.uuid4()}", deadline=deadline)  # type: ignore[arg-type]
+    message = str(refused.value)
+    assert "more than 0 and at most 3153600000 (100 years)" in message and "\n" not in message
+    assert redis_client.dbsize() == keys
+    # the same for the asyncio start
+    with pytest.raises(InvalidPayload, match=re.escape("at most 3153600000")):
+        asyncio.run(trip.start_async({}, deadline=deadline))  # type: ignore[arg-type]
+
+
+def test_a_deadline_of_up_to_100_years_is_taken() -> None:
+    run_id = trip.start({}, deadline=3153600000)
+    assert trip.wait(run_id, timeout=30).status is Status.COMPLETED
 
 
 @pytest.mark.parametrize(

@@ -302,6 +302,29 @@ def test_an_unreachable_redis_is_one_line_exit_4_and_quick(command: list[str]) -
     assert "cannot reach Redis at redis://127.0.0.1:1/0" in assert_one_line_error(out, EXIT_UNAVAILABLE)
 
 
+def test_a_secret_in_the_query_string_of_the_redis_url_never_shows() -> None:
+    out = saga("--redis-url", f"{UNREACHABLE}?password=TOPSECRET", "list")
+    line = assert_one_line_error(out, EXIT_UNAVAILABLE)
+    assert "TOPSECRET" not in out.stderr and f"{UNREACHABLE}?password=***" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "variable"),
+    [
+        (["--redis-url", "redis://:TOPSECRET@127.0.0.1:abc/0"], {}, "SAGA_REDIS_URL"),
+        ([], {"SAGA_REDIS_URL": "redis://127.0.0.1:abc/0?password=TOPSECRET"}, "SAGA_REDIS_URL"),
+        ([], {"SAGA_BROKER_URL": "redis://u:TOPSECRET@127.0.0.1:abc/0"}, "SAGA_BROKER_URL"),
+    ],
+)
+def test_a_url_with_a_port_that_is_not_a_number_is_refused_in_one_line_naming_the_setting(
+    args: list[str], env: dict[str, str], variable: str
+) -> None:
+    out = saga(*args, "list", env=env)
+    line = assert_one_line_error(out, EXIT_REFUSED)
+    assert line.startswith(f"error: {variable} ") and "is not a number" in line and "use redis://" in line
+    assert "unexpected" not in line and "TOPSECRET" not in out.stderr
+
+
 def test_an_unexpected_error_is_one_line_unless_debug(redis_client: Client) -> None:
     # Given a snapshot that is not JSON at all
     run_id = f"garbled-{uuid.uuid4()}"

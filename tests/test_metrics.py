@@ -4,6 +4,7 @@ stuck-run gauge over a real Redis; the endpoint's basic auth over real HTTP."""
 from __future__ import annotations
 
 import base64
+import logging
 import socket
 import time
 import urllib.error
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from saga import Settings, Status
+from saga import Settings, SettingsError, Status
 from saga.engine import metrics, stuck_seconds
 from saga.registry import Registry, default_registry
 from saga.testing import (
@@ -87,6 +88,7 @@ def test_the_stuck_gauge_reads_how_far_past_its_deadline_the_most_overdue_run_is
 def test_the_endpoint_answers_only_with_its_credentials(tmp_path: Path) -> None:
     secret = tmp_path / "metrics_password"
     secret.write_text("s3cret: with a colon\n")  # the trailing newline is dropped, as Prometheus does
+    secret.chmod(0o600)
     registry = CollectorRegistry()
     registry.register(metrics.StoreGauges({"saga_dead_letters": lambda: 7, "saga_stuck_run_seconds": lambda: 1.5}))
     port = free_port()
@@ -120,6 +122,7 @@ def test_the_endpoint_answers_only_with_its_credentials(tmp_path: Path) -> None:
 def test_serve_refuses_a_missing_or_empty_password_file_without_opening_the_port(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.write_text("\n")
+    empty.chmod(0o600)
     port = free_port()
     assert not metrics.serve(port, {}, user="prom", password_file=str(tmp_path / "missing"))
     assert not metrics.serve(port, {}, user="prom", password_file=str(empty))
@@ -131,3 +134,25 @@ def test_serve_refuses_a_missing_or_empty_password_file_without_opening_the_port
 def test_only_known_gauges_can_be_read_at_scrape_time() -> None:
     with pytest.raises(ValueError, match="not one of the store gauges"):
         metrics.read_at_scrape("saga_made_up", lambda: 1.0)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_serve_refuses_a_password_file_others_can_read_without_opening_the_port(
+    tmp_path: Path, mode: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = tmp_path / "metrics_password"
+    secret.write_text("s3cret\n")
+    secret.chmod(mode)
+    port = free_port()
+    with caplog.at_level(logging.ERROR, logger=metrics.logger.name):
+        assert not metrics.serve(port, {}, user="prom", password_file=str(secret))
+    [line] = [r.getMessage() for r in caplog.records if r.name == metrics.logger.name]
+    assert f"SAGA_METRICS_PASSWORD_FILE {secret} is readable by" in line and "chmod 600" in line
+    assert "s3cret" not in line
+    with pytest.raises(SettingsError, match="chmod 600"):
+        metrics.BasicAuth.from_file("prom", str(secret))
+    with socket.create_server(("127.0.0.1", port)):  # still free: nothing was served
+        pass
+    # once the file is its owner's alone, it serves
+    secret.chmod(0o600)
+    assert metrics.BasicAuth.from_file("prom", str(secret)) == metrics.BasicAuth("prom", "s3cret")

@@ -17,7 +17,7 @@ SQLAlchemy; only this module and the migrations import Alembic.
 from __future__ import annotations
 
 import json
-import re
+import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -42,6 +42,7 @@ from ..errors import (
     SettingsError,
     cut,
 )
+from ..settings import redact
 from . import tables as t
 from .rows import (
     ArchivedRun,
@@ -100,7 +101,7 @@ class Archive:
     @property
     def url_for_humans(self) -> str:
         """The archive's URL with any password masked."""
-        return self._url.render_as_string(hide_password=True)
+        return redact(self._url.render_as_string(hide_password=True))
 
     # --- schema -------------------------------------------------------------------------------
 
@@ -310,11 +311,11 @@ def _parse(url: str) -> URL:
     try:
         parsed = make_url(url)
     except (sa_exc.ArgumentError, ValueError):
-        shown = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+        shown = redact(url)
         raise SettingsError(f"SAGA_ARCHIVE_URL {cut(shown, 80)!r} is not a database URL: {_USE}") from None
     driver = _DRIVERS.get(parsed.drivername)
     if driver is None:
-        shown = parsed.render_as_string(hide_password=True)
+        shown = redact(parsed.render_as_string(hide_password=True))
         raise SettingsError(
             f"SAGA_ARCHIVE_URL {cut(shown, 80)!r} names {parsed.drivername}, not a database the archive runs on: {_USE}"
         )
@@ -330,6 +331,7 @@ def _engine(url: URL) -> Engine:
     to 15 s for a lock; PostgreSQL giving up on a connection after 5 s, pinging pooled ones."""
     if url.get_backend_name() != "sqlite":
         return sa.create_engine(url, json_serializer=_json, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+    _create_private(url)
     engine = sa.create_engine(url, json_serializer=_json, connect_args={"timeout": 15})
 
     @sa.event.listens_for(engine, "connect")
@@ -339,6 +341,20 @@ def _engine(url: URL) -> Engine:
         cursor.close()
 
     return engine
+
+
+def _create_private(url: URL) -> None:
+    """Create the file of an SQLite archive that does not exist yet readable by its owner only
+    (0600: every payload and tag is in it); SQLite creates its ``-wal``, ``-shm`` and ``-journal``
+    files with the database file's mode. An existing file is left as it is, and a file that
+    cannot be created is left for SQLite to report."""
+    path = url.database or ""
+    if path in ("", ":memory:") or path.startswith("file:") or url.query.get("uri"):
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError:
+        return
 
 
 def _alembic_config() -> Config:

@@ -32,6 +32,7 @@ the workers.
 
 from __future__ import annotations
 
+import sys
 import traceback
 from collections.abc import Iterable
 from typing import Any
@@ -39,7 +40,7 @@ from typing import Any
 import click
 from click.exceptions import NoArgsIsHelpError
 
-from ..errors import SagaError
+from ..errors import SagaError, visible
 from ..registry import Registry
 from ..settings import DEFAULT_REDIS_URL
 from .act import cancel, compensate, dlq, resume
@@ -100,8 +101,12 @@ class _SagaGroup(click.Group):
     @staticmethod
     def _show_traceback(ctx: click.Context) -> bool:
         debug = isinstance(ctx.obj, Operator) and ctx.obj.debug
-        if debug:
-            click.echo(traceback.format_exc(), err=True, nl=False)
+        exc = sys.exc_info()[1]
+        if debug and exc is not None:
+            # the frames, then the error on one line: its message may carry untrusted text
+            frames = "".join(traceback.format_tb(exc.__traceback__)).splitlines()
+            lines = ["Traceback (most recent call last):", *frames, f"{type(exc).__name__}: {exc}"]
+            click.echo("".join(f"{visible(line)}\n" for line in lines), err=True, nl=False)
         return debug
 
 

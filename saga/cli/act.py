@@ -6,6 +6,7 @@ import click
 
 from ..control import runs as control
 from ..core import SagaState, Status
+from ..errors import visible
 from ..registry import Registry
 from . import render as cli_render
 from .common import Operator, echo_json, json_option
@@ -23,7 +24,9 @@ def resume(op: Operator, run: str, reason: str, as_json: bool) -> None:
     if as_json:
         echo_json(state.to_dict())
     else:
-        click.echo(f"run {run} resumed: {state.status.value} at step {state.current_step}, version {state.version}")
+        click.echo(
+            f"run {visible(run)} resumed: {state.status.value} at step {state.current_step}, version {state.version}"
+        )
 
 
 @click.command()
@@ -53,10 +56,12 @@ def cancel(op: Operator, run: str, reason: str, as_json: bool) -> None:
             }
         )
     elif took_effect:
-        click.echo(f"run {run} cancelled: {state.status.value} (version {state.version})")
+        click.echo(f"run {visible(run)} cancelled: {state.status.value} (version {state.version})")
     else:
         steps = ", ".join(waits_for) or "the step running now"
-        click.echo(f"run {run}: cancel requested; it takes effect when {steps} ends (or within a lease if it hangs)")
+        click.echo(
+            f"run {visible(run)}: cancel requested; it takes effect when {steps} ends (or within a lease if it hangs)"
+        )
 
 
 def _running_steps(registry: Registry, state: SagaState) -> list[str]:
@@ -84,7 +89,7 @@ def compensate(op: Operator, run: str, reason: str, as_json: bool) -> None:
     if as_json:
         echo_json(state.to_dict())
     else:
-        click.echo(f"run {run} compensating: {state.status.value} (version {state.version})")
+        click.echo(f"run {visible(run)} compensating: {state.status.value} (version {state.version})")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -117,9 +122,12 @@ def dlq_retry(op: Operator, entry: str, as_json: bool) -> None:
     if as_json:
         echo_json({"entry_id": entry, "run_id": run_id, "new_run": run_id != old_run})
     elif run_id != old_run:
-        click.echo(f"entry {entry} retried: started run {run_id} with the original input of run {old_run}")
+        click.echo(
+            f"entry {visible(entry)} retried: started run {visible(run_id)} "
+            f"with the original input of run {visible(old_run)}"
+        )
     else:
-        click.echo(f"entry {entry} retried: run {run_id} compensates again")
+        click.echo(f"entry {visible(entry)} retried: run {visible(run_id)} compensates again")
 
 
 @dlq.command("drop")
@@ -133,4 +141,4 @@ def dlq_drop(op: Operator, entry: str, reason: str, as_json: bool) -> None:
     if as_json:
         echo_json({"entry_id": entry, "dropped": True, "reason": reason})
     else:
-        click.echo(f"dropped entry {entry}")
+        click.echo(f"dropped entry {visible(entry)}")

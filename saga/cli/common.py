@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 
 import click
 
-from ..errors import ArchiveUnavailable, EntryNotFound, RunNotFound, SagaError, StoreUnavailable
+from ..errors import ArchiveUnavailable, EntryNotFound, RunNotFound, SagaError, StoreUnavailable, visible
 from ..registry import Registry, default_registry
 from ..settings import Settings
 
@@ -123,12 +123,14 @@ def exit_code_for(exc: BaseException) -> int:
 
 
 def one_line(text: str) -> str:
-    """``text`` with its line breaks and runs of spaces folded to single spaces."""
-    return " ".join(text.split())
+    """``text`` with its line breaks and runs of spaces folded to single spaces, and every other
+    control character escaped (``\\x1b``: :func:`~saga.errors.visible`): safe for a terminal."""
+    return visible(" ".join(text.split()))
 
 
 def fail(message: str, code: int) -> NoReturn:
-    """End the command: ``error: <message>`` on one line of stderr, exit status ``code``."""
+    """End the command: ``error: <message>`` on one line of stderr (control characters
+    escaped), exit status ``code``."""
     click.echo(f"error: {one_line(message)}", err=True)
     raise click.exceptions.Exit(code)
 

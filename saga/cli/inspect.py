@@ -270,11 +270,13 @@ def verify(op: Operator, run: str, as_json: bool) -> None:
     if as_json:
         echo_json({"run_id": run, "ok": not problems, "problems": problems})
     elif problems:
-        click.echo(f"run {run} does not verify:")
+        click.echo(f"run {one_line(run)} does not verify:")
         for p in problems:
             click.echo(f"  - {one_line(p)}")
     else:
-        click.echo(f"ok: run {run} verifies (rebuilt from its events = stored state; every checkpoint hash matches)")
+        click.echo(
+            f"ok: run {one_line(run)} verifies (rebuilt from its events = stored state; every checkpoint hash matches)"
+        )
     if problems:
         raise click.exceptions.Exit(EXIT_FAILED_CHECK)
 

@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..core import Event, SagaState, Status
+from ..errors import visible
 
 #: Line width when stdout is not a terminal (and ``COLUMNS`` is not set): wide enough that a
 #: table row stays on one line, for grep and awk.
@@ -45,14 +46,20 @@ def _table(*columns: str) -> Table:
     return table
 
 
+def shown(value: object) -> str:
+    """Untrusted text for a rich table or line: its control characters escaped (ESC as ``\\x1b``,
+    a line feed as ``\\n``: :func:`~saga.errors.visible`) and its rich markup taken literally."""
+    return escape(visible(str(value)))
+
+
 def _compact(value: Any, limit: int = 80) -> str:
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    text = visible(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _when(at: str, precision: int = 19) -> str:
     """An ISO-8601 time as ``YYYY-MM-DD HH:MM:SS`` (19) or with milliseconds (23)."""
-    return at[:precision].replace("T", " ") if at else "-"
+    return shown(at[:precision].replace("T", " ")) if at else "-"
 
 
 def _status(status: Status) -> str:
@@ -107,7 +114,7 @@ def _changes_text(changes: Mapping[str, Mapping[str, Any]]) -> str:
     lines = [f"+ {k} = {_compact(v, 60)}" for k, v in changes["added"].items()]
     lines += [f"- {k} (was {_compact(v, 60)})" for k, v in changes["removed"].items()]
     lines += [f"~ {k}: {_compact(v['old'], 30)} -> {_compact(v['new'], 30)}" for k, v in changes["changed"].items()]
-    return escape("\n".join(lines)) if lines else "[dim]no change[/]"
+    return "\n".join(shown(line) for line in lines) if lines else "[dim]no change[/]"
 
 
 def _event_details(event: Mapping[str, Any]) -> str:
@@ -127,7 +134,7 @@ def _event_details(event: Mapping[str, Any]) -> str:
         else:
             text = _compact(value)
         parts.append(f"{key}={text}")
-    return escape(" ".join(parts))
+    return shown(" ".join(parts))
 
 
 def print_runs(runs: Sequence[SagaState], parked: Mapping[str, str] | None = None, more: str = "") -> None:
@@ -142,22 +149,22 @@ def print_runs(runs: Sequence[SagaState], parked: Mapping[str, str] | None = Non
     for s in runs:
         last = s.checkpoints[-1].name if s.checkpoints else "-"
         row = [
-            s.id,
-            escape(s.saga),
+            shown(s.id),
+            shown(s.saga),
             str(s.definition_version),
             _status(s.status),
             str(s.current_step),
             str(s.version),
             _when(s.updated_at),
-            escape(last),
-            escape(error_text(s)),
+            shown(last),
+            shown(error_text(s)),
         ]
         if parked is not None:
-            row.append(escape(parked.get(s.id, "")))
+            row.append(shown(parked.get(s.id, "")))
         table.add_row(*row)
     out.print(table)
     if more:
-        out.print(f"more runs: saga list --cursor {more} (with the same filters)", markup=False)
+        out.print(visible(f"more runs: saga list --cursor {more} (with the same filters)"), markup=False)
 
 
 def print_stats(rows: Sequence[Mapping[str, Any]]) -> None:
@@ -170,7 +177,7 @@ def print_stats(rows: Sequence[Mapping[str, Any]]) -> None:
     table = _table("saga", "version", *statuses, "parked", "unfinished")
     for row in rows:
         counts = [str(row[k]) for k in (*statuses, "parked", "unfinished")]
-        table.add_row(escape(str(row["saga"])), str(row["version"]), *counts)
+        table.add_row(shown(str(row["saga"])), str(row["version"]), *counts)
     out.print(table)
 
 
@@ -182,7 +189,7 @@ def print_failing_steps(steps: Sequence[tuple[str, str, int]]) -> None:
         return
     table = _table("saga", "failing step", "runs")
     for saga, step, n in steps:
-        table.add_row(escape(saga), escape(step), str(n))
+        table.add_row(shown(saga), shown(step), str(n))
     out.print(table)
 
 
@@ -195,18 +202,18 @@ def print_archived_runs(runs: Sequence[Any], more: str | None) -> None:
     table = _table("run", "saga", "version", "status", "step", "failed step", "tags", "started")
     for r in runs:
         table.add_row(
-            r.run_id,
-            escape(r.saga),
+            shown(r.run_id),
+            shown(r.saga),
             str(r.definition_version),
             _status(Status(r.status)),
             str(r.current_step),
-            escape(r.failed_step or "-"),
-            escape(" ".join(f"{k}={v}" for k, v in sorted(r.tags.items())) or "-"),
+            shown(r.failed_step or "-"),
+            shown(" ".join(f"{k}={v}" for k, v in sorted(r.tags.items())) or "-"),
             _when(r.created_at),
         )
     out.print(table)
     if more:
-        out.print(f"more runs: saga list --cursor {more} (with the same filters)", markup=False)
+        out.print(visible(f"more runs: saga list --cursor {more} (with the same filters)"), markup=False)
 
 
 def print_feed_status(rows: Sequence[Any], parked: Sequence[Mapping[str, Any]]) -> None:
@@ -220,7 +227,7 @@ def print_feed_status(rows: Sequence[Any], parked: Sequence[Mapping[str, Any]]) 
     lag = max((r.oldest_age_seconds for r in rows), default=0.0)
     out.print(f"{waiting} feed entries waiting; the oldest is {lag:.1f} s old", markup=False)
     for p in parked:
-        out.print(f"parked: run {p.get('run_id') or '?'} entry {p.get('id')}: {p.get('reason')}", markup=False)
+        out.print(visible(f"parked: run {p.get('run_id') or '?'} entry {p.get('id')}: {p.get('reason')}"), markup=False)
 
 
 def print_state(state: SagaState, latest_version: int, flower: Mapping[str, str] | None = None) -> None:
@@ -232,30 +239,32 @@ def print_state(state: SagaState, latest_version: int, flower: Mapping[str, str]
     grid.add_column()
     which = "latest" if state.version == latest_version else f"latest is {latest_version}"
     rows = (
-        ("run", state.id),
-        ("saga", escape(state.saga)),
+        ("run", shown(state.id)),
+        ("saga", shown(state.saga)),
         ("status", _status(state.status)),
         ("version", f"{state.version} ({which})"),
         ("current step", str(state.current_step)),
         ("created", _when(state.created_at, 23)),
         ("updated", _when(state.updated_at, 23)),
-        ("error", escape(error_text(state, attempts=True)) or "-"),
+        ("error", shown(error_text(state, attempts=True)) or "-"),
     )
     for label, value in rows:
         grid.add_row(label, value)
     if flower:
-        grid.add_row("flower", escape(f"{flower['first_task']}  (the run's first task)"))
-        grid.add_row("", escape(f"{flower['tasks']}  (search: {flower['search']})"))
+        grid.add_row("flower", shown(f"{flower['first_task']}  (the run's first task)"))
+        grid.add_row("", shown(f"{flower['tasks']}  (search: {flower['search']})"))
     out.print(grid)
     out.print("\n[bold]payload[/]")
-    out.print(json.dumps(state.payload, indent=2, sort_keys=True, ensure_ascii=False), markup=False)
+    # JSON writes a string's line breaks as \n already; its structure's line breaks stay
+    text = json.dumps(state.payload, indent=2, sort_keys=True, ensure_ascii=False)
+    out.print("\n".join(visible(line) for line in text.split("\n")), markup=False)
     out.print("\n[bold]checkpoints[/]")
     if not state.checkpoints:
         out.print("none")
         return
     table = _table("step", "name", "committed", "payload hash")
     for c in state.checkpoints:
-        table.add_row(str(c.step), escape(c.name), _when(c.at, 23), c.hash)
+        table.add_row(str(c.step), shown(c.name), _when(c.at, 23), shown(c.hash))
     out.print(table)
 
 
@@ -281,8 +290,8 @@ def print_events(log: Sequence[Event]) -> None:
         table.add_row(
             str(e.get("version", "")),
             _when(e.get("at", ""), 23),
-            escape(str(e.get("type", ""))),
-            escape(step),
+            shown(str(e.get("type", ""))),
+            shown(step),
             _event_details(e),
         )
     console().print(table)
@@ -295,8 +304,8 @@ def event_line(event: Mapping[str, Any], saga: str) -> str:
     step = f" {event['step']} {event.get('name', '')}".rstrip() if "step" in event else ""
     details = _event_details(event)
     return (
-        f"{_when(str(event.get('at', '')), 23)}  {escape(run_id[:8])}  {escape(saga)}  "
-        f"v{event.get('version', '?')}  {escape(str(event.get('type', '')))}{escape(step)}"
+        f"{_when(str(event.get('at', '')), 23)}  {shown(run_id[:8])}  {shown(saga)}  "
+        f"v{event.get('version', '?')}  {shown(str(event.get('type', '')))}{shown(step)}"
         + (f"  {details}" if details else "")
     )
 
@@ -319,14 +328,14 @@ def print_dead_letters(entries: Sequence[Mapping[str, Any]], more: str = "") -> 
     table = _table("entry", "saga", "kind", "step", "error", "attempts", "at")
     for e in entries:
         table.add_row(
-            escape(str(e.get("id"))),
-            escape(str(e.get("saga"))),
-            escape(str(e.get("kind"))),
-            escape(str(e.get("step"))),
-            escape(f"{e.get('error_type')}: {e.get('error_message')}"),
+            shown(str(e.get("id"))),
+            shown(str(e.get("saga"))),
+            shown(str(e.get("kind"))),
+            shown(str(e.get("step"))),
+            shown(f"{e.get('error_type')}: {e.get('error_message')}"),
             str(e.get("attempts")),
             _when(str(e.get("at", ""))),
         )
     out.print(table)
     if more:
-        out.print(f"more entries: saga dlq list --cursor {more}", markup=False)
+        out.print(visible(f"more entries: saga dlq list --cursor {more}"), markup=False)

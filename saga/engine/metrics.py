@@ -49,6 +49,7 @@ import logging
 import os
 import shutil
 import socket
+import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -60,6 +61,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, m
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
+
+from ..errors import SettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -279,8 +282,16 @@ class BasicAuth:
     def from_file(cls, user: str, password_file: str) -> BasicAuth:
         """``user`` with the password in ``password_file`` (surrounding whitespace dropped, as
         Prometheus's ``password_file`` does); ``OSError`` if it cannot be read, ``ValueError``
-        if the user or the password is empty."""
+        if the user or the password is empty, :class:`SettingsError` if the file is readable by
+        its group or by others (any local user could read the password: ``chmod 600`` it)."""
         with open(password_file, encoding="utf-8") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if mode & 0o044:
+                raise SettingsError(
+                    f"SAGA_METRICS_PASSWORD_FILE {password_file} is readable by "
+                    f"{'group and others' if mode & 0o044 == 0o044 else 'group' if mode & 0o040 else 'others'} "
+                    f"(mode {stat.S_IMODE(mode):04o}): chmod 600 it"
+                )
             password = f.read().strip()
         if not user or not password:
             raise ValueError(f"metrics basic auth needs a user and a non-empty password file ({password_file})")
@@ -359,6 +370,9 @@ def serve(
     if password_file or user:
         try:
             auth = BasicAuth.from_file(user, password_file)
+        except SettingsError as exc:
+            logger.error("metrics not served: %s", exc)
+            return False
         except (OSError, ValueError) as exc:
             logger.error("metrics not served: %s; set SAGA_METRICS_USER and SAGA_METRICS_PASSWORD_FILE", exc)
             return False

@@ -7,7 +7,6 @@ deadline, parking it, failing it, and an operator's unwind. Every transition goe
 from __future__ import annotations
 
 import logging
-import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -116,14 +115,22 @@ def start_run(rt: Runtime, payload: object, key: str | None, tags: object = None
     return new.run_id
 
 
+#: The longest deadline a run may have: 100 years, in seconds (a later time cannot be written).
+MAX_DEADLINE_SECONDS = 100 * 365 * 24 * 3600
+
+
 def validated_deadline(deadline: object) -> float | None:
-    """A run's deadline in seconds from its start: a positive, finite number, or None."""
+    """A run's deadline in seconds from its start: a number more than 0 and at most
+    :data:`MAX_DEADLINE_SECONDS` (not a bool, NaN or infinite), or None; :class:`InvalidPayload`
+    saying the allowed range otherwise."""
     if deadline is None:
         return None
-    if isinstance(deadline, bool) or not isinstance(deadline, int | float) or not math.isfinite(deadline):
-        raise InvalidPayload(f"a deadline must be a number of seconds, got {cut(deadline, 40)}")
-    if deadline <= 0:
-        raise InvalidPayload(f"a deadline must be more than 0 seconds, got {deadline}")
+    allowed = f"a deadline must be a number of seconds, more than 0 and at most {MAX_DEADLINE_SECONDS} (100 years)"
+    if isinstance(deadline, bool) or not isinstance(deadline, int | float):
+        raise InvalidPayload(f"{allowed}, got {cut(deadline, 40)}")
+    if not 0 < deadline <= MAX_DEADLINE_SECONDS:  # NaN is refused too: it compares false
+        shown = cut(deadline, 40) if isinstance(deadline, float) or abs(deadline) < 10**40 else "a longer number"
+        raise InvalidPayload(f"{allowed}, got {shown}")
     return float(deadline)
 
 

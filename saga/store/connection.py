@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -20,7 +20,8 @@ from redis.commands.core import Script
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
-from ..errors import StoreFull, StoreUnavailable
+from ..errors import SettingsError, StoreFull, StoreUnavailable
+from ..settings import REDIS_URL_FORM, redact
 from . import memory
 
 #: A client of one Redis, or of a Redis Cluster (the store works the same on both).
@@ -32,16 +33,6 @@ Pipeline = redis.client.Pipeline | ClusterPipeline
 MAX_CONNECTIONS = 100
 POOL_TIMEOUT = 30.0
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
-
-
-def redact(url: str) -> str:
-    """A URL with its password hidden, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def answers(url: str, timeout: float = 0.5) -> bool:
@@ -114,8 +105,8 @@ def connect(url: str, retries: int) -> Client:
     ``redis+cluster://host:port`` (or ``rediss+cluster://``) names a node of a Redis Cluster; a
     plain ``redis://`` URL is asked (one ``INFO cluster``) whether it is one, so either works.
     ``memory://`` (or ``memory://<name>``) is this process's in-memory server (:mod:`saga.store.memory`).
-    Raises :class:`StoreUnavailable` for a URL that is not a Redis URL or a Redis that does not
-    answer (the caller's :func:`guard` words it).
+    Raises :class:`SettingsError` for a URL that is not a Redis URL, :class:`StoreUnavailable`
+    for a Redis that does not answer (the caller's :func:`guard` words it).
     """
     if memory.is_memory_url(url):  # the in-memory tier: this process's server for the URL
         return cast(redis.Redis, memory.client(url))
@@ -136,15 +127,20 @@ def connect(url: str, retries: int) -> Client:
             **_options(retries),
         )
         client = redis.Redis(connection_pool=pool)
-    except ValueError as exc:
-        raise StoreUnavailable(f"SAGA_REDIS_URL {redact(url)!r} is not a Redis URL: {exc}") from None
-    if client.info("cluster").get("cluster_enabled") != 1:
+    except (ValueError, TypeError) as exc:  # TypeError: an option redis-py does not know
+        raise SettingsError(f"SAGA_REDIS_URL {redact(url)!r} is not a Redis URL: {exc}; use {REDIS_URL_FORM}") from None
+    try:
+        clustered = client.info("cluster").get("cluster_enabled") == 1
+    except TypeError as exc:  # an option in the URL that redis-py's connection does not take
+        client.close()
+        raise SettingsError(f"SAGA_REDIS_URL {redact(url)!r} is not a Redis URL: {exc}; use {REDIS_URL_FORM}") from None
+    if not clustered:
         return client
     client.close()
     try:
         return _cluster(url, retries)
-    except ValueError as exc:
-        raise StoreUnavailable(f"SAGA_REDIS_URL {redact(url)!r} names a Redis Cluster: {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise SettingsError(f"SAGA_REDIS_URL {redact(url)!r} names a Redis Cluster: {exc}") from None
 
 
 def connect_node(url: str) -> redis.Redis:

@@ -14,7 +14,8 @@ from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
 from ..errors import SettingsError
-from .connection import Client, connect, guard, load_script, redact
+from ..settings import redact
+from .connection import Client, connect, guard, load_script
 from .schema import BucketKeys, GlobalKeys, RunKeys, bucket_of, run_keys
 
 #: The scripts in ``saga/store/lua/``.
