@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 
 from saga import InvalidPayload, RunNotFound, Settings, Status, find_runs
 from saga.archive import ArchiveFeed
+from saga.core import decide
 from saga.engine import ArchiveGauges
 from saga.registry import default_registry
 from saga.store import BucketKeys, Client, bucket_of, run_keys
@@ -141,6 +143,40 @@ def test_a_finished_run_reads_the_same_after_it_left_redis(order: Any, live: Set
     # and a run neither tier has is still one clear line
     missing = saga(live, "show", "no-such-run")
     assert missing.returncode == 3 and "no-such-run" in missing.stderr and len(missing.stderr.splitlines()) == 1
+
+
+def test_a_prefix_names_a_run_that_left_redis_and_says_where_it_looked(
+    order: Any, live: Settings, redis_client: Client
+) -> None:
+    # Given a finished run archived and gone from Redis (and from its status indexes)
+    [done] = orders(order, f"c-{uuid.uuid4().hex[:8]}", None)
+    wait_for(lambda: not in_redis(redis_client, live, done), 30, "the run to leave Redis")
+    prefix = done[:8]
+    # Then its prefix is taken wherever a run id is, as in Redis
+    assert saga_json(live, "show", prefix)["id"] == done
+    assert saga_json(live, "events", prefix) == json.loads(json.dumps(order.events(done)))
+    assert saga_json(live, "verify", prefix) == {"run_id": done, "ok": True, "problems": []}
+    tailed = saga(live, "tail", prefix, "--json")
+    assert tailed.returncode == 0, tailed.stderr
+    assert [json.loads(line)["type"] for line in tailed.stdout.splitlines()][-1] == "saga.completed"
+    # a prefix no run has says both tiers were searched, and blames no retention
+    missing = saga(live, "show", "zzzzzzzz")
+    assert missing.returncode == 3, missing.stderr
+    assert missing.stderr == "error: no run starts with 'zzzzzzzz' (in Redis or the archive)\n"
+    whole = saga(live, "show", "zzzzzzzz-0000-0000-0000-000000000000")
+    assert whole.returncode == 3 and "in Redis or the archive" in whole.stderr and "retention" not in whole.stderr
+    # and a prefix shared by a run in Redis and one in the archive is ambiguous: exit 6, how many
+    twin = done[:12] + "-ffff-" + uuid.uuid4().hex[:17]
+    start = decide.decide_start(twin, "order", {"order_id": 1, "amount": 1})
+    assert order.store.create(order.shape, start, None, check_at=time.time() + 300) == "created"
+    try:
+        shared = saga(live, "show", done[:12])
+        assert shared.returncode == 6, shared.stderr
+        assert f"'{done[:12]}' matches 2 runs: give more characters" in shared.stderr
+        assert len(shared.stderr.splitlines()) == 1
+        assert saga_json(live, "show", done[:16])["id"] == done
+    finally:
+        redis_client.delete(*run_keys(live.key_prefix, bucket_of(twin, live.buckets), twin))
 
 
 def test_tags_are_on_the_state_and_the_started_event_and_are_checked_first(order: Any, live: Settings) -> None:
