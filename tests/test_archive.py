@@ -22,6 +22,7 @@ import pytest
 
 from saga import InvalidPayload, RunNotFound, Settings, Status, find_runs
 from saga.archive import ArchiveFeed
+from saga.cli import EXIT_PARTIAL
 from saga.core import decide
 from saga.engine import ArchiveGauges
 from saga.registry import default_registry
@@ -222,6 +223,30 @@ def test_list_searches_the_archive_by_tag_status_time_and_failed_step(order: Any
     assert [r.run_id for r in page.runs] == [bad] and page.runs[0].failed_step == "create_shipment"
     table = saga(live, "list", "--tag", tag)
     assert table.returncode == 0 and bad in table.stdout and "create_shipment" in table.stdout
+
+
+def test_list_says_when_redis_is_down_and_whether_the_archive_alone_is_complete(order: Any, live: Settings) -> None:
+    # Given archived runs, and a CLI whose Redis (with a password in its URL) does not answer
+    customer = f"c-{uuid.uuid4().hex[:8]}"
+    ids = orders(order, customer, None)
+    wait_for(lambda: finished_in_archive(ids), 30, "the run to be archived")
+    down = live.replace(redis_url="redis://:hunter2@127.0.0.1:1/0", broker_url="redis://127.0.0.1:1/0")
+    # When it lists every run: the archive answers, one line of stderr says Redis did not and
+    # that runs still moving may be missing; exit 7 (EXIT_PARTIAL)
+    listed = saga(down, "list", "--tag", f"customer={customer}", "--json")
+    assert listed.returncode == EXIT_PARTIAL == 7, listed.stderr
+    assert [r["run_id"] for r in json.loads(listed.stdout)] == ids
+    [line] = listed.stderr.splitlines()
+    assert line.startswith("warning: Redis does not answer (cannot reach Redis at redis://:***@127.0.0.1:1/0")
+    assert "comes from the SQL archive alone" in line and "may be incomplete" in line and "hunter2" not in line
+    # and a listing of finished runs only is complete from the archive: exit 0, still the warning
+    finished = saga(down, "list", "--tag", f"customer={customer}", "--status", "completed")
+    assert finished.returncode == 0, finished.stderr
+    assert ids[0] in finished.stdout
+    [line] = finished.stderr.splitlines()
+    assert line.startswith("warning: Redis does not answer") and "listing is complete" in line
+    # while with Redis up, nothing is said
+    assert saga(live, "list", "--tag", f"customer={customer}").stderr == ""
 
 
 def test_stats_counts_runs_and_names_the_steps_that_fail(order: Any, live: Settings) -> None:

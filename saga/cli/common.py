@@ -27,6 +27,10 @@ EXIT_ERROR = 5
 #: The library refused, with a one-line reason: the action does not apply to the run as it is
 #: now, or the input, settings or ``--app`` cannot be used. Change something and try again.
 EXIT_REFUSED = 6
+#: The answer came, but may be incomplete: ``saga list`` with an archive while Redis cannot be
+#: reached lists from the archive alone, and a listing that takes in unfinished runs may miss
+#: (or show at an older status) runs still moving in Redis.
+EXIT_PARTIAL = 7
 
 #: The module ``--app`` imports when neither it nor ``SAGA_APP`` says otherwise.
 DEFAULT_APP: str = Settings.model_fields["app"].default
