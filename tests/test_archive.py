@@ -223,6 +223,13 @@ def test_list_searches_the_archive_by_tag_status_time_and_failed_step(order: Any
     assert [r.run_id for r in page.runs] == [bad] and page.runs[0].failed_step == "create_shipment"
     table = saga(live, "list", "--tag", tag)
     assert table.returncode == 0 and bad in table.stdout and "create_shipment" in table.stdout
+    # with the columns of the listing without an archive: def(inition version), step (the failed
+    # one by name, "-" when none), the run's own version
+    header, *rows = table.stdout.splitlines()
+    assert header.split()[:6] == ["run", "saga", "def", "status", "step", "version"]
+    cells = {line.split()[0]: line.split() for line in rows if line.split()}
+    assert cells[bad][2:6] == ["1", "compensated", "create_shipment", str(order.get(bad).version)]
+    assert cells[ok1][2:6] == ["1", "completed", "-", str(order.get(ok1).version)]
 
 
 def test_list_says_when_redis_is_down_and_whether_the_archive_alone_is_complete(order: Any, live: Settings) -> None:
@@ -278,10 +285,20 @@ def test_purge_removes_old_finished_runs_of_a_status_only(order: Any, live: Sett
     ok, bad = orders(order, customer, None, "create_shipment")
     wait_for(lambda: not in_redis(redis_client, live, bad), 30, "the run to leave Redis")
     purged = saga_json(live, "archive", "purge", "--older-than", "0", "--status", "compensated")
-    assert purged["purged"] >= 1
+    assert purged == {"purged": purged["purged"], "hot_retention_seconds": HOT_SECONDS} and purged["purged"] >= 1
     assert [r.run_id for r in find_runs(tags={"customer": customer}).runs] == [ok]
     with pytest.raises(RunNotFound):
         order.get(bad)
+    # a purge of a run still in Redis says it stays there (found by show, not by list) until it expires
+    fresh = orders(order, customer, "create_shipment")[0]
+    wait_for(lambda: finished_in_archive([fresh]), 30, "the run to be archived")
+    told = saga(live, "archive", "purge", "--older-than", "0", "--status", "compensated")
+    assert told.returncode == 0, told.stderr
+    assert told.stdout.splitlines()[1] == (
+        f"Redis is not purged: a finished run stays there SAGA_HOT_RETENTION_SECONDS ({HOT_SECONDS} s) after it "
+        "was archived, so until then `saga show` still finds a purged run while `saga list` (the archive) does not"
+    )
+    assert fresh not in [r.run_id for r in find_runs(tags={"customer": customer}).runs]
     refused = saga(live, "archive", "purge", "--older-than", "0", "--status", "running")
     assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1
 

@@ -159,6 +159,14 @@ def test_list_shows_runs_newest_first_and_filters_them(runs: dict[str, str]) -> 
     assert out.returncode == EXIT_OK
     assert runs["completed"] in out.stdout and "compensated" in out.stdout
     assert "PermanentError at create_shipment" in out.stdout
+    # its columns mean what the archive's listing's mean: def(inition version), the step a finished
+    # run failed at by name ("-": none did), the run's own version
+    header, *rows = out.stdout.splitlines()
+    assert header.split()[:6] == ["run", "saga", "def", "status", "step", "version"]
+    cells = {line.split()[0]: line.split() for line in rows if line.split()}
+    version = {status: str(saga_json("show", run_id)["version"]) for status, run_id in runs.items()}
+    assert cells[runs["compensated"]][2:6] == ["1", "compensated", "create_shipment", version["compensated"]]
+    assert cells[runs["completed"]][2:6] == ["1", "completed", "-", version["completed"]]
 
 
 def test_show_gives_the_state_at_the_latest_version_and_at_any_version(order: Any, runs: dict[str, str]) -> None:
