@@ -118,11 +118,18 @@ class RunNotFound(SagaError):
     a run (``get``, ``events``, ``find``, ``wait``) and the operator actions on one. It was
     never started, or it finished and expired after retention; check the id."""
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, searched: str = "") -> None:
         super().__init__(run_id)
         self.run_id = run_id
+        #: where the run was looked for, when both tiers were ("Redis or the archive")
+        self.searched = searched
 
     def __str__(self) -> str:
+        if self.searched:
+            return (
+                f"no saga run with id {cut(self.run_id)!r} in {self.searched} (check the id; a run leaves the "
+                "archive only when `saga archive purge` removes it)"
+            )
         return f"no saga run with id {cut(self.run_id)!r} (check the id; finished runs expire after retention)"
 
 

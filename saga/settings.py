@@ -7,6 +7,7 @@ unless it was configured with settings of its own.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 import re
@@ -76,6 +77,17 @@ def redact(url: str) -> str:
         netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
     query = "&".join(_redacted_param(param) for param in parts.query.split("&")) if parts.query else ""
     return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def unknown_setting(variable: str) -> str:
+    """The one-line refusal of a ``SAGA_`` variable no setting reads (a typo would otherwise be
+    ignored in silence), naming the closest known variable when one is close."""
+    close = difflib.get_close_matches(variable.upper(), Settings.known_variables(), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return (
+        f"{variable} is not a known setting ({hint}every SAGA_ variable must name one; see README 'Settings', "
+        "or unset it)"
+    )
 
 
 def _redacted_param(param: str) -> str:
@@ -225,10 +237,15 @@ class Settings(BaseModel):
                 raise SettingsError(str(first["ctx"]["error"])) from None
             field = ENV_PREFIX + str(first["loc"][0]).upper() if first["loc"] else "SAGA_*"
             if first["type"] == "extra_forbidden":
-                raise SettingsError(f"{field} is not a known setting; see README 'Settings'") from None
+                raise SettingsError(unknown_setting(field)) from None
             given = first.get("input")
             shown = redact(given) if field.endswith("_URL") and isinstance(given, str) else given
             raise SettingsError(f"{field}: {first['msg']} (got {shown!r})") from None
+
+    @classmethod
+    def known_variables(cls) -> list[str]:
+        """Every ``SAGA_*`` variable a setting is read from, sorted."""
+        return sorted(ENV_PREFIX + name.upper() for name in cls.model_fields)
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``SAGA_*`` variables, for a worker or CLI subprocess:

@@ -50,7 +50,22 @@ class Tiers:
         """The run at one version."""
         return codec.at_version(run_id, self.events(run_id), version)
 
+    def ids_with_prefix(self, prefix: str, limit: int = 10) -> tuple[list[str], bool]:
+        """Up to ``limit`` ids of runs that start with ``prefix`` in either tier (the runs listed
+        in Redis, and the archived ones: a finished run leaves Redis once archived), sorted, and
+        whether more may match (a tier had ``limit`` of them)."""
+        found = self.store.indexes.ids_with_prefix(prefix, limit=limit)
+        more = len(found) >= limit
+        if self.archive is not None:
+            archived = self.archive.ids_with_prefix(prefix, limit=limit)
+            more = more or len(archived) >= limit
+            found = sorted(set(found) | set(archived))
+        return found[:limit], more or len(found) > limit
+
     def _archived(self, run_id: str) -> list[Event]:
         if self.archive is None:
             raise RunNotFound(run_id)
-        return self.archive.events(run_id)
+        try:
+            return self.archive.events(run_id)
+        except RunNotFound:
+            raise RunNotFound(run_id, searched="Redis or the archive") from None

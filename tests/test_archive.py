@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,8 @@ import pytest
 
 from saga import InvalidPayload, RunNotFound, Settings, Status, find_runs
 from saga.archive import ArchiveFeed
+from saga.cli import EXIT_PARTIAL
+from saga.core import decide
 from saga.engine import ArchiveGauges
 from saga.registry import default_registry
 from saga.store import BucketKeys, Client, bucket_of, run_keys
@@ -143,6 +146,40 @@ def test_a_finished_run_reads_the_same_after_it_left_redis(order: Any, live: Set
     assert missing.returncode == 3 and "no-such-run" in missing.stderr and len(missing.stderr.splitlines()) == 1
 
 
+def test_a_prefix_names_a_run_that_left_redis_and_says_where_it_looked(
+    order: Any, live: Settings, redis_client: Client
+) -> None:
+    # Given a finished run archived and gone from Redis (and from its status indexes)
+    [done] = orders(order, f"c-{uuid.uuid4().hex[:8]}", None)
+    wait_for(lambda: not in_redis(redis_client, live, done), 30, "the run to leave Redis")
+    prefix = done[:8]
+    # Then its prefix is taken wherever a run id is, as in Redis
+    assert saga_json(live, "show", prefix)["id"] == done
+    assert saga_json(live, "events", prefix) == json.loads(json.dumps(order.events(done)))
+    assert saga_json(live, "verify", prefix) == {"run_id": done, "ok": True, "problems": []}
+    tailed = saga(live, "tail", prefix, "--json")
+    assert tailed.returncode == 0, tailed.stderr
+    assert [json.loads(line)["type"] for line in tailed.stdout.splitlines()][-1] == "saga.completed"
+    # a prefix no run has says both tiers were searched, and blames no retention
+    missing = saga(live, "show", "zzzzzzzz")
+    assert missing.returncode == 3, missing.stderr
+    assert missing.stderr == "error: no run starts with 'zzzzzzzz' (in Redis or the archive)\n"
+    whole = saga(live, "show", "zzzzzzzz-0000-0000-0000-000000000000")
+    assert whole.returncode == 3 and "in Redis or the archive" in whole.stderr and "retention" not in whole.stderr
+    # and a prefix shared by a run in Redis and one in the archive is ambiguous: exit 6, how many
+    twin = done[:12] + "-ffff-" + uuid.uuid4().hex[:17]
+    start = decide.decide_start(twin, "order", {"order_id": 1, "amount": 1})
+    assert order.store.create(order.shape, start, None, check_at=time.time() + 300) == "created"
+    try:
+        shared = saga(live, "show", done[:12])
+        assert shared.returncode == 6, shared.stderr
+        assert f"'{done[:12]}' matches 2 runs: give more characters" in shared.stderr
+        assert len(shared.stderr.splitlines()) == 1
+        assert saga_json(live, "show", done[:16])["id"] == done
+    finally:
+        redis_client.delete(*run_keys(live.key_prefix, bucket_of(twin, live.buckets), twin))
+
+
 def test_tags_are_on_the_state_and_the_started_event_and_are_checked_first(order: Any, live: Settings) -> None:
     key = f"k-{uuid.uuid4().hex}"
     for bad in ({"customer": 42}, {"": "x"}, ["customer"], {str(i): "v" for i in range(17)}):
@@ -186,6 +223,37 @@ def test_list_searches_the_archive_by_tag_status_time_and_failed_step(order: Any
     assert [r.run_id for r in page.runs] == [bad] and page.runs[0].failed_step == "create_shipment"
     table = saga(live, "list", "--tag", tag)
     assert table.returncode == 0 and bad in table.stdout and "create_shipment" in table.stdout
+    # with the columns of the listing without an archive: def(inition version), step (the failed
+    # one by name, "-" when none), the run's own version
+    header, *rows = table.stdout.splitlines()
+    assert header.split()[:6] == ["run", "saga", "def", "status", "step", "version"]
+    cells = {line.split()[0]: line.split() for line in rows if line.split()}
+    assert cells[bad][2:6] == ["1", "compensated", "create_shipment", str(order.get(bad).version)]
+    assert cells[ok1][2:6] == ["1", "completed", "-", str(order.get(ok1).version)]
+
+
+def test_list_says_when_redis_is_down_and_whether_the_archive_alone_is_complete(order: Any, live: Settings) -> None:
+    # Given archived runs, and a CLI whose Redis (with a password in its URL) does not answer
+    customer = f"c-{uuid.uuid4().hex[:8]}"
+    ids = orders(order, customer, None)
+    wait_for(lambda: finished_in_archive(ids), 30, "the run to be archived")
+    down = live.replace(redis_url="redis://:hunter2@127.0.0.1:1/0", broker_url="redis://127.0.0.1:1/0")
+    # When it lists every run: the archive answers, one line of stderr says Redis did not and
+    # that runs still moving may be missing; exit 7 (EXIT_PARTIAL)
+    listed = saga(down, "list", "--tag", f"customer={customer}", "--json")
+    assert listed.returncode == EXIT_PARTIAL == 7, listed.stderr
+    assert [r["run_id"] for r in json.loads(listed.stdout)] == ids
+    [line] = listed.stderr.splitlines()
+    assert line.startswith("warning: Redis does not answer (cannot reach Redis at redis://:***@127.0.0.1:1/0")
+    assert "comes from the SQL archive alone" in line and "may be incomplete" in line and "hunter2" not in line
+    # and a listing of finished runs only is complete from the archive: exit 0, still the warning
+    finished = saga(down, "list", "--tag", f"customer={customer}", "--status", "completed")
+    assert finished.returncode == 0, finished.stderr
+    assert ids[0] in finished.stdout
+    [line] = finished.stderr.splitlines()
+    assert line.startswith("warning: Redis does not answer") and "listing is complete" in line
+    # while with Redis up, nothing is said
+    assert saga(live, "list", "--tag", f"customer={customer}").stderr == ""
 
 
 def test_stats_counts_runs_and_names_the_steps_that_fail(order: Any, live: Settings) -> None:
@@ -217,10 +285,20 @@ def test_purge_removes_old_finished_runs_of_a_status_only(order: Any, live: Sett
     ok, bad = orders(order, customer, None, "create_shipment")
     wait_for(lambda: not in_redis(redis_client, live, bad), 30, "the run to leave Redis")
     purged = saga_json(live, "archive", "purge", "--older-than", "0", "--status", "compensated")
-    assert purged["purged"] >= 1
+    assert purged == {"purged": purged["purged"], "hot_retention_seconds": HOT_SECONDS} and purged["purged"] >= 1
     assert [r.run_id for r in find_runs(tags={"customer": customer}).runs] == [ok]
     with pytest.raises(RunNotFound):
         order.get(bad)
+    # a purge of a run still in Redis says it stays there (found by show, not by list) until it expires
+    fresh = orders(order, customer, "create_shipment")[0]
+    wait_for(lambda: finished_in_archive([fresh]), 30, "the run to be archived")
+    told = saga(live, "archive", "purge", "--older-than", "0", "--status", "compensated")
+    assert told.returncode == 0, told.stderr
+    assert told.stdout.splitlines()[1] == (
+        f"Redis is not purged: a finished run stays there SAGA_HOT_RETENTION_SECONDS ({HOT_SECONDS} s) after it "
+        "was archived, so until then `saga show` still finds a purged run while `saga list` (the archive) does not"
+    )
+    assert fresh not in [r.run_id for r in find_runs(tags={"customer": customer}).runs]
     refused = saga(live, "archive", "purge", "--older-than", "0", "--status", "running")
     assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1
 

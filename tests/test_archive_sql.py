@@ -19,7 +19,17 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from saga.archive import Archive, ArchivedRun, ArchiveRowRefused, RunCopy, RunQuery, head_revision, listing, metadata
+from saga.archive import (
+    Archive,
+    ArchivedRun,
+    ArchiveRowRefused,
+    RunCopy,
+    RunQuery,
+    head_revision,
+    listing,
+    metadata,
+    tables,
+)
 from saga.core import Direction, Event, EventType, SagaState, Shape, Status, decide, iso, micros, rebuild
 from saga.errors import ActionRefused, ArchiveSchemaMismatch, ArchiveUnavailable, Rejected, RunNotFound, SettingsError
 
@@ -530,3 +540,30 @@ def test_a_new_sqlite_archive_and_its_companion_files_are_readable_by_their_owne
         other.dispose()
     finally:
         os.umask(old)
+
+
+def test_run_ids_by_prefix_are_exact_sorted_and_bounded(archive: Archive) -> None:
+    ids = ["a8c9ea86-0001", "a8c9ea86-0002", "a8c9ea87-0001", "A8C9EA86-0003", "a8c9%a86-x", "a8c9_a86-y"]
+    archive.write([copy_of(make_run(run_id, "completed", BASE + i * MINUTE)) for i, run_id in enumerate(ids)])
+    assert archive.ids_with_prefix("a8c9ea86") == ["a8c9ea86-0001", "a8c9ea86-0002"]  # case-sensitive
+    assert archive.ids_with_prefix("a8c9ea86-") == ["a8c9ea86-0001", "a8c9ea86-0002"]  # a `-` counts
+    assert archive.ids_with_prefix("a8c9ea86", limit=1) == ["a8c9ea86-0001"]
+    assert archive.ids_with_prefix("a8c9%a86") == ["a8c9%a86-x"]  # LIKE's wildcards are literal
+    assert archive.ids_with_prefix("a8c9_a86") == ["a8c9_a86-y"]
+    assert archive.ids_with_prefix("a8c9ea8") == ["a8c9ea86-0001", "a8c9ea86-0002", "a8c9ea87-0001"]
+    assert archive.ids_with_prefix("b0000000") == []
+    with pytest.raises(ActionRefused):
+        archive.ids_with_prefix("")
+
+
+def test_a_prefix_lookup_is_a_range_scan_of_the_primary_key_on_sqlite(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'plan.db'}"
+    Archive(url).upgrade()
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        stmt = tables.ids_with_prefix("a8c9ea86", 10, "sqlite")
+        text = str(stmt.compile(engine, compile_kwargs={"literal_binds": True}))
+        plan = [row[-1] for row in conn.execute(sa.text("EXPLAIN QUERY PLAN " + text))]
+    engine.dispose()
+    assert any("sqlite_autoindex_saga_runs_1 (run_id>? AND run_id<?)" in step for step in plan), plan
+    assert not any(step.startswith("SCAN") for step in plan), plan

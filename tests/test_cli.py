@@ -25,6 +25,7 @@ from saga.cli import (
     EXIT_FAILED_CHECK,
     EXIT_NOT_FOUND,
     EXIT_OK,
+    EXIT_PARTIAL,
     EXIT_REFUSED,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
@@ -159,6 +160,14 @@ def test_list_shows_runs_newest_first_and_filters_them(runs: dict[str, str]) -> 
     assert out.returncode == EXIT_OK
     assert runs["completed"] in out.stdout and "compensated" in out.stdout
     assert "PermanentError at create_shipment" in out.stdout
+    # its columns mean what the archive's listing's mean: def(inition version), the step a finished
+    # run failed at by name ("-": none did), the run's own version
+    header, *rows = out.stdout.splitlines()
+    assert header.split()[:6] == ["run", "saga", "def", "status", "step", "version"]
+    cells = {line.split()[0]: line.split() for line in rows if line.split()}
+    version = {status: str(saga_json("show", run_id)["version"]) for status, run_id in runs.items()}
+    assert cells[runs["compensated"]][2:6] == ["1", "compensated", "create_shipment", version["compensated"]]
+    assert cells[runs["completed"]][2:6] == ["1", "completed", "-", version["completed"]]
 
 
 def test_show_gives_the_state_at_the_latest_version_and_at_any_version(order: Any, runs: dict[str, str]) -> None:
@@ -478,7 +487,7 @@ def test_errors_map_to_named_exit_codes() -> None:
     assert exit_code_for(ActionRefused("finished")) == exit_code_for(SagaError("refused")) == EXIT_REFUSED == 6
     assert exit_code_for(SettingsError("bad")) == exit_code_for(KeyConflict("s", "k", "r")) == EXIT_REFUSED
     assert exit_code_for(ValueError()) == exit_code_for(KeyError("x")) == EXIT_ERROR == 5
-    assert (EXIT_OK, EXIT_FAILED_CHECK, EXIT_USAGE) == (0, 1, 2)
+    assert (EXIT_OK, EXIT_FAILED_CHECK, EXIT_USAGE, EXIT_PARTIAL) == (0, 1, 2, 7)
 
 
 def test_help_lists_every_command() -> None:
@@ -491,11 +500,17 @@ def test_help_lists_every_command() -> None:
 
 
 def test_in_process_errors_are_one_line_with_their_exit_codes() -> None:
-    missing = invoke("show", "no-such-run")
+    missing = invoke("show", "no-such-run")  # 8 characters or more: taken as a prefix
+    assert missing.exit_code == EXIT_NOT_FOUND and missing.stdout == ""
+    assert missing.stderr == (
+        "error: no run starts with 'no-such-run' (in Redis; without an archive a finished run leaves it after "
+        "SAGA_RETENTION_SECONDS)\n"
+    )
+    whole = "00000000-0000-0000-0000-000000000000"
+    missing = invoke("show", whole)
     assert missing.exit_code == EXIT_NOT_FOUND and missing.stdout == ""
     assert (
-        missing.stderr == "error: no saga run with id 'no-such-run' (check the id; finished runs expire after "
-        "retention)\n"
+        missing.stderr == f"error: no saga run with id '{whole}' (check the id; finished runs expire after retention)\n"
     )
     bad = invoke("list", "--limit", "-1")
     assert bad.exit_code == EXIT_USAGE and len(bad.stderr.splitlines()) == 1

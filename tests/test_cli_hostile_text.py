@@ -149,6 +149,16 @@ def test_the_worker_logs_a_hostile_step_error_on_one_line(caplog: pytest.LogCapt
         assert "\n" not in line and "\r" not in line and "\x1b" not in line, line
 
 
+def test_a_run_log_of_the_whole_run_prints_no_empty_step(caplog: pytest.LogCaptureFixture) -> None:
+    # `saga compensate` logs about the whole run: no step, so no `step=` in the line
+    log = run_logger(logging.getLogger("saga.test"), "run-1", "trip", "")
+    with caplog.at_level(logging.INFO, logger="saga.test"):
+        log.warning("compensation requested by an operator: %s", "operator")
+    [record] = [r for r in caplog.records if r.name == "saga.test"]
+    assert record.getMessage() == "[run=run-1 saga=trip] compensation requested by an operator: operator"
+    assert record.step == ""  # type: ignore[attr-defined]  # the attribute stays, for formatters
+
+
 def test_run_log_escapes_its_message_and_text_arguments(caplog: pytest.LogCaptureFixture) -> None:
     log = run_logger(logging.getLogger("saga.test"), "run\n1", "trip\x1b[31m", "hotel")
     with caplog.at_level(logging.INFO, logger="saga.test"):

@@ -279,6 +279,9 @@ def test_a_unique_prefix_of_a_run_id_is_taken_wherever_a_run_id_is(order: Saga) 
     assert run_id in one_line_error(saga("resume", prefix), EXIT_REFUSED)
     # a prefix shorter than 8 characters is not looked up
     assert run_id[:7] in one_line_error(saga("show", run_id[:7]), EXIT_NOT_FOUND)
+    # a prefix no run has says so, and where it looked (no archive here: Redis, and for how long)
+    line = one_line_error(saga("events", "zzzzzzzz"), EXIT_NOT_FOUND)
+    assert line.startswith("error: no run starts with 'zzzzzzzz' (in Redis; ") and "SAGA_RETENTION_SECONDS" in line
 
 
 def test_an_ambiguous_prefix_is_one_line_with_the_number_of_runs(order: Saga) -> None:
@@ -290,7 +293,7 @@ def test_an_ambiguous_prefix_is_one_line_with_the_number_of_runs(order: Saga) ->
         assert order.store.create(order.shape, start, None, check_at=time.time() + 300) == "created"
     # Then the shared prefix names neither, and a longer one names one
     line = one_line_error(saga("show", shared), EXIT_REFUSED)
-    assert f"run id prefix {shared!r} matches 2 runs" in line and "give more of the id" in line
+    assert f"run id prefix {shared!r} matches 2 runs: give more characters" in line
     assert saga_json("show", ids[0][:14])["id"] == ids[0]
 
 

@@ -28,9 +28,16 @@ def test_a_bad_value_is_one_line_naming_the_variable() -> None:
     assert "SAGA_LEASE_SECONDS" in str(info.value) and "\n" not in str(info.value)
 
 
-def test_an_unknown_saga_variable_is_refused() -> None:
-    with pytest.raises(SettingsError, match="SAGA_LEASE_SECS is not a known setting"):
+def test_an_unknown_saga_variable_is_refused_naming_the_closest_known_one() -> None:
+    with pytest.raises(SettingsError, match="SAGA_LEASE_SECS is not a known setting") as info:
         Settings.from_env({"SAGA_LEASE_SECS": "3"})
+    assert "did you mean SAGA_LEASE_SECONDS?" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(SettingsError, match="did you mean SAGA_ARCHIVE_URL") as info:
+        Settings.from_env({"SAGA_ARCHIVE_ULR": "sqlite:///x.db"})
+    # nothing close: no guess, still one line saying where the settings are listed
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"SAGA_ZZZZZZZZZZZZ": "1"})
+    assert "did you mean" not in str(info.value) and "README 'Settings'" in str(info.value)
 
 
 def test_a_cluster_store_needs_a_broker_of_its_own() -> None:

@@ -227,6 +227,7 @@ def test_an_operator_compensates_a_failed_run_once_the_fault_is_fixed(
     faults.delete("refunds-broken")
     out = deployment.cli("compensate", run_id)
     assert out.returncode == 0, out.stderr
+    assert "step=]" not in out.stderr and "step= " not in out.stderr  # the run's log line names no empty step
     # Then the debit is refunded and the run ends compensated
     assert saga.wait(run_id, timeout=30).status is Status.COMPENSATED
     assert transfer.balances(ledger_path) == START

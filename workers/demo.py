@@ -20,6 +20,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from saga import ArchivedRun, SagaTimeout, Status
@@ -98,7 +99,7 @@ def timeline(run_id: str, saga: Any = order) -> None:
 def book_trip() -> str | None:
     """Book a trip: quote, then flight, hotel and car at once (a parallel group), then pay; print
     its timeline and how far the members overlapped. Returns its run id (None if it failed)."""
-    console.print("\n[bold]A parallel booking[/]: quote -> [book_flight | book_hotel | book_car] -> pay")
+    console.print(f"\n[bold]A parallel booking[/]: {escape('quote -> [book_flight | book_hotel | book_car] -> pay')}")
     run_id = trip.start({"trip_id": 7, "nights": 2, "sleep": {"book_flight": 0.4, "book_hotel": 0.4, "book_car": 0.4}})
     try:
         state = trip.wait(run_id, timeout=60)
@@ -210,7 +211,14 @@ def main() -> int:
             f"  .venv/bin/saga list --tag customer={customer}\n  .venv/bin/saga show {rows[3][1]}\n"
             f"  .venv/bin/saga events {rows[1][1]}\n  .venv/bin/saga dlq list"
         )
-        console.print("  .venv/bin/celery -A workers flower --basic-auth=$FLOWER_USER:$FLOWER_PASSWORD")
+        # README 'Flower': the credentials from the environment (not on the command line, where `ps`
+        # shows them), every endpoint closed by config/flowerconfig.py, listening on 127.0.0.1 only
+        console.print(
+            "  export FLOWER_USER=... FLOWER_PASSWORD=...     # your own\n"
+            '  FLOWER_BASIC_AUTH="$FLOWER_USER:$FLOWER_PASSWORD" .venv/bin/celery -A workers flower '
+            "--conf=config/flowerconfig.py --address=127.0.0.1",
+            markup=False,
+        )
         return 0
     finally:
         for proc in workers:

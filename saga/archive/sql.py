@@ -180,6 +180,14 @@ class Archive:
             raise RunNotFound(run_id)
         return found
 
+    def ids_with_prefix(self, prefix: str, limit: int = 10) -> list[str]:
+        """Up to ``limit`` ids of archived runs that start with ``prefix`` (not empty), sorted:
+        a range scan of the primary key (:func:`saga.archive.tables.ids_with_prefix`)."""
+        if not prefix:
+            raise ActionRefused("a run id prefix cannot be empty")
+        with self._begin() as conn:
+            return list(conn.execute(t.ids_with_prefix(prefix, limit, conn.dialect.name)).scalars())
+
     def find_runs(self, query: RunQuery) -> RunPage:
         """One page of the runs ``query`` wants, newest first (created_at, then run id, both
         descending); following the cursors lists each such run exactly once.

@@ -183,6 +183,23 @@ def format_of(run_id: str) -> sa.Select[Any]:
     return sa.select(runs.c.format).where(runs.c.run_id == run_id)
 
 
+def ids_with_prefix(prefix: str, limit: int, dialect: str) -> sa.Select[Any]:
+    """Up to ``limit`` run ids that start with ``prefix``, sorted. Exact on both dialects (the
+    first characters compared with ``substr``, case-sensitively); on SQLite, whose text compares
+    by code point (``BINARY``), a range ``prefix <= run_id < the next prefix`` makes it a range
+    scan of the primary key. PostgreSQL's default collation does not order by code point (it
+    ignores a ``-`` at first), so there the range would miss ids: it gets ``run_id LIKE
+    'prefix%'`` instead, which an index in the C collation (or ``text_pattern_ops``) serves."""
+    conds: list[sa.ColumnElement[bool]] = [sa.func.substr(runs.c.run_id, 1, len(prefix)) == prefix]
+    if dialect == "sqlite":
+        conds.append(runs.c.run_id >= prefix)
+        if ord(prefix[-1]) < 0x10FFFF:
+            conds.append(runs.c.run_id < prefix[:-1] + chr(ord(prefix[-1]) + 1))
+    else:
+        conds.append(runs.c.run_id.startswith(prefix, autoescape=True))
+    return sa.select(runs.c.run_id).where(*conds).order_by(runs.c.run_id).limit(limit)
+
+
 def tag_sample(key: str, value: str, bound: int) -> sa.Select[Any]:
     """How many runs have tag ``key=value``, counted up to ``bound`` (an index range scan)."""
     some = sa.select(run_tags.c.run_id).where(run_tags.c.key == key, run_tags.c.value == value).limit(bound)

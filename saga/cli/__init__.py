@@ -19,6 +19,9 @@ name                   code  when
 ``EXIT_REFUSED``       6     refused: the action does not apply to the run as it is now (resume
                              or cancel of a finished run, ...), or the input, settings or
                              ``--app`` cannot be used; change something and try again
+``EXIT_PARTIAL``        7     an answer that may be incomplete: ``saga list`` from the archive
+                             alone while Redis cannot be reached, taking in unfinished runs
+                             (a one-line warning on stderr says so)
 ``EXIT_INTERRUPTED``   130   ``saga tail`` ended by Ctrl-C
 =====================  ====  ==============================================================
 
@@ -51,6 +54,7 @@ from .common import (
     EXIT_FAILED_CHECK,
     EXIT_NOT_FOUND,
     EXIT_OK,
+    EXIT_PARTIAL,
     EXIT_REFUSED,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
@@ -151,6 +155,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_NOT_FOUND",
     "EXIT_OK",
+    "EXIT_PARTIAL",
     "EXIT_REFUSED",
     "EXIT_UNAVAILABLE",
     "EXIT_USAGE",

@@ -71,12 +71,20 @@ def archive_status(op: Operator, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def archive_purge(op: Operator, days: float, statuses: tuple[str, ...], as_json: bool) -> None:
-    """Delete finished runs from the archive (never an unfinished one), in batches."""
-    removed = archive_ops.purge(days, [s.lower() for s in statuses], registry=op.registry())
+    """Delete finished runs from the archive (never an unfinished one), in batches. Redis is left
+    alone: a purged run archived less than SAGA_HOT_RETENTION_SECONDS ago is still there (`saga
+    show` finds it, `saga list` no longer does) until it expires, as every archived run does."""
+    registry = op.registry()
+    removed = archive_ops.purge(days, [s.lower() for s in statuses], registry=registry)
+    hot = registry.settings.hot_retention_seconds
     if as_json:
-        echo_json({"purged": removed})
-    else:
-        click.echo(f"purged {removed} runs")
+        echo_json({"purged": removed, "hot_retention_seconds": hot})
+        return
+    click.echo(f"purged {removed} runs from the archive")
+    click.echo(
+        f"Redis is not purged: a finished run stays there SAGA_HOT_RETENTION_SECONDS ({hot:g} s) after it was "
+        "archived, so until then `saga show` still finds a purged run while `saga list` (the archive) does not"
+    )
 
 
 @click.group()

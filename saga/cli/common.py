@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 
 import click
 
-from ..errors import ArchiveUnavailable, EntryNotFound, RunNotFound, SagaError, StoreUnavailable, visible
+from ..errors import ArchiveUnavailable, EntryNotFound, RunNotFound, SagaError, StoreUnavailable, cut, visible
 from ..registry import Registry, default_registry
 from ..settings import Settings
 
@@ -27,6 +27,10 @@ EXIT_ERROR = 5
 #: The library refused, with a one-line reason: the action does not apply to the run as it is
 #: now, or the input, settings or ``--app`` cannot be used. Change something and try again.
 EXIT_REFUSED = 6
+#: The answer came, but may be incomplete: ``saga list`` with an archive while Redis cannot be
+#: reached lists from the archive alone, and a listing that takes in unfinished runs may miss
+#: (or show at an older status) runs still moving in Redis.
+EXIT_PARTIAL = 7
 
 #: The module ``--app`` imports when neither it nor ``SAGA_APP`` says otherwise.
 DEFAULT_APP: str = Settings.model_fields["app"].default
@@ -67,21 +71,40 @@ class Operator:
 
     def run_id(self, given: str) -> str:
         """The run ``given`` names: itself when it is a run id, else the one run whose id starts
-        with it (at least :data:`MIN_PREFIX` characters; among the runs listed in Redis). An
-        ambiguous prefix raises :class:`SagaError`; no match leaves ``given`` to be not found."""
+        with it (at least :data:`MIN_PREFIX` characters), among the runs listed in Redis and, with
+        an archive, the archived ones. No match raises :class:`NoRunWithPrefix` (exit 3); an
+        ambiguous prefix a :class:`SagaError` (exit 6) saying how many runs it matches."""
         if not MIN_PREFIX <= len(given) < 36:
             return given
-        store = self.registry().store
+        tiers = self.registry().tiers
         try:
-            store.reads.meta(given)
+            tiers.store.reads.meta(given)
             return given
         except RunNotFound:
-            matches = store.indexes.ids_with_prefix(given, limit=10)
-        if len(matches) > 1:
-            count = f"{len(matches)}{' or more' if len(matches) == 10 else ''}"
-            some = ", ".join(matches[:3]) + (", ..." if len(matches) > 3 else "")
-            raise SagaError(f"run id prefix {given!r} matches {count} runs ({some}); give more of the id")
-        return matches[0] if matches else given
+            matches, more = tiers.ids_with_prefix(given, limit=10)
+        if given in matches or len(matches) == 1:
+            return given if given in matches else matches[0]
+        if not matches:
+            raise NoRunWithPrefix(given, archive=tiers.archive is not None)
+        count = f"{len(matches)}{' or more' if more else ''}"
+        some = ", ".join(matches[:3]) + (", ..." if len(matches) > 3 else "")
+        raise SagaError(f"run id prefix {given!r} matches {count} runs: give more characters ({some})")
+
+
+class NoRunWithPrefix(RunNotFound):
+    """No run id starts with the prefix given, in any tier the command can read."""
+
+    def __init__(self, prefix: str, *, archive: bool) -> None:
+        super().__init__(prefix)
+        self.archive = archive
+
+    def __str__(self) -> str:
+        if self.archive:
+            return f"no run starts with {cut(self.run_id)!r} (in Redis or the archive)"
+        return (
+            f"no run starts with {cut(self.run_id)!r} (in Redis; without an archive a finished run leaves it "
+            "after SAGA_RETENTION_SECONDS)"
+        )
 
 
 def import_app(module: str) -> None:

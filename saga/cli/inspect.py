@@ -11,10 +11,20 @@ from ..control import archive as archive_ops
 from ..control import runs as control
 from ..core import SagaState, Status, parse_iso
 from ..engine import runs
-from ..errors import RunNotFound
+from ..errors import RunNotFound, StoreUnavailable
 from ..registry import Registry
 from . import render as cli_render
-from .common import EXIT_FAILED_CHECK, EXIT_NOT_FOUND, EXIT_REFUSED, Operator, echo_json, fail, json_option, one_line
+from .common import (
+    EXIT_FAILED_CHECK,
+    EXIT_NOT_FOUND,
+    EXIT_PARTIAL,
+    EXIT_REFUSED,
+    Operator,
+    echo_json,
+    fail,
+    json_option,
+    one_line,
+)
 
 
 @click.command("list")
@@ -53,6 +63,7 @@ def list_command(
     without, it lists the runs in Redis, newest to enter their status first."""
     registry = op.registry()
     if registry.archive is not None and not parked:
+        down = _redis_down(registry)
         page = archive_ops.find_runs(
             status=status.lower() if status else (),
             saga=saga_name,
@@ -69,6 +80,8 @@ def list_command(
             echo_json([{**run.to_dict(), "cursor": page.cursors[i]} for i, run in enumerate(page.runs)])
         else:
             cli_render.print_archived_runs(page.runs, page.cursor)
+        if down:
+            _archive_alone(down, status)
         return
     archive_only = {"--tag": tags, "--failed-step": failed_step}
     given = [name for name, value in archive_only.items() if value]
@@ -103,6 +116,38 @@ def list_command(
         echo_json([{**state.to_dict(), "cursor": after} for state, after in rows])
     else:
         cli_render.print_runs([state for state, _ in rows], more=more)
+
+
+def _redis_down(registry: Registry) -> str:
+    """Why Redis cannot be reached ('' when it answers): a listing from the archive says so."""
+    try:
+        registry.store.keyspace.ping()
+    except StoreUnavailable as exc:
+        return str(exc)
+    return ""
+
+
+def _archive_alone(why: str, status: str | None) -> None:
+    """After a listing the archive answered alone, Redis being down: one line on stderr naming
+    the tier that did not answer and the one that did, and how complete the answer is. A listing
+    of finished runs only is complete (a finished run's row is final; only runs finished in the
+    last moment before Redis went away may not be copied yet): exit 0. One that takes in
+    unfinished runs may miss runs still moving in Redis, or show them at an older status:
+    :data:`EXIT_PARTIAL`."""
+    finished_only = status is not None and Status(status.lower()).terminal
+    if finished_only:
+        how = "finished runs are final there, so the listing is complete up to the archiver's last copy"
+    else:
+        how = (
+            "runs still moving in Redis may be missing or shown at an older status, so the listing may be "
+            f"incomplete (exit {EXIT_PARTIAL}; --status completed, compensated or failed lists finished runs only)"
+        )
+    click.echo(
+        one_line(f"warning: Redis does not answer ({why}); this listing comes from the SQL archive alone: {how}"),
+        err=True,
+    )
+    if not finished_only:
+        raise click.exceptions.Exit(EXIT_PARTIAL)
 
 
 def _hot_page(

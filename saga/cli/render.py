@@ -137,6 +137,22 @@ def _event_details(event: Mapping[str, Any]) -> str:
     return shown(" ".join(parts))
 
 
+#: The columns both ``saga list`` tables (Redis, the archive) begin with, meaning the same in
+#: both: ``def`` is the version of the saga's definition the run runs under, ``version`` the run's
+#: own version (how many transitions it committed), ``step`` where a moving run is (the index of
+#: its current step) or, for any other run, the step it failed at, by name (``-``: none failed,
+#: e.g. a completed or a cancelled run).
+LIST_COLUMNS = ("run", "saga", "def", "status", "step", "version")
+
+
+def step_cell(status: Status, current_step: int, failed_step: str | None) -> str:
+    """The ``step`` column of a listing: a pending or running run's current step index; the
+    name of the step any other run failed at; ``-`` when none failed."""
+    if status in (Status.PENDING, Status.RUNNING):
+        return str(current_step)
+    return shown(failed_step) if failed_step else "-"
+
+
 def print_runs(runs: Sequence[SagaState], parked: Mapping[str, str] | None = None, more: str = "") -> None:
     """The runs table of ``saga list`` (or ``no runs``); with ``parked`` (run id -> reason), a
     column says why each run waits; with ``more``, the command that reads the next page."""
@@ -144,7 +160,7 @@ def print_runs(runs: Sequence[SagaState], parked: Mapping[str, str] | None = Non
     if not runs:
         out.print("no runs")
         return
-    columns = ["run", "saga", "v", "status", "step", "version", "updated", "last checkpoint", "error"]
+    columns = [*LIST_COLUMNS, "updated", "last checkpoint", "error"]
     table = _table(*columns, *(["parked because"] if parked is not None else []))
     for s in runs:
         last = s.checkpoints[-1].name if s.checkpoints else "-"
@@ -153,7 +169,7 @@ def print_runs(runs: Sequence[SagaState], parked: Mapping[str, str] | None = Non
             shown(s.saga),
             str(s.definition_version),
             _status(s.status),
-            str(s.current_step),
+            step_cell(s.status, s.current_step, s.error.name if s.error else None),
             str(s.version),
             _when(s.updated_at),
             shown(last),
@@ -199,15 +215,15 @@ def print_archived_runs(runs: Sequence[Any], more: str | None) -> None:
     if not runs:
         out.print("no runs")
         return
-    table = _table("run", "saga", "version", "status", "step", "failed step", "tags", "started")
+    table = _table(*LIST_COLUMNS, "tags", "started")
     for r in runs:
         table.add_row(
             shown(r.run_id),
             shown(r.saga),
             str(r.definition_version),
             _status(Status(r.status)),
-            str(r.current_step),
-            shown(r.failed_step or "-"),
+            step_cell(Status(r.status), r.current_step, r.failed_step),
+            str(r.version),
             shown(" ".join(f"{k}={v}" for k, v in sorted(r.tags.items())) or "-"),
             _when(r.created_at),
         )

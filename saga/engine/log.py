@@ -25,14 +25,17 @@ def _safe(arg: object) -> object:
 
 class RunLog(logging.LoggerAdapter[logging.Logger]):
     """Log lines that carry run id, saga and step: in the text, and as record attributes
-    (``%(run_id)s``, ``%(saga)s``, ``%(step)s``) for structured formatters."""
+    (``%(run_id)s``, ``%(saga)s``, ``%(step)s``) for structured formatters. A logger of the
+    whole run (``step`` empty: a compensation started by an operator, the watchdog parking a
+    run) leaves ``step=`` out of the text; the attribute stays, empty."""
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
         """Prefix the message with the run's identity and add it to the record's attributes."""
         e = dict(self.extra or {})
         kwargs["extra"] = {**e, **kwargs.get("extra", {})}
         text = visible(msg) if isinstance(msg, str) else msg
-        return f"[run={cut(e.get('run_id'), 80)} saga={cut(e.get('saga'))} step={cut(e.get('step'))}] {text}", kwargs
+        step = f" step={cut(e.get('step'))}" if e.get("step") else ""  # a line about the whole run names no step
+        return f"[run={cut(e.get('run_id'), 80)} saga={cut(e.get('saga'))}{step}] {text}", kwargs
 
     def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
         """Log ``msg`` % ``args`` with text arguments escaped (every level's method comes here)."""
