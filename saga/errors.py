@@ -135,14 +135,18 @@ class RunNotFound(SagaError):
 
 class EntryNotFound(SagaError):
     """No dead-letter entry with this id is in the queue: raised by ``saga dlq retry`` / ``drop``
-    (and the functions behind them). It was retried or dropped already, or the id is wrong; list
-    the entries with ``saga dlq list``."""
+    (and the functions behind them). It was retried, dropped or resolved already (``detail``
+    then says which, from its run's events), or the id is wrong; list the entries with
+    ``saga dlq list``."""
 
-    def __init__(self, entry_id: str) -> None:
-        super().__init__(entry_id)
+    def __init__(self, entry_id: str, detail: str = "") -> None:
+        super().__init__(*((entry_id, detail) if detail else (entry_id,)))
         self.entry_id = entry_id
+        self.detail = detail
 
     def __str__(self) -> str:
+        if self.detail:  # the run's events say what closed the entry
+            return f"no dead-letter entry with id {cut(self.entry_id)!r} in the queue: {self.detail}"
         return f"no dead-letter entry with id {cut(self.entry_id)!r} (list them with `saga dlq list`)"
 
 

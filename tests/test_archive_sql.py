@@ -282,9 +282,9 @@ def test_a_listed_run_carries_the_states_exact_strings(archive: Archive) -> None
         "created_at": state.created_at,
         "updated_at": state.updated_at,
         "finished_at": state.updated_at,
-        "failed_step": "charge",
-        "error_type": "RuntimeError",
-        "error_message": "refund api down",
+        "failed_step": "ship",  # the step that failed, not the compensation that gave up after it
+        "error_type": "ValueError",
+        "error_message": "no stock",
         "tags": {"customer": "c-42"},
     }
     assert state.created_at.endswith(".123457Z")

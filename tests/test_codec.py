@@ -47,7 +47,8 @@ def stored(events: list[tuple[SagaState | None, list[Event]]]) -> list[str]:
 
 
 def test_a_whole_run_reads_back_event_for_event() -> None:
-    start = decide.decide_start("r1", "s", {"n": 1, "text": "é\u2028"}, definition_version=2)
+    retry_of = {"run_id": "r0", "entry_id": "r0.4"}
+    start = decide.decide_start("r1", "s", {"n": 1, "text": "é\u2028"}, definition_version=2, retry_of=retry_of)
     log: list[tuple[SagaState | None, list[Event]]] = [(None, start.events)]
     state = start.state
 
@@ -75,7 +76,9 @@ def test_a_whole_run_reads_back_event_for_event() -> None:
     note(started(state, Direction.COMPENSATION, 0, 1))
     step(lambda s: decide.decide_compensation_gave_up(s, SHAPE, 0, RuntimeError("stuck"), 2)[0])
     note(decide.note_event(state, EventType.SAGA_DEAD_LETTER_DROPPED, entry_id="r1.7", reason="handled by hand"))
+    note(decide.note_event(state, EventType.SAGA_DEAD_LETTER_RESOLVED, entry_id="r1.9", reason="the run ended"))
     events = [e for _, group in log for e in group]
+    assert events[0]["retry_of"] == retry_of
 
     back = unpack("r1", stored(log), SHAPE)
 

@@ -195,7 +195,10 @@ def test_a_compensation_that_fails_ends_the_run_failed_and_stops_the_unwind() ->
     state = finished(trip, run_id)
 
     assert state.status is Status.FAILED
-    assert state.error is not None and state.error.name == "hotel" and state.error.attempts == 3
+    # the run's error stays car's failure; hotel's compensation giving up is recorded apart
+    assert state.error is not None and state.error.name == "car"
+    trouble = state.compensation_error
+    assert trouble is not None and trouble.name == "hotel" and trouble.attempts == 3
     kinds = sorted(d["kind"] for d in dead_letters() if d["run_id"] == run_id)
     assert kinds == ["compensation", "forward"]
     # flight's compensation never ran: nothing further runs until an operator acts

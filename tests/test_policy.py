@@ -233,12 +233,19 @@ def test_a_forward_entry_of_a_compensated_run_starts_the_run_again() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kind", "status"),
-    [("forward", Status.RUNNING), ("forward", Status.FAILED), ("compensation", Status.COMPENSATED)],
+    ("kind", "status", "command"),
+    [
+        ("forward", Status.RUNNING, "`saga tail r1`"),
+        ("forward", Status.FAILED, "`saga compensate r1`"),
+        ("forward", Status.COMPLETED, "`saga dlq drop r1.5 --reason TEXT`"),
+        ("compensation", Status.COMPENSATED, "`saga dlq drop r1.5 --reason TEXT`"),
+        ("compensation", Status.COMPENSATING, "`saga tail r1`"),
+    ],
 )
-def test_any_other_entry_is_refused_saying_why(kind: str, status: Status) -> None:
+def test_any_other_entry_is_refused_saying_why_and_what_would_work(kind: str, status: Status, command: str) -> None:
     verdict = policy.dead_letter_action(entry(kind), state_at(status))
-    assert isinstance(verdict, Refuse) and f"while run r1 is {status.value}" in verdict.reason
+    assert isinstance(verdict, Refuse) and verdict.reason.startswith(f"run r1 is {status.value}: ")
+    assert command in verdict.reason
 
 
 # --- verification ----------------------------------------------------------------------------

@@ -65,11 +65,49 @@ def test_failure_of_the_first_step_ends_compensated_with_nothing_to_undo() -> No
     assert t.state.status is Status.COMPENSATED
 
 
-def test_compensation_gave_up_fails_the_run() -> None:
-    t, _ = decide.decide_step_gave_up(run_to(3), SHAPE, 3, RuntimeError("boom"), attempts=1)
+def log_to(index: int) -> tuple[SagaState, list[Event]]:
+    """:func:`run_to`, with the events that led there."""
+    t = decide.decide_start("r1", "s", {"n": 1})
+    state, events = t.state, list(t.events)
+    for i in range(index):
+        t = decide.decide_step_succeeded(state, SHAPE, i, {SHAPE.steps[i]: i})
+        state, events = t.state, [*events, *t.events]
+    return state, events
+
+
+def test_compensation_gave_up_fails_the_run_and_keeps_the_step_that_failed_as_its_error() -> None:
+    start, before = log_to(3)
+    t, _ = decide.decide_step_gave_up(start, SHAPE, 3, RuntimeError("boom"), attempts=1)
     failed, entry = decide.decide_compensation_gave_up(t.state, SHAPE, 2, RuntimeError("stuck"), attempts=3)
     assert failed.state.status is Status.FAILED and entry["kind"] == "compensation"
-    assert failed.state.error is not None and failed.state.error.message == "stuck"
+    # the business failure stays the run's error; the compensation's is recorded apart
+    assert failed.state.error is not None and (failed.state.error.name, failed.state.error.message) == ("d", "boom")
+    trouble = failed.state.compensation_error
+    assert trouble is not None and (trouble.name, trouble.message, trouble.attempts) == ("c", "stuck", 3)
+    assert SagaState.from_dict(failed.state.to_dict()) == failed.state
+    # an operator's unwind ends it compensated, still blaming d; c's open entry is resolved then
+    unwound = decide.decide_compensate(failed.state, SHAPE, "operator")
+    undo_c = decide.decide_compensation_succeeded(unwound.state, SHAPE, 2)
+    done = decide.decide_compensation_succeeded(undo_c.state, SHAPE, 0)
+    assert done.state.status is Status.COMPENSATED and done.state.error == failed.state.error
+    events = [*before, *t.events, *failed.events, *unwound.events, *undo_c.events, *done.events]
+    assert rebuild(events) == done.state
+    [note] = decide.decide_dead_letters_resolved(done.state, events)
+    assert note["type"] == "saga.dead_letter_resolved" and note["entry_id"] == entry["id"]
+    assert note["version"] == done.state.version and "saga compensate" in note["reason"]
+    assert rebuild([*events, note]) == done.state  # the snapshot does not change
+    assert decide.decide_dead_letters_resolved(failed.state, events) == []  # not compensated: nothing
+
+
+def test_a_compensation_failure_written_before_keeps_run_error_folds_as_it_was_stored() -> None:
+    # runs written before the marker: compensation.failed without it set the run's error
+    start, before = log_to(3)
+    t, _ = decide.decide_step_gave_up(start, SHAPE, 3, RuntimeError("boom"), attempts=1)
+    failed, _ = decide.decide_compensation_gave_up(t.state, SHAPE, 2, RuntimeError("stuck"), attempts=3)
+    old = [{k: v for k, v in e.items() if k != "keeps_run_error"} for e in failed.events]
+    state = rebuild([*before, *t.events, *old])
+    assert state.error is not None and state.error.name == "c" and state.compensation_error is None
+    assert "compensation_error" not in state.to_dict()
 
 
 def test_rebuild_from_all_events_equals_the_folded_state() -> None:

@@ -7,11 +7,15 @@ Failure injection through payload flags, so the demo and the tests can show ever
 - ``"fail_compensation": "<step>"``: that step's compensation always fails -> run ``failed``.
 - ``"sleep": {"<step>": seconds}``: that step's first attempt takes this long (to watch it, or to
   kill its worker mid-step; the resumed attempt runs at full speed).
+- ``"outage": {"<step>": "<path>"}``: that step's compensation fails while the file at ``path``
+  exists (its service is down) and works once it is gone: a run ``failed``, then unwound by
+  ``saga compensate`` when the service is back.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from saga import PermanentError, Saga, StepContext
@@ -35,6 +39,12 @@ def _inject(payload: dict[str, Any], ctx: StepContext) -> None:
         raise ServiceUnavailable(f"{ctx.step} service unavailable (attempt {ctx.attempt})")
 
 
+def _outage(payload: dict[str, Any], ctx: StepContext) -> None:
+    down = payload.get("outage", {}).get(ctx.step)
+    if down and Path(down).exists():
+        raise ServiceUnavailable(f"{ctx.step} service is down (attempt {ctx.attempt})")
+
+
 @order.step(max_retries=3, retry_backoff=0.2, retry_backoff_max=2.0)
 def reserve_inventory(payload: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     """Hold the items of the order."""
@@ -45,6 +55,7 @@ def reserve_inventory(payload: dict[str, Any], ctx: StepContext) -> dict[str, An
 @reserve_inventory.compensate
 def release_inventory(payload: dict[str, Any], ctx: StepContext) -> None:
     """Give the held items back."""
+    _outage(payload, ctx)
     if payload.get("fail_compensation") == "reserve_inventory":
         raise RuntimeError("inventory service rejects the release")
 
@@ -59,6 +70,7 @@ def charge_payment(payload: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
 @charge_payment.compensate
 def refund_payment(payload: dict[str, Any], ctx: StepContext) -> None:
     """Refund the charge."""
+    _outage(payload, ctx)
     if payload.get("fail_compensation") == "charge_payment":
         raise RuntimeError("payment provider rejects the refund")
 

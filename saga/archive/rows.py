@@ -6,8 +6,9 @@ A run's rows: one in ``saga_runs`` (its latest state), one per event in ``saga_e
 event dict itself, at its 0-based position ``seq``), one per tag, one per checkpoint, and one per
 dead-letter entry its events record — ``saga.dead_lettered`` opens an entry (the dead letters of a
 forward step, of a compensation and of a run that cannot be trusted all come that way), and
-``saga.retried``, ``saga.resumed`` with an ``entry_id`` (a compensation retried) and
-``saga.dead_letter_dropped`` close it. A run row carries the storage format that wrote it
+``saga.retried``, ``saga.resumed`` with an ``entry_id`` (a compensation retried),
+``saga.dead_letter_dropped`` and ``saga.dead_letter_resolved`` (the run's end settled it) close it.
+A run row carries the storage format that wrote it
 (:data:`saga.core.STORAGE_FORMAT`). Times are microseconds since the epoch
 (:func:`saga.codec.micros`), turned back into the run's exact strings by :func:`saga.codec.iso`.
 """
@@ -25,8 +26,9 @@ from typing import Any
 from ..core import STORAGE_FORMAT, TERMINAL, Event, EventType, SagaState, Status, iso, micros
 from ..errors import ActionRefused, cut
 
-#: Dead-letter statuses: an entry is open until an operator retries or drops it.
-OPEN, RETRIED, DROPPED = "open", "retried", "dropped"
+#: Dead-letter statuses: an entry is open until an operator retries or drops it, or the run's end
+#: resolves it (a compensation entry of a run that ended compensated).
+OPEN, RETRIED, DROPPED, RESOLVED = "open", "retried", "dropped", "resolved"
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,7 @@ _RESOLVED = {
     EventType.SAGA_RETRIED: RETRIED,
     EventType.SAGA_RESUMED: RETRIED,  # a compensation retried from its entry
     EventType.SAGA_DEAD_LETTER_DROPPED: DROPPED,
+    EventType.SAGA_DEAD_LETTER_RESOLVED: RESOLVED,
 }
 
 

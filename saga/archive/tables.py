@@ -107,7 +107,7 @@ checkpoints = sa.Table(
     sa.Column("hash", sa.String(64), nullable=False),
 )
 
-#: Every dead-letter entry a run recorded, and what became of it (open, retried, dropped).
+#: Every dead-letter entry a run recorded, and what became of it (open, retried, dropped, resolved).
 dead_letters = sa.Table(
     "saga_dead_letters",
     metadata,

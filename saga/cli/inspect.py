@@ -259,10 +259,11 @@ def show(
             fail(f"run {run_id} has versions 1..{latest.version}; there is no version {version}", EXIT_NOT_FOUND)
         state = store.at_version(run_id, version)
     flower = _flower(registry.settings.flower_url, run_id)
+    record = cli_render.run_record(store.events(run_id), state.version)
     if as_json:
-        echo_json({**state.to_dict(), **({"flower": flower} if flower else {})})
+        echo_json({**state.to_dict(), **record, **({"flower": flower} if flower else {})})
     else:
-        cli_render.print_state(state, latest.version, flower)
+        cli_render.print_state(state, latest.version, flower, record)
 
 
 def _flower(base: str, run_id: str) -> dict[str, str] | None:

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..core import Event, SagaState, Status
+from ..core import Event, SagaState, Status, dead_letter_history
 from ..errors import visible
 
 #: Line width when stdout is not a terminal (and ``COLUMNS`` is not set): wide enough that a
@@ -73,6 +73,63 @@ def error_text(state: SagaState, attempts: bool = False) -> str:
         return ""
     tries = f" (after {e.attempts} attempt{'s' if e.attempts != 1 else ''})" if attempts else ""
     return f"{e.type} at {e.name}: {e.message}{tries}"
+
+
+def run_record(events: Sequence[Mapping[str, Any]], version: int) -> dict[str, Any]:
+    """What ``saga show`` adds to a run's state from its events up to ``version``, each key only
+    when there is something: ``compensation_failures`` (each compensation that gave up: its
+    entry, step, attempts, error, and ``status`` — open, retried, dropped or resolved — with the
+    ``resolution`` its closing event gave), ``retry_of`` (the run and dead-letter entry this run
+    was started again from) and ``retried_as`` (the runs started again from this one's entries)."""
+    seen = [e for e in events if e.get("version", 0) <= version]
+    record: dict[str, Any] = {}
+    failures = [
+        {
+            "entry_id": e["id"],
+            "step": e.get("step"),
+            "attempts": e.get("attempts"),
+            "error_type": e.get("error_type"),
+            "error_message": e.get("error_message"),
+            "at": e.get("at"),
+            "status": e["status"],
+            "resolution": str((e["closed_by"] or {}).get("reason") or ""),
+            "by_operator": bool(e["operator_after"]) and e["status"] == "resolved",
+        }
+        for e in dead_letter_history(seen)
+        if e.get("kind") == "compensation"
+    ]
+    if failures:
+        record["compensation_failures"] = failures
+    if seen and isinstance(seen[0].get("retry_of"), Mapping):
+        record["retry_of"] = dict(seen[0]["retry_of"])
+    retried = [
+        {"run_id": e.get("new_run_id"), "entry_id": e.get("entry_id")} for e in seen if e["type"] == "saga.retried"
+    ]
+    if retried:
+        record["retried_as"] = retried
+    return record
+
+
+def _record_rows(record: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The lines of :func:`run_record` under a run's error in ``saga show``."""
+    rows: list[tuple[str, str]] = []
+    for f in record.get("compensation_failures", ()):
+        n = f["attempts"]
+        times = f"{n} time{'s' if n != 1 else ''}"
+        head = f"compensation of {f['step']} failed {times} ({f['error_type']}: {f['error_message']})"
+        if f["status"] == "open":
+            tail = f"open: dead letter {f['entry_id']}"
+        elif f["by_operator"]:
+            tail = f"resolved by an operator: {f['resolution']}"
+        else:
+            tail = f"{f['status']}" + (f": {f['resolution']}" if f["resolution"] else "")
+        rows.append(("compensation", shown(f"{head}, {tail}")))
+    if "retry_of" in record:
+        link = record["retry_of"]
+        rows.append(("retry of", shown(f"{link.get('run_id')} (dead letter {link.get('entry_id')})")))
+    for link in record.get("retried_as", ()):
+        rows.append(("retried as", shown(f"{link['run_id']} (dead letter {link['entry_id']})")))
+    return rows
 
 
 def payload_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -246,9 +303,16 @@ def print_feed_status(rows: Sequence[Any], parked: Sequence[Mapping[str, Any]]) 
         out.print(visible(f"parked: run {p.get('run_id') or '?'} entry {p.get('id')}: {p.get('reason')}"), markup=False)
 
 
-def print_state(state: SagaState, latest_version: int, flower: Mapping[str, str] | None = None) -> None:
-    """``saga show``: the state's fields, payload and checkpoints; with ``flower``
-    (``first_task``, ``tasks`` and ``search``), where Flower shows the run's tasks."""
+def print_state(
+    state: SagaState,
+    latest_version: int,
+    flower: Mapping[str, str] | None = None,
+    record: Mapping[str, Any] | None = None,
+) -> None:
+    """``saga show``: the state's fields, payload and checkpoints; with ``record`` (:func:`run_record`),
+    the compensations that gave up and how each was settled, and the retry links, under its
+    error; with ``flower`` (``first_task``, ``tasks`` and ``search``), where Flower shows the
+    run's tasks."""
     out = console()
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
@@ -264,7 +328,7 @@ def print_state(state: SagaState, latest_version: int, flower: Mapping[str, str]
         ("updated", _when(state.updated_at, 23)),
         ("error", shown(error_text(state, attempts=True)) or "-"),
     )
-    for label, value in rows:
+    for label, value in (*rows, *_record_rows(record or {})):
         grid.add_row(label, value)
     if flower:
         grid.add_row("flower", shown(f"{flower['first_task']}  (the run's first task)"))

@@ -13,10 +13,10 @@ from collections import Counter
 from dataclasses import dataclass
 from itertools import islice
 
-from ..core import EventType, JSONObject, SagaState, Status, decide, policy, rebuild
+from ..core import EventType, JSONObject, SagaState, Status, dead_letter_history, decide, policy, rebuild
 from ..engine import commit as engine
 from ..engine import runs
-from ..errors import ActionRefused, RunNotFound, SagaError
+from ..errors import ActionRefused, EntryNotFound, RunNotFound, SagaError
 from ..registry import Registry, default_registry
 from ..store import CommitReason, DeadLetterPage
 
@@ -207,29 +207,58 @@ def retry_dead_letter(entry_id: str, *, registry: Registry | None = None) -> str
     """Act on a dead-letter entry and take it off the queue; returns the run id that goes on.
 
     A compensation entry of a failed run continues the unwind at that compensation. A forward
-    entry of a compensated run starts a new run with the original input, linked to the old one.
+    entry of a compensated run starts a new run with the original input and tags, linked both
+    ways: the new run's ``saga.started`` has ``retry_of`` (run and entry), the original records
+    ``saga.retried`` with ``new_run_id``. Every refusal names the command that would work.
     """
     reg = _registry(registry)
     store = reg.store
-    entry = store.indexes.dead_letter(entry_id)
+    try:
+        entry = store.indexes.dead_letter(entry_id)
+    except EntryNotFound:
+        closed = _closed_entry(reg, entry_id)
+        if closed:
+            raise EntryNotFound(entry_id, closed) from None
+        raise
+    drop = f"drop the entry with `saga dlq drop {entry_id} --reason TEXT`"
     try:
         state = store.reads.get(entry["run_id"])
     except RunNotFound:
-        raise ActionRefused(f"run {entry['run_id']} of entry {entry_id} has expired; drop the entry instead") from None
+        raise ActionRefused(
+            f"run {entry['run_id']} of entry {entry_id} has expired: nothing to retry; {drop}"
+        ) from None
     action = policy.dead_letter_action(entry, state)
     if isinstance(action, policy.Refuse):
         raise ActionRefused(action.reason)
     rt = reg.runtime_for(state.saga, state.definition_version)
+    again = f"run {state.id} changed meanwhile; try `saga dlq retry {entry_id}` again"
     if isinstance(action, policy.ContinueUnwind):
         if not runs.retry_compensation(rt, state, action.index, entry_id):
-            raise ActionRefused(f"run {state.id} changed meanwhile; try again")
+            raise ActionRefused(again)
         store.indexes.remove_dead_letter(entry_id)
         return state.id
     original = store.reads.events(state.id)[0]["payload"]
-    new_id = runs.start_run(rt, original, key=f"retry:{entry_id}")
+    link = {"run_id": state.id, "entry_id": entry_id}
+    new_id = runs.start_run(rt, original, key=f"retry:{entry_id}", tags=dict(state.tags) or None, retry_of=link)
     store.note_events(state, [decide.note_event(state, EventType.SAGA_RETRIED, entry_id=entry_id, new_run_id=new_id)])
     store.indexes.remove_dead_letter(entry_id)
     return new_id
+
+
+def _closed_entry(reg: Registry, entry_id: str) -> str:
+    """What closed ``entry_id``, when its run's events show it was retried, dropped or resolved
+    (so it is no longer in the queue); '' when they do not."""
+    run_id = entry_id.rsplit(".", 1)[0]
+    try:
+        history = dead_letter_history(reg.tiers.events(run_id))
+    except SagaError:
+        return ""
+    for entry in history:
+        closed = entry["closed_by"]
+        if entry["id"] == entry_id and closed is not None:
+            why = f" ({closed['reason']})" if closed.get("reason") else ""
+            return f"it was {entry['status']}{why}; nothing to retry (`saga show {run_id}` shows the run)"
+    return ""
 
 
 def drop_dead_letter(entry_id: str, *, reason: str, registry: Registry | None = None) -> None:
@@ -237,7 +266,9 @@ def drop_dead_letter(entry_id: str, *, reason: str, registry: Registry | None = 
     store = _registry(registry).store
     entry = store.indexes.dead_letter(entry_id)
     if not reason.strip():
-        raise ActionRefused("a reason is required to drop a dead-letter entry")
+        raise ActionRefused(
+            f"a reason is required to drop a dead-letter entry: `saga dlq drop {entry_id} --reason TEXT`"
+        )
     try:
         state = store.reads.get(entry["run_id"])
         note = decide.note_event(state, EventType.SAGA_DEAD_LETTER_DROPPED, entry_id=entry_id, reason=reason)

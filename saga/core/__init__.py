@@ -2,7 +2,7 @@
 
 from . import codec, decide, policy, stages
 from .codec import Packer, iso, micros, unpack, versions
-from .events import note_event, parked_event
+from .events import dead_letter_history, note_event, parked_event
 from .formats import FORMAT_FIELD, STORAGE_FORMAT, checked_format
 from .policy import (
     ContinueUnwind,
@@ -78,6 +78,7 @@ __all__ = [
     "checked_format",
     "codec",
     "cut",
+    "dead_letter_history",
     "decide",
     "iso",
     "json_copy",

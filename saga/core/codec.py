@@ -58,6 +58,7 @@ CODES: dict[EventType, int] = {
     EventType.SAGA_REJECTED: 19,
     EventType.GROUP_COMPENSATED: 20,
     EventType.SAGA_DEADLINE_EXCEEDED: 21,
+    EventType.SAGA_DEAD_LETTER_RESOLVED: 22,
 }
 TYPES = {code: kind for kind, code in CODES.items()}
 
@@ -95,6 +96,7 @@ SCHEMA: dict[EventType, tuple[str, ...]] = {
     EventType.SAGA_REJECTED: (*_STEP, "status", "current_step"),
     EventType.GROUP_COMPENSATED: (*_STEP, "group", "status", "current_step"),
     EventType.SAGA_DEADLINE_EXCEEDED: ("version", "deadline_at", "error", "status", "current_step"),
+    EventType.SAGA_DEAD_LETTER_RESOLVED: ("version", "entry_id", "reason"),
 }
 _DERIVED = frozenset({"type", "run_id", "at", "name"})
 #: Events recorded at the run's current version (snapshot-neutral, appended by begin.lua), whose
@@ -202,6 +204,7 @@ def unpack(run_id: str, rows: Iterable[str], shape: Shape | None) -> list[Event]
 #: The order of an event's fields as the engine makes them (so an unpacked event equals it,
 #: field order included, and prints the same).
 _ORDER: dict[EventType, Sequence[str]] = {
+    EventType.SAGA_STARTED: ("saga", "payload", "definition_version", "tags", "deadline_at"),
     EventType.STEP_SUCCEEDED: ("step", "name", "output", "hash", "current_step", "status"),
     EventType.STEP_STARTED: ("step", "name", "attempt", "version"),
     EventType.COMPENSATION_STARTED: ("step", "name", "attempt", "version"),

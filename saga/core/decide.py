@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .events import Builder, step_fields
+from .events import Builder, dead_letter_history, step_fields
 from .events import decide_retry as decide_retry
 from .events import note_event as note_event
 from .events import parked_event as parked_event
@@ -28,14 +28,18 @@ def decide_start(
     definition_version: int = 1,
     tags: Mapping[str, str] | None = None,
     deadline_at: str = "",
+    retry_of: Mapping[str, str] | None = None,
 ) -> Transition:
     """A new run of ``saga`` under its definition ``definition_version``: version 1, pending,
-    cursor on step 0, with its business ``tags`` and its deadline (an ISO-8601 time), each
-    recorded in ``saga.started`` when given."""
+    cursor on step 0, with its business ``tags``, its deadline (an ISO-8601 time) and, for a run
+    started again from a dead letter, ``retry_of`` (``run_id`` and ``entry_id`` of the run it
+    retries), each recorded in ``saga.started`` when given."""
     b = Builder(None, run_id, bump=True, at=at)
     extra: dict[str, Any] = {"tags": dict(tags)} if tags else {}
     if deadline_at:
         extra["deadline_at"] = deadline_at
+    if retry_of:
+        extra["retry_of"] = dict(retry_of)
     b.add(EventType.SAGA_STARTED, saga=saga, payload=payload, definition_version=definition_version, **extra)
     return b.transition(None)
 
@@ -271,10 +275,12 @@ def decide_compensation_succeeded(state: SagaState, shape: Shape, index: int, at
 def decide_compensation_gave_up(
     state: SagaState, shape: Shape, index: int, error: BaseException, attempts: int, at: str | None = None
 ) -> tuple[Transition, JSONObject]:
-    """Compensation ``index`` gave up: the unwind is stuck; the run fails and waits for an operator."""
+    """Compensation ``index`` gave up: the unwind is stuck; the run fails and waits for an operator.
+    The failure is the run's ``compensation_error`` (``keeps_run_error``): its ``error`` stays the
+    failure that made it unwind."""
     b = Builder(state, state.id, bump=True, at=at)
     entry = dead_letter_entry(state, shape.steps[index], Direction.COMPENSATION, index, error, attempts, b.at)
-    b.add(EventType.COMPENSATION_FAILED, **step_fields(shape, index), error=_error_of(entry))
+    b.add(EventType.COMPENSATION_FAILED, **step_fields(shape, index), keeps_run_error=True, error=_error_of(entry))
     b.add(EventType.SAGA_DEAD_LETTERED, **step_fields(shape, index), entry=entry)
     b.add(EventType.SAGA_FAILED, status=Status.FAILED.value)
     return b.transition(state), entry
@@ -383,3 +389,23 @@ def decide_retry_compensation(
         current_step=shape.stage(index).start,
     )
     return b.transition(state)
+
+
+def decide_dead_letters_resolved(
+    state: SagaState, events: Sequence[Mapping[str, Any]], at: str | None = None
+) -> list[JSONObject]:
+    """The run ended compensated: every compensation entry of it still open is settled (each
+    compensation the run needed has committed since), and recorded so — one
+    ``saga.dead_letter_resolved`` event per entry (at the run's version: the snapshot does not
+    change), saying what ended the run. [] for a run not compensated, or with none open. A forward
+    entry stays open: its run can still be started again (``saga dlq retry``) or dropped."""
+    if state.status is not Status.COMPENSATED:
+        return []
+    notes = []
+    for entry in dead_letter_history(events):
+        if entry["status"] != "open" or entry.get("kind") != Direction.COMPENSATION.value:
+            continue
+        by = entry["operator_after"]
+        reason = f"the run ended compensated after `{by}`" if by else "the run ended compensated"
+        notes.append(note_event(state, EventType.SAGA_DEAD_LETTER_RESOLVED, at, entry_id=entry["id"], reason=reason))
+    return notes

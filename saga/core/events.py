@@ -5,9 +5,18 @@ an operator's note, a retry. Pure; :mod:`saga.core.decide` builds its transition
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .state import Direction, Event, EventType, SagaState, Shape, Transition, describe_error, fold, now_iso
+from .state import Direction, Event, EventType, JSONObject, SagaState, Shape, Transition, describe_error, fold, now_iso
+
+#: What a dead-letter entry is once an event closed it (with its ``entry_id``): ``open`` until then.
+ENTRY_CLOSED = {
+    EventType.SAGA_RETRIED: "retried",  # a forward entry: a new run started with the input
+    EventType.SAGA_RESUMED: "retried",  # a compensation entry: the unwind went on from it
+    EventType.SAGA_DEAD_LETTER_DROPPED: "dropped",  # an operator took it off the queue
+    EventType.SAGA_DEAD_LETTER_RESOLVED: "resolved",  # the run's end settled it
+}
 
 
 class Builder:
@@ -88,3 +97,36 @@ def decide_retry(
 def parked_event(state: SagaState, reason: str, at: str | None = None) -> Event:
     """``saga.parked``: the run waits, untouched, for a worker with the definition it needs."""
     return note_event(state, EventType.SAGA_PARKED, at, reason=reason, definition_version=state.definition_version)
+
+
+def dead_letter_history(events: Iterable[Mapping[str, Any]]) -> list[JSONObject]:
+    """Every dead-letter entry a run's events record, oldest first: the entry as it was
+    dead-lettered, with ``status`` (``open``, or what closed it: :data:`ENTRY_CLOSED`),
+    ``closed_by`` (the closing event, or None) and ``operator_after``: the last operator action
+    on the run after the entry — ``saga compensate``, ``saga dlq retry``, ``saga resume`` — or ''."""
+    entries: dict[str, JSONObject] = {}
+    for event in events:
+        kind, entry = event["type"], event.get("entry")
+        if kind == EventType.SAGA_DEAD_LETTERED and isinstance(entry, Mapping) and "id" in entry:
+            entries[str(entry["id"])] = {**entry, "status": "open", "closed_by": None, "operator_after": ""}
+            continue
+        action = _operator_action(event)
+        for open_entry in entries.values():
+            if action and open_entry["status"] == "open":
+                open_entry["operator_after"] = action
+        closed = entries.get(str(event.get("entry_id")))
+        if kind in ENTRY_CLOSED and closed is not None and closed["status"] == "open":
+            closed.update(status=ENTRY_CLOSED[EventType(kind)], closed_by=dict(event))
+    return list(entries.values())
+
+
+def _operator_action(event: Mapping[str, Any]) -> str:
+    """The operator's command an event records ('' for any other event)."""
+    kind = event["type"]
+    if kind == EventType.SAGA_COMPENSATION_REQUESTED:
+        return "saga compensate"
+    if kind == EventType.SAGA_RESUMED and "entry_id" in event:
+        return "saga dlq retry"
+    if kind == EventType.SAGA_RESUMED and event.get("reason") == "operator":
+        return "saga resume"
+    return ""

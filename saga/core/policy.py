@@ -384,13 +384,24 @@ class Refuse:
 
 
 def dead_letter_action(entry: Mapping[str, Any], state: SagaState) -> ContinueUnwind | StartAgain | Refuse:
-    """Which action ``saga dlq retry`` takes for ``entry`` of the run in ``state``."""
-    if entry["kind"] == Direction.COMPENSATION.value and state.status is Status.FAILED:
+    """Which action ``saga dlq retry`` takes for ``entry`` of the run in ``state``; a refusal
+    says what the run is and the command that would work."""
+    run, status, entry_id = state.id, state.status, entry["id"]
+    if entry["kind"] == Direction.COMPENSATION.value and status is Status.FAILED:
         return ContinueUnwind(int(entry["index"]))
-    if entry["kind"] == Direction.FORWARD.value and state.status is Status.COMPENSATED:
+    if entry["kind"] == Direction.FORWARD.value and status is Status.COMPENSATED:
         return StartAgain()
+    drop = f"drop the entry with `saga dlq drop {entry_id} --reason TEXT`"
+    if status is Status.COMPLETED or (status is Status.COMPENSATED and entry["kind"] == Direction.COMPENSATION.value):
+        return Refuse(f"run {run} is {status.value}: nothing to retry; {drop}")
+    if status is Status.FAILED:  # a forward entry: what the run did is not undone yet
+        return Refuse(
+            f"run {run} is failed: undo what it did first with `saga compensate {run}`, "
+            f"then retry the entry to start it again (or {drop})"
+        )
     return Refuse(
-        f"entry {entry['id']} ({entry['kind']}) cannot be retried while run {state.id} is {state.status.value}"
+        f"run {run} is {status.value}: it is still moving; follow it with `saga tail {run}` and act on the "
+        f"entry once it is finished (`saga resume {run}` if it is stuck)"
     )
 
 

@@ -77,9 +77,13 @@ class EventType(StrEnum):
     SAGA_REJECTED = "saga.rejected"  # a step raised Rejected: compensate, no dead letter
     GROUP_COMPENSATED = "group.compensated"  # every committed member of a group was undone
     SAGA_DEADLINE_EXCEEDED = "saga.deadline_exceeded"  # the run's deadline passed: compensate
+    SAGA_DEAD_LETTER_RESOLVED = "saga.dead_letter_resolved"  # the run's end settled an entry
 
 
-#: Events whose ``error`` field becomes the run's error.
+#: Events whose ``error`` field becomes the run's error. A ``compensation.failed`` event with
+#: ``keeps_run_error`` (every one written since it existed) sets ``compensation_error`` instead:
+#: the run's error stays the failure that made it unwind; one without it (an older run) sets the
+#: error as it did when it was written, so old runs fold to the state they stored.
 _ERROR_EVENTS = frozenset(
     {EventType.STEP_FAILED, EventType.COMPENSATION_FAILED, EventType.SAGA_FAILED, EventType.SAGA_DEADLINE_EXCEEDED}
 )
@@ -136,6 +140,7 @@ class SagaState:
     tags: Mapping[str, str] = field(default_factory=dict)
     deadline_at: str = ""
     began: tuple[int, ...] = ()
+    compensation_error: StepError | None = None
 
     def to_dict(self) -> JSONObject:
         """The snapshot as a JSON object (the stored form); :meth:`from_dict` reads it back."""
@@ -156,6 +161,7 @@ class SagaState:
             "tags": dict(self.tags),
             **deadline,
             **({"began": list(self.began)} if self.began else {}),
+            **({"compensation_error": vars(self.compensation_error)} if self.compensation_error else {}),
         }
 
     def to_json(self) -> str:
@@ -166,6 +172,7 @@ class SagaState:
     def from_dict(cls, data: Mapping[str, Any]) -> SagaState:
         """Inverse of :meth:`to_dict`."""
         error = data.get("error")
+        trouble = data.get("compensation_error")
         return cls(
             id=data["id"],
             saga=data["saga"],
@@ -182,6 +189,7 @@ class SagaState:
             tags=dict(data.get("tags") or {}),
             deadline_at=data.get("deadline_at") or "",
             began=tuple(data.get("began") or ()),
+            compensation_error=None if trouble is None else StepError(**trouble),
         )
 
     def __eq__(self, other: object) -> bool:
@@ -377,7 +385,9 @@ def apply(state: SagaState | None, event: Mapping[str, Any]) -> SagaState:
         changes["compensated"] = (*state.compensated, event["step"])
     if event.get("began"):  # members an unwind found begun, not committed: undone too
         changes["began"] = tuple(sorted({*state.began, *event["began"]}))
-    if kind in _ERROR_EVENTS and "error" in event:
+    if kind == EventType.COMPENSATION_FAILED and event.get("keeps_run_error") and "error" in event:
+        changes["compensation_error"] = StepError(**event["error"])
+    elif kind in _ERROR_EVENTS and "error" in event:
         changes["error"] = StepError(**event["error"])
     if "status" in event:
         changes["status"] = Status(event["status"])

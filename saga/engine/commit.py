@@ -22,7 +22,7 @@ from functools import partial
 from typing import Any, Protocol
 
 from ..core import Direction, SagaState, Shape, Status, Transition, decide, policy, stages
-from ..errors import BrokerUnavailable
+from ..errors import BrokerUnavailable, SagaError
 from ..settings import Settings
 from ..store import PLAIN_COMMIT, CommitOptions, CommitReason, CommitResult, Message, RedisStore, lane_id, memory
 from ..transport import messages, tasks
@@ -266,9 +266,33 @@ def commit_and_follow(
         cancel_now(rt, after, result.cancel)  # the commit pushed no message: the cancel decides
     elif after.status.terminal:
         metrics.run_finished(rt.name, after.status.value, policy.compensated_cause(after))
+        resolve_dead_letters(rt, after)
     elif message is None:
         follow(rt, before, after)
     return result
+
+
+def resolve_dead_letters(rt: Runtime, state: SagaState) -> None:
+    """The run ended compensated: settle its compensation entries still open (each compensation
+    it needed has committed since) — a ``saga.dead_letter_resolved`` event each, then the entry
+    leaves the queue (:func:`saga.decide.decide_dead_letters_resolved`). The run's events are read
+    only for a run that failed (a compensation gave up, or a step did); a crash between the event
+    and the queue leaves the entry, which ``saga dlq retry`` then says to drop."""
+    trouble = state.compensation_error is not None or (state.error is not None and state.error.type != "Rejected")
+    if state.status is not Status.COMPENSATED or not trouble:
+        return
+    try:
+        notes = decide.decide_dead_letters_resolved(state, rt.store.reads.events(state.id))
+        if not notes or not rt.store.note_events(state, notes)[0]:
+            return
+        for note in notes:
+            rt.store.indexes.remove_dead_letter(note["entry_id"])
+    except SagaError as exc:
+        rt.log(state.id).error("dead letters of the run not resolved (%s); `saga dlq list` shows them", exc)
+        return
+    rt.log(state.id).warning(
+        "resolved dead letter(s) %s: %s", ", ".join(n["entry_id"] for n in notes), notes[0]["reason"]
+    )
 
 
 def cancel_now(rt: Runtime, state: SagaState, reason: str, *, undo_running: bool = False) -> bool:

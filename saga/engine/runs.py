@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..core import (
@@ -62,10 +63,16 @@ class NewRun:
 
 
 def prepare_start(
-    rt: Runtime, payload: object, key: str | None, tags: object = None, deadline: object = None
+    rt: Runtime,
+    payload: object,
+    key: str | None,
+    tags: object = None,
+    deadline: object = None,
+    retry_of: Mapping[str, str] | None = None,
 ) -> NewRun:
     """Check a start's arguments and build version 1 of the run (nothing written yet).
-    ``deadline``: seconds from now after which the run, if not finished, is compensated."""
+    ``deadline``: seconds from now after which the run, if not finished, is compensated;
+    ``retry_of``: the run and dead-letter entry a run started again from a dead letter retries."""
     shape = rt.definition.shape
     if not shape.steps:
         raise SagaDefinitionError(f"saga {rt.name!r} has no steps; declare them with @saga.step")
@@ -79,7 +86,14 @@ def prepare_start(
     at = now_iso()
     deadline_at = _later(at, seconds) if seconds is not None else ""
     start = decide.decide_start(
-        run_id, rt.name, body, at, definition_version=rt.definition.version, tags=run_tags, deadline_at=deadline_at
+        run_id,
+        rt.name,
+        body,
+        at,
+        definition_version=rt.definition.version,
+        tags=run_tags,
+        deadline_at=deadline_at,
+        retry_of=retry_of,
     )
     until = parse_iso(deadline_at) if deadline_at else None
     check_at = policy.dispatch_check_at(time.time(), rt.settings.dispatch_timeout)
@@ -97,16 +111,23 @@ def started(new: NewRun, outcome: CreateOutcome) -> bool:
     return outcome is CreateOutcome.CREATED and new.message is None
 
 
-def start_run(rt: Runtime, payload: object, key: str | None, tags: object = None, deadline: object = None) -> str:
+def start_run(
+    rt: Runtime,
+    payload: object,
+    key: str | None,
+    tags: object = None,
+    deadline: object = None,
+    retry_of: Mapping[str, str] | None = None,
+) -> str:
     """Write version 1 of a new run under ``rt``'s definition and send its first step; returns
     the run id. ``deadline``: seconds from now after which the run, if not finished, is
-    compensated (None: no deadline).
+    compensated (None: no deadline); ``retry_of``: see :func:`prepare_start`.
 
     With ``key`` the run id is derived from (saga, key), so a second start with the same key and
     payload writes nothing and returns the same id, also when processes race; with another
     payload it raises :class:`~saga.errors.KeyConflict`.
     """
-    new = prepare_start(rt, payload, key, tags, deadline)
+    new = prepare_start(rt, payload, key, tags, deadline, retry_of)
     outcome = rt.store.create(
         rt.definition.shape, new.start, key, check_at=new.check_at, message=new.message, deadline=new.deadline
     )
