@@ -15,6 +15,7 @@ from saga.core import (
     SagaState,
     Shape,
     Transition,
+    codec,
     decide,
     micros,
     rebuild,
@@ -97,3 +98,14 @@ def test_a_step_that_returns_nothing_costs_two_short_rows() -> None:
     # a step with output stores its output and the new payload's hash; one without, neither
     assert '{"a":1}' in rows[1] and moved.state.checkpoints[-1].hash in rows[1]
     assert len(rows[2]) <= 16 and len(rows[3]) <= 16, rows[2:]
+
+
+def test_a_resolved_dead_letter_is_stored_as_a_drop_that_older_readers_know() -> None:
+    start = decide.decide_start("r1", "s", {}, definition_version=1)
+    resolved = decide.note_event(start.state, EventType.SAGA_DEAD_LETTER_RESOLVED, entry_id="r1.3", reason="ended")
+    [_, text] = stored([(None, start.events), (start.state, [resolved])])
+    row = json.loads(text)
+    assert row[0] == codec.CODES[EventType.SAGA_DEAD_LETTER_DROPPED]  # a code storage format 1 has
+    assert row[-1] == {"resolved": True}
+    [back] = unpack("r1", [text], None)[-1:]
+    assert back["type"] == "saga.dead_letter_resolved" and back["entry_id"] == "r1.3" and "resolved" not in back

@@ -58,9 +58,13 @@ CODES: dict[EventType, int] = {
     EventType.SAGA_REJECTED: 19,
     EventType.GROUP_COMPENSATED: 20,
     EventType.SAGA_DEADLINE_EXCEEDED: 21,
-    EventType.SAGA_DEAD_LETTER_RESOLVED: 22,
 }
 TYPES = {code: kind for kind, code in CODES.items()}
+#: ``saga.dead_letter_resolved`` is stored as a ``saga.dead_letter_dropped`` row marked
+#: ``resolved``: a reader that predates it (format 1 has no code for it) reads a drop with its
+#: reason, never an unknown code, so adding it changed no storage format.
+_STORED_AS = {EventType.SAGA_DEAD_LETTER_RESOLVED: EventType.SAGA_DEAD_LETTER_DROPPED}
+_RESOLVED_MARK = "resolved"
 
 _STEP = ("version", "step")
 #: The positional fields of each event type, after ``[code, at]`` (``begin.lua`` writes the
@@ -96,7 +100,6 @@ SCHEMA: dict[EventType, tuple[str, ...]] = {
     EventType.SAGA_REJECTED: (*_STEP, "status", "current_step"),
     EventType.GROUP_COMPENSATED: (*_STEP, "group", "status", "current_step"),
     EventType.SAGA_DEADLINE_EXCEEDED: ("version", "deadline_at", "error", "status", "current_step"),
-    EventType.SAGA_DEAD_LETTER_RESOLVED: ("version", "entry_id", "reason"),
 }
 _DERIVED = frozenset({"type", "run_id", "at", "name"})
 #: Events recorded at the run's current version (snapshot-neutral, appended by begin.lua), whose
@@ -151,6 +154,9 @@ class Packer:
                 del fields["output"]
             if fields.get("current_step") == fields.get("step", -1) + 1:
                 del fields["current_step"]
+        if kind in _STORED_AS:
+            fields[_RESOLVED_MARK] = True
+            kind = _STORED_AS[kind]
         schema = SCHEMA[kind]
         row: list[Any] = [CODES[kind], at, *(fields.get(name) for name in schema)]
         while len(row) > 2 and row[-1] is None:
@@ -197,6 +203,9 @@ def unpack(run_id: str, rows: Iterable[str], shape: Shape | None) -> list[Event]
             last_hash = fields["hash"]
         event.update(extra)
         event.update(fields)
+        if kind is EventType.SAGA_DEAD_LETTER_DROPPED and event.pop(_RESOLVED_MARK, False):
+            kind = EventType.SAGA_DEAD_LETTER_RESOLVED
+            event["type"] = kind.value
         events.append(_ordered(event, kind))
     return events
 
