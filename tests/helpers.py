@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from saga import Settings
+from saga.testing import worker_env
+
+ROOT = Path(__file__).resolve().parents[1]
 
 #: (metric sample name, sorted labels) -> value
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -38,3 +46,16 @@ def apply_once(client: Any, effects: str, order: str, idempotency_key: str, what
     """A test ledger's effect ``what``, applied once per ``idempotency_key`` in the hash
     ``effects``, its first application appended to the list ``order`` (same slot on a cluster)."""
     client.eval(_APPLY_ONCE, 2, effects, order, idempotency_key, what)
+
+
+def saga_cli(settings: Settings, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m saga ARGS`` as an operator runs it: from the repository root, with ``settings``
+    (and ``env``) in its environment; ``timeout`` catches a hang."""
+    return subprocess.run(
+        [sys.executable, "-m", "saga", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=worker_env(settings, **env),
+        timeout=timeout,
+    )

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,6 +26,7 @@ from saga.engine import ArchiveGauges
 from saga.registry import default_registry
 from saga.store import BucketKeys, Client, bucket_of, run_keys
 from saga.testing import configured, free_port, start_worker_process, stop_process_group, wait_for, worker_env
+from tests.helpers import saga_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 QUEUE = "saga-archive-tests"
@@ -67,16 +66,7 @@ def order(live: Settings) -> Any:
     return order
 
 
-def saga(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m saga ARGS`` with ``settings``."""
-    return subprocess.run(
-        [sys.executable, "-m", "saga", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=worker_env(settings),
-        timeout=60,
-    )
+saga = saga_cli
 
 
 def saga_json(settings: Settings, *args: str) -> Any:

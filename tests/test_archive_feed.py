@@ -27,6 +27,7 @@ from saga.archive import Archive
 from saga.registry import default_registry
 from saga.store import BucketKeys, Client, bucket_of, run_keys
 from saga.testing import configured, free_port, start_worker_process, stop_process_group, wait_for, worker_env
+from tests.helpers import saga_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 QUEUE = "saga-archive-feed-tests"
@@ -75,14 +76,7 @@ def order(manual: Manual) -> Any:
 
 
 def saga(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "saga", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=worker_env(settings, **env),
-        timeout=120,
-    )
+    return saga_cli(settings, *args, timeout=120, **env)
 
 
 def archiver_process(settings: Settings, **env: str) -> subprocess.Popen[str]:

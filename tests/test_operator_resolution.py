@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from saga.cli import EXIT_NOT_FOUND, EXIT_OK, EXIT_REFUSED
 from saga.registry import default_registry
 from saga.store import BucketKeys, Client, bucket_of
 from saga.testing import configured, free_port, start_worker_process, stop_process_group, wait_for, worker_env
+from tests.helpers import saga_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 QUEUE = "saga-resolution-tests"
@@ -64,16 +64,7 @@ def order(live: Settings) -> Any:
     return order
 
 
-def saga(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m saga ARGS`` with ``settings``."""
-    return subprocess.run(
-        [sys.executable, "-m", "saga", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=worker_env(settings),
-        timeout=60,
-    )
+saga = saga_cli
 
 
 def saga_json(settings: Settings, *args: str) -> Any:
