@@ -56,7 +56,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from saga.archive import Archive, ArchiveFeed, Archiver, RunQuery, tables
-from saga.core import Status, micros
+from saga.core import STORAGE_FORMAT, Status, micros
 from saga.registry import default_registry
 from saga.settings import Settings
 from saga.store import BucketKeys, RedisStore
@@ -614,6 +614,7 @@ def fill(url: str, total: int, watched: set[str], seed: int = SEED) -> dict[str,
                         ),
                         "event_count": {"completed": 10, "compensated": 14, "failed": 9}[status],
                         "bucket": i % 16,
+                        "format": STORAGE_FORMAT,
                     }
                 )
                 tags.append({"run_id": run_id, "key": "customer", "value": customer, "created_at": created})
