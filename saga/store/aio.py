@@ -24,7 +24,7 @@ from ..core import FORMAT_FIELD, Event, SagaState, Shape, checked_format, codec,
 from ..errors import RunNotFound
 from .connection import CLUSTER_SCHEMES
 from .notify import AsyncWaiters, async_client, subscriptions
-from .reads import RunReads, snapshot_state
+from .reads import RunReads, checked_snapshot
 
 
 @dataclass
@@ -77,13 +77,9 @@ class AsyncReads:
     async def get(self, run_id: str) -> SagaState:
         """The latest state of a run in Redis; :class:`RunNotFound` if Redis has none,
         :class:`~saga.errors.StorageFormatTooNew` if its record is of a newer storage format."""
-        keys = self.keyspace.keys(run_id)
         with self.keyspace.guarded():
-            snapshot, stored = await self._both(
-                lambda pipe: (pipe.get(keys.snapshot), pipe.hget(keys.meta, FORMAT_FIELD))
-            )
-        checked_format(run_id, stored)
-        state = snapshot_state(snapshot)
+            snapshot = await self._side().client.get(self.keyspace.keys(run_id).snapshot)
+        state = checked_snapshot(run_id, snapshot)
         if state is not None:
             return state
         return rebuild(await self.events(run_id))

@@ -7,9 +7,9 @@ its asyncio twin (:mod:`saga.store.aio`) as ``store.aio``. Every read returns ob
 own: a payload read here shares nothing with any other reader's.
 
 Every read of a run's state, events or bookkeeping also reads its record's storage format (the
-meta hash's ``format`` field, in the same round trip; a batch of snapshots, the format each
-snapshot carries) and refuses a newer one than this saga reads with
-:class:`~saga.errors.StorageFormatTooNew`; nothing here writes.
+meta hash's ``format`` field, in the same round trip; a snapshot, the format it carries) and
+refuses a newer one than this saga reads with :class:`~saga.errors.StorageFormatTooNew`;
+nothing here writes.
 """
 
 from __future__ import annotations
@@ -29,6 +29,16 @@ T = TypeVar("T")
 def snapshot_state(snapshot: str | None) -> SagaState | None:
     """The state a stored snapshot holds (None for none)."""
     return SagaState.from_dict(json.loads(snapshot)) if snapshot else None
+
+
+def checked_snapshot(run_id: str, snapshot: str | None) -> SagaState | None:
+    """The state run ``run_id``'s stored snapshot holds (None for none);
+    :class:`StorageFormatTooNew` if the snapshot names a newer storage format than this saga's."""
+    if not snapshot:
+        return None
+    data = json.loads(snapshot)
+    checked_format(run_id, data.get(FORMAT_FIELD))
+    return SagaState.from_dict(data)
 
 
 class RunReads:
@@ -54,27 +64,22 @@ class RunReads:
 
     def read_snapshots(self, run_ids: Sequence[str]) -> list[SagaState | None | StorageFormatTooNew]:
         """:meth:`snapshots`, but a run of a newer storage format is its refusal, in its place,
-        so one such run does not hide the others (the watchdog's batch). One run's read also
-        reads its meta hash's format field, in the same round trip; a batch (a listing, the
-        watchdog) reads the snapshots alone and checks each one's own ``format`` key, which every
-        format after 1 writes into its snapshots (see :mod:`saga.core.formats`): no command per
-        run beyond its snapshot."""
-        one = len(run_ids) == 1
+        so one such run does not hide the others (the watchdog's batch). A snapshot is checked
+        by the ``format`` key every format after 1 writes into it (see :mod:`saga.core.formats`),
+        so a run with a snapshot costs one GET and nothing more (a listing, the watchdog, a
+        waiter's read); a run without one is rebuilt from its events, whose read checks the
+        meta hash's field."""
         with self.keyspace.guarded():
             pipe = self.keyspace.client.pipeline(transaction=False)
             for run_id in run_ids:
-                keys = self.keyspace.keys(run_id)
-                pipe.get(keys.snapshot)
-                if one:
-                    pipe.hget(keys.meta, FORMAT_FIELD)
-            replies = pipe.execute()
-        snapshots = cast(list[str | None], replies[::2] if one else replies)
-        in_meta = replies[1::2] if one else [None] * len(run_ids)
+                pipe.get(self.keyspace.keys(run_id).snapshot)
+            snapshots = cast(list[str | None], pipe.execute())
         states: list[SagaState | None | StorageFormatTooNew] = []
-        for run_id, snapshot, stored in zip(run_ids, snapshots, in_meta, strict=True):
-            data = json.loads(snapshot) if snapshot else None
-            refused = _refusal(run_id, stored) or _refusal(run_id, data.get(FORMAT_FIELD) if data else None)
-            states.append(refused or (SagaState.from_dict(data) if data else None))
+        for run_id, snapshot in zip(run_ids, snapshots, strict=True):
+            try:
+                states.append(checked_snapshot(run_id, snapshot))
+            except StorageFormatTooNew as refused:
+                states.append(refused)
         settled = [i for i, snapshot in enumerate(snapshots) if snapshot is None and states[i] is None]
         if settled:
             logs = self.read_logs([run_ids[i] for i in settled])
