@@ -5,13 +5,17 @@ from __future__ import annotations
 import subprocess
 import sys
 import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from saga import Settings
-from saga.testing import worker_env
+from saga.registry import default_registry
+from saga.testing import configured, free_port, start_worker_process, stop_process_group, worker_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,3 +63,31 @@ def saga_cli(settings: Settings, *args: str, timeout: float = 60, **env: str) ->
         env=worker_env(settings, **env),
         timeout=timeout,
     )
+
+
+@contextmanager
+def archiving_worker(
+    settings: Settings, name: str, queue: str, archive_url: str, hot_seconds: int
+) -> Iterator[Settings]:
+    """``settings`` with a key prefix of its own, ``queue`` for every step, an archive at
+    ``archive_url`` (its tables made by ``saga db upgrade``, as an operator makes them) and runs
+    kept ``hot_seconds`` in Redis after it; the default registry configured with them, and a
+    ``celery -A workers`` worker that archives, stopped on exit."""
+    mine = settings.replace(
+        key_prefix=f"{name}{uuid.uuid4().hex[:6]}",
+        step_queue=queue,
+        compensation_queue=queue,
+        archive_url=archive_url,
+        hot_retention_seconds=hot_seconds,
+        watchdog_interval=0.2,
+    )
+    with configured(default_registry(), mine):
+        upgraded = saga_cli(mine, "db", "upgrade")
+        assert upgraded.returncode == 0, upgraded.stderr
+        proc = start_worker_process(
+            "workers", worker_env(mine), name=f"{name}{free_port()}", pool="threads", queues=queue, cwd=ROOT
+        )
+        try:
+            yield mine
+        finally:
+            stop_process_group(proc)

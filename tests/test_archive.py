@@ -25,8 +25,8 @@ from saga.core import decide
 from saga.engine import ArchiveGauges
 from saga.registry import default_registry
 from saga.store import BucketKeys, Client, bucket_of, run_keys
-from saga.testing import configured, free_port, start_worker_process, stop_process_group, wait_for, worker_env
-from tests.helpers import saga_cli
+from saga.testing import wait_for
+from tests.helpers import archiving_worker, saga_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 QUEUE = "saga-archive-tests"
@@ -39,24 +39,8 @@ def live(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     ``saga db upgrade``, and a worker that archives."""
     folder = tmp_path_factory.mktemp("archive")
     url = os.environ.get("TEST_ARCHIVE_URL") or f"sqlite:///{folder / 'archive.db'}"
-    mine = settings.replace(
-        key_prefix=f"arch{uuid.uuid4().hex[:6]}",
-        step_queue=QUEUE,
-        compensation_queue=QUEUE,
-        archive_url=url,
-        hot_retention_seconds=HOT_SECONDS,
-        watchdog_interval=0.2,
-    )
-    with configured(default_registry(), mine):
-        upgraded = saga(mine, "db", "upgrade")
-        assert upgraded.returncode == 0, upgraded.stderr
-        proc = start_worker_process(
-            "workers", worker_env(mine), name=f"arch{free_port()}", pool="threads", queues=QUEUE, cwd=ROOT
-        )
-        try:
-            yield mine
-        finally:
-            stop_process_group(proc)
+    with archiving_worker(settings, "arch", QUEUE, url, HOT_SECONDS) as mine:
+        yield mine
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,8 @@ from saga import Settings, Status, find_runs
 from saga.cli import EXIT_NOT_FOUND, EXIT_OK, EXIT_REFUSED
 from saga.registry import default_registry
 from saga.store import BucketKeys, Client, bucket_of
-from saga.testing import configured, free_port, start_worker_process, stop_process_group, wait_for, worker_env
-from tests.helpers import saga_cli
+from saga.testing import wait_for
+from tests.helpers import archiving_worker, saga_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 QUEUE = "saga-resolution-tests"
@@ -37,24 +37,8 @@ def live(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """This module's settings (an archive of its own; runs stay in Redis a minute after it), its
     tables created with ``saga db upgrade``, and a worker that archives."""
     folder = tmp_path_factory.mktemp("resolution")
-    mine = settings.replace(
-        key_prefix=f"res{uuid.uuid4().hex[:6]}",
-        step_queue=QUEUE,
-        compensation_queue=QUEUE,
-        archive_url=f"sqlite:///{folder / 'archive.db'}",
-        hot_retention_seconds=60,
-        watchdog_interval=0.2,
-    )
-    with configured(default_registry(), mine):
-        upgraded = saga(mine, "db", "upgrade")
-        assert upgraded.returncode == 0, upgraded.stderr
-        proc = start_worker_process(
-            "workers", worker_env(mine), name=f"res{free_port()}", pool="threads", queues=QUEUE, cwd=ROOT
-        )
-        try:
-            yield mine
-        finally:
-            stop_process_group(proc)
+    with archiving_worker(settings, "res", QUEUE, f"sqlite:///{folder / 'archive.db'}", 60) as mine:
+        yield mine
 
 
 @pytest.fixture(scope="module")
